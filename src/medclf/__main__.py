@@ -1,0 +1,5 @@
+import sys
+
+from medclf.cli import main
+
+sys.exit(main())

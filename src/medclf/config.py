@@ -1,0 +1,302 @@
+"""Typed run configuration: dataclasses with attribute docstrings, YAML in and out, ``--set`` overrides.
+
+A recipe (``configs/*.yaml``) is a partial ``RunConfig``; everything it leaves out takes the defaults below.
+The resolved config is saved in every run folder as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from medclf.errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "dump_config",
+    "field_docs",
+    "load_config",
+]
+
+
+@dataclass
+class DataConfig:
+    """Which images, which labels, which split."""
+
+    root: str | None = None
+    """Dataset folder. Its layout is auto-detected unless `spec` says otherwise."""
+    spec: str | dict[str, Any] | None = None
+    """A DatasetSpec: path to a YAML file, or the spec's fields inline (layout, label rule, groups, metadata)."""
+    split_csv: str | None = None
+    """A split written by `medclf data split`; when unset a grouped, stratified split is made and saved."""
+    group_by: str | None = None
+    """Group column, or 'regex:PATTERN' on the file name, so one patient/lesion never spans two splits."""
+    val: float = 0.15
+    """Validation fraction (of groups) when a split is made here."""
+    test: float = 0.15
+    """Test fraction (of groups) when a split is made here; never used for tuning or thresholds."""
+    seed: int = 0
+    """Seed of the split."""
+    skip_bad: bool = False
+    """Skip unreadable images (and list them) instead of stopping at the first one."""
+
+
+@dataclass
+class ModelConfig:
+    """Which network and how its inputs are prepared."""
+
+    name: str = "efficientnet_lite0"
+    """A name from `medclf models`: a small CNN of the studies or any timm backbone."""
+    pretrained: bool = True
+    """Start from ImageNet weights (offline for EfficientNet-Lite0/1/2; download for other timm models)."""
+    input_size: int | None = None
+    """Square input side in pixels; None takes the model's default (e.g. 224, 32 for mpox_cnn)."""
+    in_chans: int | None = None
+    """1 for grayscale models (chest X-ray CNN), 3 for RGB; None takes the model's default."""
+    drop_rate: float = 0.2
+    """Dropout before the classifier."""
+    metadata: list[str] = field(default_factory=list)
+    """Metadata columns fused with the image (image + tabular late fusion); empty for image only."""
+    metadata_only: bool = False
+    """Use only the metadata columns (the ablation's tabular baseline)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the model factory."""
+
+
+@dataclass
+class TrainConfig:
+    """How the model is trained."""
+
+    strategy: str = "cached"
+    """cached (frozen-backbone features once, then the head: fast on CPU), finetune (two phases), full, scratch."""
+    epochs: int = 30
+    """Maximum epochs (of the head, for `cached`; of phase 2, for `finetune`)."""
+    head_epochs: int = 5
+    """Phase 1 of `finetune`: epochs with the backbone frozen."""
+    finetune_blocks: int = 2
+    """Top backbone blocks unfrozen in phase 2 of `finetune` (and trained from cached maps by `cached`)."""
+    finetune_lr_scale: float = 0.1
+    """Phase-2 learning rate as a fraction of `lr`."""
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    """adamw or sgd."""
+    scheduler: str = "plateau"
+    """plateau (reduce LR when the monitored metric stalls), cosine, or none."""
+    patience: int = 6
+    """Early-stopping patience in epochs (0 disables early stopping)."""
+    monitor: str = "val_auc"
+    """Metric for early stopping, LR-on-plateau and the best checkpoint: val_auc, val_loss, val_acc, val_bacc."""
+    loss: str = "ce"
+    """ce (cross-entropy) or focal."""
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    class_weights: bool = True
+    """Weight the loss by inverse class frequency."""
+    balanced_sampler: bool = False
+    """Draw balanced batches instead of (or as well as) weighting the loss."""
+    augment: str = "standard"
+    """none, standard (the studies' rotation/shift/zoom/shear/flip/brightness), lesion_safe (no crop or zoom)."""
+    views: int = 1
+    """`cached`: augmented views per training image computed into the feature cache (1 = the image itself)."""
+    precision: str = "32-true"
+    """Lightning precision: 32-true on CPU, 16-mixed / bf16-mixed on GPUs."""
+    devices: str | int = "auto"
+    """Lightning devices; several GPUs train with DDP."""
+    accelerator: str = "auto"
+    num_workers: int = 0
+    seed: int = 0
+    cache_dir: str | None = None
+    """Feature cache folder for `cached` (default: ~/.cache/medclf/features)."""
+
+
+@dataclass
+class EvalConfig:
+    """How predictions become decisions and how they are judged."""
+
+    threshold: str = "youden"
+    """Binary operating point chosen on validation data: youden, sensitivity:0.95, specificity:0.9, or a number."""
+    positive_class: str | None = None
+    """Binary tasks: the class that counts as positive (default: the second class, e.g. malignant)."""
+    calibrate: bool = True
+    """Fit temperature scaling on validation data."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for the 95% confidence intervals."""
+    refer_below: float = 0.6
+    """Predictions whose top probability is below this are flagged 'refer to a clinician'."""
+
+
+@dataclass
+class RunConfig:
+    """A whole recipe."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = "run"
+    """A label for the run in reports and leaderboards."""
+
+
+T = TypeVar("T")
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} is not a valid value (expected {_type_name(tp)})")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return config_from_dict(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    if tp in (int, float, bool, str):
+        raise ConfigError(f"{where}: {value!r} is not a valid {tp.__name__}")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build a config dataclass from a mapping, refusing unknown keys with the list of known ones."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!s}; known keys{' of ' + where if where else ''}: {', '.join(names)}"
+        )
+    kwargs = {
+        k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items() if k in names
+    }
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str] | None) -> RunConfig:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) and re-validate."""
+    data = config_to_dict(cfg)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=10")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a config section; sections: data, model, train, eval")
+            node = node[p]
+        node[parts[-1]] = _parse_value(value)
+    return config_from_dict(RunConfig, data)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML recipe (or the defaults when ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; recipes are in configs/ (e.g. configs/skin_bm.yaml)")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a recipe must be a mapping with sections data, model, train, eval")
+        # relative data paths in a recipe are relative to the recipe's folder
+        data_sec = data.get("data") or {}
+        for key in ("root", "split_csv"):
+            v = data_sec.get(key)
+            if isinstance(v, str) and not Path(v).expanduser().is_absolute():
+                data_sec[key] = str((path.parent / v).resolve())
+        if isinstance(data_sec.get("spec"), str) and not Path(data_sec["spec"]).is_absolute():
+            data_sec["spec"] = str((path.parent / data_sec["spec"]).resolve())
+    cfg = config_from_dict(RunConfig, data)
+    return apply_overrides(cfg, overrides)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a config dataclass (the string literal under each field), for docs and --help."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    tree = ast.parse(source.lstrip() if source.startswith(" ") else source)
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for prev, node in zip(body, body[1:], strict=False):
+        if (
+            isinstance(prev, ast.AnnAssign)
+            and isinstance(prev.target, ast.Name)
+            and isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            docs[prev.target.id] = " ".join(node.value.value.split())
+    return docs

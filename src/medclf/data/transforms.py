@@ -1,0 +1,112 @@
+"""Preprocessing resolved once from the model and used by training, evaluation, prediction, export and the app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+__all__ = ["AUGMENT_POLICIES", "Preprocessing", "create_transform"]
+
+AUGMENT_POLICIES = ("none", "standard", "lesion_safe")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a decoded image becomes the model's input tensor."""
+
+    input_size: int = 224
+    """Square side in pixels."""
+    in_chans: int = 3
+    """3 (RGB) or 1 (grayscale)."""
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    resize: str = "squash"
+    """squash (resize to a square, as the studies did) or center_crop (keep aspect, crop the centre)."""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 or 3, got {self.in_chans}")
+        # one value per channel, whatever the model config said
+        object.__setattr__(self, "mean", _per_channel(self.mean, self.in_chans))
+        object.__setattr__(self, "std", _per_channel(self.std, self.in_chans))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d.pop("extra")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        keys = {"input_size", "in_chans", "mean", "std", "resize"}
+        return cls(**{k: (tuple(v) if k in ("mean", "std") else v) for k, v in d.items() if k in keys})
+
+
+def _per_channel(values: Sequence[float], n: int) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) == n:
+        return values
+    if n == 1:
+        return (sum(values) / len(values),)
+    if len(values) == 1:
+        return values * n
+    raise ValueError(f"expected {n} normalisation values, got {len(values)}")
+
+
+def _augmentations(policy: str, size: int) -> list[Any]:
+    if policy == "none":
+        return []
+    if policy == "standard":
+        # the studies' Keras ImageDataGenerator: rotation 20°, shift 0.1, zoom 0.1-0.2, shear 0.1, flips, brightness
+        return [
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomAffine(degrees=20, translate=(0.1, 0.1), scale=(0.85, 1.15), shear=8),
+            v2.ColorJitter(brightness=0.2, contrast=0.1),
+        ]
+    if policy == "lesion_safe":
+        # no crop, zoom or shift: the lesion border and its size relative to the frame are diagnostic
+        return [
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomApply([v2.RandomRotation(degrees=(90, 90))], p=0.5),
+            v2.ColorJitter(brightness=0.15, contrast=0.1, saturation=0.05),
+        ]
+    raise ValueError(f"unknown augmentation policy {policy!r}; choose one of {', '.join(AUGMENT_POLICIES)}")
+
+
+class _ConvertMode:
+    # a class, not a lambda, so the transform pickles into DataLoader worker processes
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, im: Image.Image) -> Image.Image:
+        return im if im.mode == self.mode else im.convert(self.mode)
+
+
+def create_transform(pre: Preprocessing, augment: str = "none") -> Callable[[Image.Image], torch.Tensor]:
+    """PIL image (any mode) -> normalised float tensor [in_chans, size, size]."""
+    size = pre.input_size
+    if pre.resize == "squash":
+        resize: list[Any] = [v2.Resize((size, size), antialias=True)]
+    elif pre.resize == "center_crop":
+        resize = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    else:
+        raise ValueError(f"unknown resize mode {pre.resize!r}; choose squash or center_crop")
+    mode = "L" if pre.in_chans == 1 else "RGB"
+    return v2.Compose(
+        [
+            _ConvertMode(mode),
+            v2.PILToTensor(),
+            *resize,
+            *_augmentations(augment, size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(pre.mean), std=list(pre.std)),
+        ]
+    )
