@@ -32,8 +32,8 @@ _AREAS = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medclf",
-        description="Train, evaluate, explain and serve medical image classifiers. Research use only: "
-        "no output of this tool is a diagnosis.",
+        description="Train, evaluate, explain and serve medical image classifiers. "
+        "Research use only: its output is not a diagnosis.",
     )
     parser.add_argument("--version", action="version", version=f"medclf {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")

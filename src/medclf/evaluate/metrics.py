@@ -1,0 +1,340 @@
+"""Every metric of a classifier's predictions, each with a bootstrap 95% interval.
+
+All metrics are written as *weighted* statistics of per-image quantities, evaluated on a ``[B, n]`` weight
+matrix: ``W = 1`` gives the point estimate and bootstrap count matrices give the replicates. One code path for
+both means the interval is always the interval of the reported number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from medclf.errors import DataError
+from medclf.evaluate.bootstrap import percentile_interval, resample_weights
+from medclf.evaluate.calibration import bin_index
+
+__all__ = [
+    "HEADLINE_METRICS",
+    "BINARY_METRICS",
+    "compute_metrics",
+    "json_safe",
+    "weighted_auc",
+    "weighted_average_precision",
+]
+
+HEADLINE_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "macro_auc",
+    "cohen_kappa",
+    "mcc",
+    "ece",
+    "brier",
+)
+BINARY_METRICS = ("sensitivity", "specificity", "ppv", "npv", "auc", "average_precision")
+_PER_CLASS_CI = ("precision", "recall", "specificity", "f1", "auc")
+ECE_BINS = 15
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
+
+
+def _pos_neg_blocks(
+    w: np.ndarray, score: np.ndarray, positive: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weight of positives and of negatives in each block of tied scores, blocks by descending score ([B, U])."""
+    order = np.argsort(-score, kind="mergesort")
+    s = score[order]
+    ends = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last index of each block of tied scores
+    ws = w[:, order]
+    pos_w = ws * positive[order].astype(np.float64)
+    neg_w = ws - pos_w
+    if ends.size == s.size:  # no ties (the usual case with float probabilities)
+        return pos_w, neg_w
+    # block sums via cumulative sums at block ends: much faster than np.add.reduceat along rows
+    cum_pos = np.cumsum(pos_w, axis=1)[:, ends]
+    cum_neg = np.cumsum(neg_w, axis=1)[:, ends]
+    return np.diff(cum_pos, axis=1, prepend=0.0), np.diff(cum_neg, axis=1, prepend=0.0)
+
+
+def weighted_auc(w: np.ndarray, score: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """ROC AUC of ``score`` for the 0/1 ``positive`` labels under each row of weights ``w`` ([B, n] → [B]).
+
+    Ties count one half (the Mann-Whitney statistic, equal to scikit-learn's ``roc_auc_score``).
+    """
+    p_blocks, n_blocks = _pos_neg_blocks(w, score, positive)
+    n_pos, n_neg = p_blocks.sum(axis=1), n_blocks.sum(axis=1)
+    # negatives strictly below each block = all negatives minus those in this block and above it
+    below = n_neg[:, None] - np.cumsum(n_blocks, axis=1)
+    u = (p_blocks * (below + 0.5 * n_blocks)).sum(axis=1)
+    return _div(u, n_pos * n_neg)
+
+
+def weighted_average_precision(w: np.ndarray, score: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Average precision (step-wise area under the PR curve, as scikit-learn's) under each row of ``w``."""
+    p_blocks, n_blocks = _pos_neg_blocks(w, score, positive)
+    tp, fp = np.cumsum(p_blocks, axis=1), np.cumsum(n_blocks, axis=1)
+    precision = _div(tp, tp + fp)
+    n_pos = p_blocks.sum(axis=1)
+    return _div(np.nansum(p_blocks * np.nan_to_num(precision), axis=1), n_pos)
+
+
+class _Inputs:
+    """Per-image quantities that every resample re-weights."""
+
+    def __init__(
+        self,
+        y: np.ndarray,
+        probs: np.ndarray,
+        pred: np.ndarray,
+        k: int,
+        positive: list[int] | None,
+        threshold: float | None,
+    ) -> None:
+        self.y, self.probs, self.pred, self.k = y, probs, pred, k
+        n = y.size
+        # confusion cell of each image, one-hot, so that W @ cells is a stack of confusion matrices
+        self.cells = np.zeros((n, k * k))
+        self.cells[np.arange(n), y * k + pred] = 1.0
+        onehot = np.eye(k)[y]
+        if k == 2 and positive is not None:
+            self.brier = (probs[:, positive[0]] - onehot[:, positive[0]]) ** 2
+        else:
+            self.brier = ((probs - onehot) ** 2).sum(axis=1)
+        conf = probs.max(axis=1)
+        correct = (probs.argmax(axis=1) == y).astype(np.float64)
+        bins = np.eye(ECE_BINS)[bin_index(conf, ECE_BINS)]
+        self.ece_terms = np.concatenate([bins * conf[:, None], bins * correct[:, None]], axis=1)
+        self.class_pos = [(y == c) for c in range(k)]
+        self.positive = positive
+        if positive is not None:
+            self.y_bin = np.isin(y, positive)
+            self.score = probs[:, positive].sum(axis=1)
+            self.pred_bin = self.score >= (0.5 if threshold is None else threshold)
+            bin_cells = np.zeros((n, 4))
+            bin_cells[np.arange(n), self.y_bin * 2 + self.pred_bin] = 1.0  # tn, fp, fn, tp
+            self.bin_cells = bin_cells
+        # macro averages run over the classes present in the labels or the predictions, as scikit-learn's
+        present = np.bincount(y, minlength=k) + np.bincount(pred, minlength=k)
+        self.f1_classes = present > 0
+
+
+def _evaluate(inp: _Inputs, w: np.ndarray) -> dict[str, np.ndarray]:
+    """All metrics under weights ``w`` [B, n]: scalars as [B], per-class values as [B, k]."""
+    k = inp.k
+    total = w.sum(axis=1)
+    cm = (w @ inp.cells).reshape(-1, k, k)
+    tp = np.einsum("bii->bi", cm)
+    support = cm.sum(axis=2)
+    predicted = cm.sum(axis=1)
+    fp, fn = predicted - tp, support - tp
+    tn = total[:, None] - tp - fp - fn
+    out: dict[str, np.ndarray] = {}
+    out["accuracy"] = tp.sum(axis=1) / total
+    recall = _div(tp, support)
+    with np.errstate(invalid="ignore"):
+        out["balanced_accuracy"] = np.nanmean(np.where(support > 0, recall, np.nan), axis=1)
+    f1 = np.nan_to_num(_div(2 * tp, 2 * tp + fp + fn))
+    out["macro_f1"] = f1[:, inp.f1_classes].mean(axis=1)
+    out["weighted_f1"] = (f1 * support).sum(axis=1) / total
+    pe = (support * predicted).sum(axis=1) / total**2
+    out["cohen_kappa"] = _div(out["accuracy"] - pe, 1.0 - pe)
+    cov_tp = tp.sum(axis=1) * total - (support * predicted).sum(axis=1)
+    cov_pp = total**2 - (predicted**2).sum(axis=1)
+    cov_tt = total**2 - (support**2).sum(axis=1)
+    denom = np.sqrt(cov_tt * cov_pp)
+    out["mcc"] = np.where(denom > 0, cov_tp / np.where(denom > 0, denom, 1.0), 0.0)
+    ece = w @ inp.ece_terms
+    out["ece"] = np.abs(ece[:, :ECE_BINS] - ece[:, ECE_BINS:]).sum(axis=1) / total
+    out["brier"] = (w @ inp.brier) / total
+    auc = np.stack([weighted_auc(w, inp.probs[:, c], inp.class_pos[c]) for c in range(k)], axis=1)
+    out["per_class_auc"] = auc
+    if k == 2 and inp.positive is not None:
+        out["macro_auc"] = auc[:, inp.positive[0]]
+    else:
+        # one-vs-rest, averaged over the classes whose AUC is defined (present and not alone)
+        out["macro_auc"] = _div(np.nansum(auc, axis=1), np.isfinite(auc).sum(axis=1).astype(np.float64))
+    out["per_class_precision"] = _div(tp, predicted)
+    out["per_class_recall"] = recall
+    out["per_class_specificity"] = _div(tn, tn + fp)
+    out["per_class_npv"] = _div(tn, tn + fn)
+    out["per_class_f1"] = np.where(support + predicted > 0, f1, np.nan)
+    out["per_class_support"] = support
+    out["confusion_matrix"] = cm
+    if inp.positive is not None:
+        b = w @ inp.bin_cells
+        btn, bfp, bfn, btp = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+        out["sensitivity"] = _div(btp, btp + bfn)
+        out["specificity"] = _div(btn, btn + bfp)
+        out["ppv"] = _div(btp, btp + bfp)
+        out["npv"] = _div(btn, btn + bfn)
+        out["auc"] = weighted_auc(w, inp.score, inp.y_bin)
+        out["average_precision"] = weighted_average_precision(w, inp.score, inp.y_bin)
+    return out
+
+
+def _float(x: Any) -> float:
+    return float(x) if x is not None else float("nan")
+
+
+def check_inputs(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Validate labels and probabilities; rows that sum to 1 within 1e-3 are renormalised exactly."""
+    y = np.asarray(y_true).ravel()
+    p = np.asarray(probs, dtype=np.float64)
+    k = len(classes)
+    if p.ndim != 2 or p.shape[1] != k:
+        raise DataError(f"probabilities have shape {p.shape}; expected [n, {k}] (one column per class {list(classes)})")
+    if y.size != p.shape[0]:
+        raise DataError(f"{y.size} labels but {p.shape[0]} probability rows; pass one row per image")
+    if y.size == 0:
+        raise DataError("no predictions to evaluate; the selected split is empty")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.all(np.mod(y.astype(np.float64), 1) == 0):
+            y = y.astype(np.int64)
+        else:
+            raise DataError("labels must be class indices (integers); map class names with classes.index(name)")
+    if y.min() < 0 or y.max() >= k:
+        raise DataError(f"labels must be class indices 0..{k - 1} for classes {list(classes)}")
+    if not np.isfinite(p).all() or (p < 0).any():
+        raise DataError("probabilities contain NaN, infinity or negative values; check the predictions file")
+    sums = p.sum(axis=1)
+    if np.abs(sums - 1.0).max() > 1e-3:
+        raise DataError(
+            f"probability rows must sum to 1 (softmax outputs); found a row summing to {sums[np.argmax(np.abs(sums - 1))]:.4f}"
+        )
+    return y.astype(np.int64), p / sums[:, None]
+
+
+def compute_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    *,
+    groups: np.ndarray | None = None,
+    threshold: float | None = None,
+    positive_index: int | Sequence[int] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """All metrics of ``probs`` ([n, k], rows sum to 1) against ``y_true`` (class indices), with bootstrap CIs.
+
+    Binary tasks (k == 2): ``positive_index`` defaults to 1 and images are called positive when
+    ``p_pos >= threshold`` (default 0.5); the confusion matrix and all label-based metrics use that decision.
+    Multiclass: label-based metrics use the arg-max; giving ``positive_index`` (one index or a set of indices,
+    e.g. all malignant classes) adds the same screening block (sensitivity, specificity, ... of "any positive
+    class" vs the rest at ``threshold``) without changing the arg-max.
+
+    ``groups`` (patient/lesion id per image) makes the bootstrap resample whole groups. ``n_boot=0`` skips
+    intervals. Undefined values (e.g. the AUC of a class absent from ``y_true``) are NaN and listed in ``notes``.
+    """
+    y, p = check_inputs(y_true, probs, classes)
+    k = len(classes)
+    if positive_index is None:
+        positive = [1] if k == 2 else None
+    else:
+        positive = [int(positive_index)] if np.isscalar(positive_index) else [int(i) for i in positive_index]  # type: ignore[arg-type]
+        if not positive or min(positive) < 0 or max(positive) >= k:
+            raise DataError(f"positive_index {positive_index!r} is not a class index 0..{k - 1}")
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+        raise DataError(f"threshold {threshold} must be between 0 and 1")
+    if groups is not None:
+        groups = np.asarray(groups).ravel()
+        if groups.size != y.size:
+            raise DataError(f"{groups.size} group ids for {y.size} images; pass one group per image (or none)")
+
+    if k == 2 and positive is not None:
+        score = p[:, positive].sum(axis=1)
+        thr = 0.5 if threshold is None else float(threshold)
+        neg = 1 - positive[0]
+        pred = np.where(score >= thr, positive[0], neg)
+    else:
+        pred = p.argmax(axis=1)
+    inp = _Inputs(y, p, pred, k, positive, threshold)
+    point = _evaluate(inp, np.ones((1, y.size)))
+
+    notes: list[str] = []
+    support = point["per_class_support"][0].astype(int)
+    for c, name in enumerate(classes):
+        if support[c] == 0:
+            notes.append(f"class {name!r} has no images in the evaluated labels: its AUC, recall and F1 are undefined (null)")
+        elif support[c] == y.size:
+            notes.append(f"only class {name!r} is present: AUCs are undefined (null)")
+    if positive is not None and (inp.y_bin.all() or not inp.y_bin.any()):
+        notes.append("the evaluated labels contain only one side of the positive/negative split: AUC, sensitivity or specificity are undefined (null)")
+
+    per_class: dict[str, dict[str, float | int]] = {}
+    for c, name in enumerate(classes):
+        per_class[name] = {
+            "precision": _float(point["per_class_precision"][0, c]),
+            "recall": _float(point["per_class_recall"][0, c]),
+            "specificity": _float(point["per_class_specificity"][0, c]),
+            "f1": _float(point["per_class_f1"][0, c]),
+            "auc": _float(point["per_class_auc"][0, c]),
+            "ppv": _float(point["per_class_precision"][0, c]),
+            "npv": _float(point["per_class_npv"][0, c]),
+            "support": int(support[c]),
+        }
+
+    result: dict[str, Any] = {"n": int(y.size), "classes": list(classes)}
+    for name in HEADLINE_METRICS:
+        result[name] = _float(point[name][0])
+    result["per_class"] = per_class
+    if positive is not None:
+        result["positive_class"] = classes[positive[0]] if len(positive) == 1 else [classes[i] for i in positive]
+        result["threshold"] = 0.5 if threshold is None else float(threshold)
+        for name in BINARY_METRICS:
+            result[name] = _float(point[name][0])
+    result["confusion_matrix"] = point["confusion_matrix"][0].astype(int).tolist()
+    result["n_groups"] = int(np.unique(groups.astype(str)).size) if groups is not None else int(y.size)
+
+    if n_boot > 0:
+        names = list(HEADLINE_METRICS) + (list(BINARY_METRICS) if positive is not None else [])
+        reps: dict[str, list[np.ndarray]] = {m: [] for m in names}
+        per_class_reps: dict[str, list[np.ndarray]] = {m: [] for m in _PER_CLASS_CI}
+        for w in resample_weights(y, groups, n_boot=n_boot, seed=seed):
+            values = _evaluate(inp, w)
+            for m in names:
+                reps[m].append(values[m])
+            for m in _PER_CLASS_CI:
+                per_class_reps[m].append(values[f"per_class_{m}"])
+        result["ci95"] = {m: list(percentile_interval(np.concatenate(reps[m]), level)) for m in names}
+        pc_ci: dict[str, dict[str, list[float]]] = {name: {} for name in classes}
+        for m in _PER_CLASS_CI:
+            stacked = np.concatenate(per_class_reps[m], axis=0)
+            for c, name in enumerate(classes):
+                pc_ci[name][m] = list(percentile_interval(stacked[:, c], level))
+        result["per_class_ci95"] = pc_ci
+        result["bootstrap"] = {
+            "n_resamples": int(n_boot),
+            "seed": int(seed),
+            "level": float(level),
+            "method": "percentile; stratified by class" + ("; whole groups resampled" if groups is not None else ""),
+        }
+    else:
+        result["ci95"] = {}
+    result["notes"] = notes
+    return result
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` that ``json.dump`` writes as standard JSON: NaN/inf → null, numpy → Python."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    return obj

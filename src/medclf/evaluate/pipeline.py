@@ -1,0 +1,531 @@
+"""From predictions to every artifact of `medclf evaluate`: predictions.csv, metrics.json, plots, report.html.
+
+``evaluate_predictions`` starts where predictions exist (so it is testable without a model);
+``evaluate_run`` produces them with the run's model first.
+
+The honest-number rules live here: the decision threshold and the temperature come from the run (fitted on its
+validation split) or are fitted now on validation predictions — never on the predictions being evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from medclf import DISCLAIMER
+from medclf._atomic import atomic_path, atomic_write_json, atomic_write_text
+from medclf.errors import DataError, MedclfError
+from medclf.evaluate.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    log_probs,
+    reliability_curve,
+)
+from medclf.evaluate.metrics import compute_metrics, json_safe
+from medclf.evaluate.thresholds import choose_threshold, positive_scores, threshold_sweep
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["evaluate_predictions", "evaluate_run", "prediction_arrays", "read_run_context"]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); restore or regenerate the file") from None
+    return data if isinstance(data, dict) else None
+
+
+def read_run_context(run_dir: str | Path | None) -> dict[str, Any]:
+    """What evaluation needs from a run folder: run.json, config.yaml, history.csv, split.csv,
+    val_predictions.csv and audit.json, each None when absent."""
+    ctx: dict[str, Any] = {"run_dir": None, "info": {}, "config": {}, "history": None, "split": None, "val": None, "audit": None}
+    if run_dir is None:
+        return ctx
+    import yaml
+
+    run_dir = Path(run_dir)
+    ctx["run_dir"] = run_dir
+    ctx["info"] = _read_json(run_dir / "run.json") or {}
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        try:
+            ctx["config"] = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise DataError(f"{cfg_path}: not valid YAML ({exc}); restore the run's config") from None
+    for key, name in (("history", "history.csv"), ("split", "split.csv"), ("val", "val_predictions.csv")):
+        path = run_dir / name
+        if path.is_file():
+            try:
+                ctx[key] = pd.read_csv(path)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+                raise DataError(f"{path}: cannot be read as CSV ({exc}); restore or regenerate it") from None
+    ctx["audit"] = _read_json(run_dir / "audit.json")
+    return ctx
+
+
+def prediction_arrays(
+    pred_df: pd.DataFrame, classes: Sequence[str], where: str = "predictions"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(label indices, probabilities [n, k]) from a predictions table, with messages naming the bad row."""
+    missing = [c for c in ("label", *(f"prob_{c}" for c in classes)) if c not in pred_df.columns]
+    if missing:
+        raise DataError(
+            f"{where}: missing column(s) {', '.join(missing)}; expected path,label,group,prob_<class>...,pred "
+            f"for classes {list(classes)}"
+        )
+    labels = pred_df["label"].astype(str)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = ~labels.isin(index.keys())
+    if unknown.any():
+        row = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise DataError(
+            f"{where}, row {row + 2}: label {labels.iloc[row]!r} is not one of the run's classes {list(classes)}; "
+            "evaluate data labelled with the same classes (rename or merge them in the dataset spec)"
+        )
+    probs = pred_df[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():
+        raise DataError(f"{where}, row {int(np.flatnonzero(bad)[0]) + 2}: empty or non-numeric probability; regenerate the predictions")
+    return labels.map(index).to_numpy(dtype=np.int64), probs
+
+
+def _positive_indices(classes: Sequence[str], positive: str | Sequence[str] | None) -> list[int] | None:
+    if positive is None or positive == []:
+        return [1] if len(classes) == 2 else None
+    names = [positive] if isinstance(positive, str) else list(positive)
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise DataError(f"positive class {unknown[0]!r} is not one of the classes {list(classes)}; fix eval.positive_class")
+    return [list(classes).index(n) for n in names]
+
+
+def _split_summary(ctx: dict[str, Any], pred_df: pd.DataFrame, classes: Sequence[str], evaluated_on: str) -> dict[str, Any]:
+    """Counts only — images, groups and classes per split, and leakage between splits — never ids."""
+    facts: dict[str, str] = {"evaluated on": evaluated_on}
+    header: list[str] = []
+    rows: list[list[Any]] = []
+    split = ctx.get("split")
+    if split is not None and {"label", "split"} <= set(split.columns):
+        header = ["split", "images", "groups", *classes]
+        has_group = "group" in split.columns
+        for name in ("train", "val", "test"):
+            part = split[split["split"] == name]
+            if part.empty:
+                continue
+            counts = part["label"].astype(str).value_counts()
+            rows.append([name, len(part), part["group"].nunique() if has_group else len(part), *(int(counts.get(c, 0)) for c in classes)])
+        if has_group:
+            n_img, n_grp = len(split), split["group"].nunique()
+            facts["grouping"] = (
+                f"by patient/lesion id: {n_grp} groups for {n_img} images; a group never spans two splits"
+                if n_grp < n_img
+                else "none: every image is its own group (the data has no patient/lesion ids)"
+            )
+            groups_by_split = {s: set(split.loc[split["split"] == s, "group"].astype(str)) for s in ("train", "val", "test")}
+            shared = len(groups_by_split["train"] & groups_by_split["test"])
+            facts["groups in both train and test"] = f"{shared}" + (" — leakage: results are optimistic" if shared else "")
+    elif split is not None and "fold" in split.columns:
+        facts["split"] = f"{split['fold'].nunique()} folds"
+    if "group" in pred_df.columns:
+        facts["evaluated images / groups"] = f"{len(pred_df)} / {pred_df['group'].astype(str).nunique()}"
+    return {"header": header, "rows": rows, "facts": facts}
+
+
+def _model_card(ctx: dict[str, Any], classes: Sequence[str], metrics: dict[str, Any], split_summary: dict[str, Any]) -> dict[str, str]:
+    info, cfg = ctx.get("info") or {}, ctx.get("config") or {}
+    model = info.get("model") or {}
+    model_cfg, train_cfg = cfg.get("model") or {}, cfg.get("train") or {}
+    task = "binary" if len(classes) == 2 else f"{len(classes)}-class"
+    card = {
+        "intended use": (
+            f"Research and education: a second reader for {task} classification ({', '.join(classes)}) that a "
+            "qualified clinician reviews. Not for diagnosis, triage or treatment decisions on its own."
+        ),
+        "not a diagnosis": DISCLAIMER,
+    }
+    if model or model_cfg:
+        parts = [str(model.get("name") or model_cfg.get("name"))]
+        if model_cfg.get("pretrained") is not None:
+            parts.append("ImageNet-pretrained" if model_cfg.get("pretrained") else "trained from scratch")
+        if train_cfg.get("strategy"):
+            parts.append(f"strategy {train_cfg['strategy']}")
+        if model_cfg.get("metadata"):
+            parts.append(f"metadata: {', '.join(map(str, model_cfg['metadata']))}")
+        card["model"] = ", ".join(parts)
+    train_rows = [r for r in split_summary.get("rows", []) if r and r[0] in ("train", "val")]
+    if train_rows:
+        card["training data"] = "; ".join(
+            f"{r[0]}: {r[1]} images ({', '.join(f'{c} {n}' for c, n in zip(classes, r[3:], strict=False))})" for r in train_rows
+        )
+    dataset = (cfg.get("data") or {}).get("root") or info.get("dataset")
+    if isinstance(dataset, str):
+        card["dataset"] = Path(dataset).name  # the folder name only: full paths can name people
+    card["evaluation data"] = split_summary.get("facts", {}).get("evaluated on", "")
+    if info.get("created"):
+        card["trained"] = str(info["created"])
+    versions = info.get("versions")
+    if isinstance(versions, dict):
+        card["versions"] = ", ".join(f"{k} {v}" for k, v in versions.items())
+    card["privacy"] = "No patient identifiers are included in this report."
+    return card
+
+
+def _speed_rows(info: dict[str, Any], timing: dict[str, Any] | None) -> dict[str, str]:
+    rows: dict[str, str] = {}
+    if info.get("train_seconds") is not None:
+        secs = float(info["train_seconds"])
+        rows["training time"] = f"{secs:.0f} s ({secs / 60:.1f} min)"
+    if timing:
+        if timing.get("images_per_second"):
+            rows["inference speed"] = f"{timing['images_per_second']:.1f} images/s ({timing.get('images')} images, batch {timing.get('batch_size', '?')})"
+        if timing.get("device"):
+            rows["inference device"] = str(timing["device"])
+    return rows
+
+
+def _params(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters a leaderboard shows, from config.yaml (and run.json)."""
+    cfg = ctx.get("config") or {}
+    info = ctx.get("info") or {}
+    out: dict[str, Any] = {}
+    for section, keys in (
+        ("model", ("name", "pretrained", "input_size", "metadata")),
+        ("train", ("strategy", "epochs", "lr", "batch_size", "augment", "loss")),
+    ):
+        for key in keys:
+            value = (cfg.get(section) or {}).get(key)
+            if value is not None and value != []:
+                out[f"{section}.{key}"] = ",".join(map(str, value)) if isinstance(value, list) else value
+    if "model.name" not in out and isinstance(info.get("model"), dict) and info["model"].get("name"):
+        out["model.name"] = info["model"]["name"]
+    history = ctx.get("history")
+    if history is not None and not history.empty:
+        out["epochs_trained"] = len(history)
+    return out
+
+
+def evaluate_predictions(
+    pred_df: pd.DataFrame,
+    classes: Sequence[str],
+    out_dir: str | Path,
+    *,
+    run_dir: str | Path | None = None,
+    val_pred_df: pd.DataFrame | None = None,
+    threshold: float | None = None,
+    threshold_rule: str | None = None,
+    positive_class: str | Sequence[str] | None = None,
+    temperature: float | None = None,
+    temperature_applied: bool = True,
+    n_boot: int = 1000,
+    seed: int = 0,
+    audit: dict[str, Any] | None = None,
+    explain: Callable[[str], Image.Image] | None = None,
+    timing: dict[str, Any] | None = None,
+    evaluated_on: str = "the given predictions",
+    title: str | None = None,
+    pdf: bool = False,
+    gallery_size: int = 12,
+) -> dict[str, Any]:
+    """Write predictions.csv, metrics.json, plots/*.png and report.html (and report.pdf) to ``out_dir``.
+
+    ``pred_df`` (and ``val_pred_df``) are predictions.csv tables. Their probabilities carry the run's temperature
+    when ``temperature_applied`` (as ``predict_frame`` writes them); the temperature and the threshold are
+    taken, in order, from the arguments, from ``run_dir/run.json``, or fitted on the *validation* predictions
+    (``val_pred_df`` or ``run_dir/val_predictions.csv``) — never on ``pred_df``. Returns the metrics dict.
+    """
+    out_dir = Path(out_dir)
+    classes = [str(c) for c in classes]
+    ctx = read_run_context(run_dir)
+    info, cfg = ctx["info"], ctx["config"]
+    eval_cfg = cfg.get("eval") or {}
+    if val_pred_df is None:
+        val_pred_df = ctx["val"]
+    notes: list[str] = []
+
+    y, p_in = prediction_arrays(pred_df, classes, "predictions")
+    val = None
+    if val_pred_df is not None and len(val_pred_df):
+        val = prediction_arrays(val_pred_df, classes, "validation predictions")
+        if "path" in pred_df.columns and "path" in val_pred_df.columns:
+            overlap = len(set(pred_df["path"].astype(str)) & set(val_pred_df["path"].astype(str)))
+            if overlap:
+                notes.append(
+                    f"{overlap} evaluated images are validation images (used to choose the threshold/temperature): "
+                    "these results are optimistic; report the test split"
+                )
+
+    # temperature: the probabilities' own temperature is undone, then the chosen one applied
+    t_run = info.get("temperature")
+    t_in = float(t_run) if (temperature_applied and t_run) else 1.0
+    logits = log_probs(p_in) * t_in
+    val_logits = log_probs(val[1]) * t_in if val is not None else None
+    if temperature is not None:
+        t_final, t_source = float(temperature), "given"
+    elif t_run:
+        t_final, t_source = float(t_run), "run.json (fitted on validation during training)"
+    elif val is not None and eval_cfg.get("calibrate", True):
+        t_final = fit_temperature(val_logits, val[0])
+        t_source = f"fitted now on {len(val[0])} validation predictions"
+    else:
+        t_final, t_source = 1.0, "none (no validation predictions to fit on)"
+    probs_before = apply_temperature(logits, 1.0)
+    probs = apply_temperature(logits, t_final)
+    val_probs = apply_temperature(val_logits, t_final) if val_logits is not None else None
+
+    # operating point: given > run.json > chosen on validation > 0.5
+    positive_names = positive_class if positive_class is not None else info.get("positive_class") or eval_cfg.get("positive_class")
+    positive = _positive_indices(classes, positive_names)
+    thr: float | None = None
+    thr_source = ""
+    rule = threshold_rule or eval_cfg.get("threshold") or "youden"
+    if positive is not None:
+        pos_names = [classes[i] for i in positive]
+        if threshold is not None:
+            thr, thr_source = float(threshold), "given"
+        elif info.get("threshold") is not None:
+            thr, thr_source = float(info["threshold"]), "run.json (chosen on validation during training)"
+        elif val_probs is not None:
+            y_val_bin = np.isin(val[0], positive).astype(np.int8)  # type: ignore[index]
+            thr = choose_threshold(y_val_bin, positive_scores(val_probs, classes, pos_names), rule)
+            thr_source = f"chosen now on {len(y_val_bin)} validation predictions (rule {rule})"
+        else:
+            thr, thr_source = 0.5, "default 0.5 (no validation predictions: not tuned)"
+            notes.append("the threshold is the default 0.5: the run stores none and no validation predictions were given")
+
+    groups = pred_df["group"].astype(str).to_numpy() if "group" in pred_df.columns else None
+    metrics = compute_metrics(
+        y, probs, classes, groups=groups, threshold=thr, positive_index=positive, n_boot=n_boot, seed=seed
+    )
+    metrics["notes"] = notes + metrics["notes"]
+    if positive is not None:
+        metrics["threshold_source"] = thr_source
+        metrics["threshold_rule"] = rule if thr_source.startswith("chosen") else None
+    ece_before = expected_calibration_error(probs_before, y)
+    metrics["calibration"] = {
+        "temperature": t_final,
+        "source": t_source,
+        "ece_before": ece_before,
+        "ece_after": metrics["ece"],
+        "n_bins": 15,
+    }
+    metrics["evaluated_on"] = evaluated_on
+    speed = _speed_rows(info, timing)
+    metrics["timing"] = {"train_seconds": info.get("train_seconds"), **(timing or {})}
+    metrics["run"] = {
+        "name": cfg.get("name") or info.get("name") or (Path(run_dir).name if run_dir else None),
+        "run_dir": str(Path(run_dir).resolve()) if run_dir else None,
+        "params": _params(ctx),
+    }
+    metrics["disclaimer"] = DISCLAIMER
+
+    # predictions.csv: the calibrated probabilities and the decision actually made
+    out = pred_df.copy()
+    for j, c in enumerate(classes):
+        out[f"prob_{c}"] = probs[:, j]
+    if len(classes) == 2 and positive is not None:
+        neg = 1 - positive[0]
+        out["pred"] = np.where(probs[:, positive[0]] >= thr, classes[positive[0]], classes[neg])
+    else:
+        out["pred"] = [classes[i] for i in probs.argmax(axis=1)]
+    first = [c for c in ("path", "label", "group") if c in out.columns]
+    prob_cols = [f"prob_{c}" for c in classes]
+    rest = [c for c in out.columns if c not in (*first, *prob_cols, "pred")]
+    out = out[[*first, *prob_cols, "pred", *rest]]
+    with atomic_path(out_dir / "predictions.csv") as tmp:
+        out.to_csv(tmp, index=False)
+
+    figures = _make_figures(ctx, y, probs, probs_before, classes, metrics, positive, thr, out_dir)
+    atomic_write_json(out_dir / "metrics.json", json_safe(metrics))
+
+    split_summary = _split_summary(ctx, pred_df, classes, evaluated_on)
+    card = _model_card(ctx, classes, metrics, split_summary)
+    from medclf.evaluate.report import confident_errors, write_report
+
+    errors = confident_errors(out, classes, limit=gallery_size) if "path" in out.columns else None
+    name = metrics["run"]["name"]
+    write_report(
+        out_dir,
+        metrics=metrics,
+        figures={k: v for k, (v, _) in figures.items()},
+        title=f"Evaluation report: {name}" if name else None,
+        subtitle=f"{len(y)} images · {evaluated_on}",
+        split_summary=split_summary,
+        audit=audit if audit is not None else ctx["audit"],
+        model_card=card,
+        speed=speed,
+        errors=errors,
+        explain=explain,
+    )
+    if pdf:
+        _write_pdf(out_dir / "report.pdf", metrics, [fig for _, fig in figures.values()], title or f"Evaluation: {name}")
+    return metrics
+
+
+def _make_figures(
+    ctx: dict[str, Any],
+    y: np.ndarray,
+    probs: np.ndarray,
+    probs_before: np.ndarray,
+    classes: list[str],
+    metrics: dict[str, Any],
+    positive: list[int] | None,
+    thr: float | None,
+    out_dir: Path,
+) -> dict[str, tuple[bytes, Any]]:
+    from medclf.evaluate import plots
+
+    figs: dict[str, Any] = {}
+    figs["confusion_matrix"] = plots.confusion_matrix_figure(metrics["confusion_matrix"], classes)
+    single_pos = positive[0] if positive is not None and len(positive) == 1 else None
+    figs["roc"] = plots.roc_figure(y, probs, classes, positive_index=single_pos, threshold=thr if len(classes) == 2 else None)
+    figs["pr"] = plots.pr_figure(y, probs, classes, positive_index=single_pos)
+    cal = metrics["calibration"]
+    figs["reliability"] = plots.reliability_figure(
+        {"before": reliability_curve(probs_before, y), f"after (T = {cal['temperature']:.2f})": reliability_curve(probs, y)},
+        {"before": cal["ece_before"], f"after (T = {cal['temperature']:.2f})": cal["ece_after"]},
+    )
+    if positive is not None:
+        y_bin = np.isin(y, positive).astype(np.int8)
+        score = probs[:, positive].sum(axis=1)
+        if 0 < y_bin.sum() < y_bin.size:
+            sweep = threshold_sweep(y_bin, score)
+            pos_name = " + ".join(classes[i] for i in positive)
+            figs["threshold_sweep"] = plots.threshold_sweep_figure(sweep, thr, title=f"Operating points for {pos_name}")
+            table = pd.DataFrame(sweep)
+            atomic_write_text(out_dir / "threshold_sweep.csv", table.to_csv(index=False, float_format="%.6g"))
+    history = ctx.get("history")
+    if history is not None:
+        fig = plots.training_curves_figure(history)
+        if fig is not None:
+            figs["training_curves"] = fig
+    return {name: (plots.save_png(fig, out_dir / "plots" / f"{name}.png"), fig) for name, fig in figs.items()}
+
+
+def _write_pdf(path: Path, metrics: dict[str, Any], figures: list[Any], title: str) -> None:
+    """A plain PDF: one page of headline numbers, then every plot (matplotlib's PdfPages, no extra dependency)."""
+    from matplotlib.backends.backend_pdf import PdfPages
+    from matplotlib.figure import Figure
+
+    from medclf.evaluate.report import _headline_rows
+
+    page = Figure(figsize=(8.27, 11.69))
+    lines = [title, "", DISCLAIMER, "", f"{metrics['n']} images", ""]
+    lines += [f"{r['label']:<28} {r['value']:>7}   {r['ci']}" for r in _headline_rows(metrics)]
+    lines += ["", *metrics.get("notes", [])]
+    page.text(0.06, 0.95, "\n".join(lines), va="top", family="monospace", fontsize=9, wrap=True)
+    with atomic_path(path, suffix=".pdf") as tmp, PdfPages(tmp) as pdf:
+        pdf.savefig(page)
+        for fig in figures:
+            pdf.savefig(fig)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    data: str | Path | None = None,
+    split: str = "test",
+    n_boot: int = 1000,
+    seed: int = 0,
+    batch_size: int = 64,
+    skip_bad: bool = False,
+    audit_path: str | Path | None = None,
+    pdf: bool = False,
+    explain: Callable[[str], Image.Image] | None = None,
+) -> dict[str, Any]:
+    """Predict the run's test split (or ``data``, read with the run's dataset spec) and evaluate it."""
+    from medclf.models import load_run
+    from medclf.models.inference import predict_frame
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        raise MedclfError(f"{run_dir} is not a medclf run folder (no run.json); pass the folder `medclf train` wrote")
+    if split not in ("test", "val", "all"):
+        raise MedclfError(f"--split {split!r}: choose test, val or all")
+    loaded = load_run(run_dir)
+    records, evaluated_on = _records(run_dir, data, split, skip_bad)
+    if records.empty:
+        raise DataError(f"no images to evaluate ({evaluated_on}); check --split and --data")
+    start = time.perf_counter()
+    pred_df = predict_frame(loaded, records, batch_size=batch_size, skip_bad=skip_bad)
+    seconds = time.perf_counter() - start
+    param = next(loaded.model.parameters(), None)
+    timing = {
+        "inference_seconds": seconds,
+        "images": len(pred_df),
+        "images_per_second": len(pred_df) / seconds if seconds > 0 else None,
+        "batch_size": batch_size,
+        "device": str(param.device) if param is not None else "cpu",
+        "includes": "image decoding and preprocessing",
+    }
+    skipped = pred_df.attrs.get("skipped") or []
+    audit = _read_json(Path(audit_path)) if audit_path else None
+    if audit_path and audit is None:
+        raise DataError(f"--audit {audit_path}: file not found; write one with `medclf data audit`")
+    metrics = evaluate_predictions(
+        pred_df,
+        loaded.classes,
+        out_dir,
+        run_dir=run_dir,
+        n_boot=n_boot,
+        seed=seed,
+        audit=audit,
+        timing=timing,
+        evaluated_on=evaluated_on,
+        pdf=pdf,
+        explain=explain,
+    )
+    if skipped:
+        metrics["notes"].append(f"{len(skipped)} unreadable images were skipped (listed in skipped.csv)")
+        atomic_write_text(Path(out_dir) / "skipped.csv", pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(index=False))
+        atomic_write_json(Path(out_dir) / "metrics.json", json_safe(metrics))
+    return metrics
+
+
+def _records(run_dir: Path, data: str | Path | None, split: str, skip_bad: bool) -> tuple[pd.DataFrame, str]:
+    if data is None:
+        from medclf.data import read_split_csv
+
+        path = run_dir / "split.csv"
+        if not path.is_file():
+            raise MedclfError(f"{path} is missing; pass --data DIR to evaluate other images with the run's dataset spec")
+        records = read_split_csv(path)
+        if "split" not in records.columns:
+            raise DataError(f"{path} has no split column (a fold file); pass --data DIR or evaluate the cv folds")
+        if split != "all":
+            records = records[records["split"] == split]
+        if "augmented" in records.columns:
+            records = records[~records["augmented"].fillna(False).astype(bool)]
+        return records.reset_index(drop=True), f"split={split} of the run's split.csv"
+    from medclf.data import DatasetSpec, load_dataset
+
+    spec_path = run_dir / "dataset.yaml"
+    data_path = Path(data)
+    if spec_path.is_file():
+        spec = DatasetSpec.from_yaml(spec_path).with_root(data_path)
+        ds = load_dataset(spec, skip_bad=skip_bad)
+    else:
+        ds = load_dataset(data_path, skip_bad=skip_bad)
+    records = ds.records
+    if "fold" in records.columns:
+        records = records.drop_duplicates("path")
+    if split != "all" and "split" in records.columns and (records["split"] == split).any():
+        records = records[records["split"] == split]
+        where = f"split={split} of {data_path.name}"
+    else:
+        where = f"all images of {data_path.name}"
+    if "augmented" in records.columns:
+        records = records[~records["augmented"].fillna(False).astype(bool)]
+    return records.reset_index(drop=True), where

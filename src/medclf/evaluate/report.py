@@ -1,0 +1,312 @@
+"""One self-contained HTML report: every number with its interval, every plot, the model card.
+
+Everything is embedded (plots as PNG data URIs, thumbnails as JPEG data URIs, CSS inline), so the file can be
+mailed or opened offline on a phone. The report never shows file names, group ids or metadata: those can carry
+patient identifiers.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medclf import DISCLAIMER, __version__
+from medclf._atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from PIL import Image
+
+__all__ = ["PRIVACY_STATEMENT", "confident_errors", "default_limits", "write_report"]
+
+PRIVACY_STATEMENT = (
+    "This report contains no patient identifiers: no file names, patient/lesion ids or metadata values are "
+    "included, only aggregate numbers and, in the error gallery, downscaled image thumbnails. The full "
+    "per-image table (predictions.csv, next to this report) keeps file paths and group ids; share it only "
+    "where the data's own terms allow."
+)
+
+# figure name -> (caption, spans the full width)
+FIGURE_CAPTIONS: dict[str, tuple[str, bool]] = {
+    "confusion_matrix": ("Confusion matrix: counts and row-normalised (the diagonal is each class's recall).", True),
+    "roc": ("ROC curves, one class vs the rest, with AUC.", False),
+    "pr": ("Precision-recall curves with average precision; dotted: prevalence (a useless model's precision).", False),
+    "reliability": ("Reliability before and after temperature scaling (fitted on validation data).", False),
+    "threshold_sweep": ("Sensitivity, specificity, PPV and NPV against the threshold; dashed: the operating point.", False),
+    "training_curves": ("Training curves from the run's history.csv.", True),
+}
+
+_HEADLINE_LABELS = {
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "ppv": "PPV (precision)",
+    "npv": "NPV",
+    "auc": "AUC",
+    "average_precision": "Average precision",
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced accuracy",
+    "macro_auc": "Macro AUC (one-vs-rest)",
+    "macro_f1": "Macro F1",
+    "weighted_f1": "Weighted F1",
+    "cohen_kappa": "Cohen's kappa",
+    "mcc": "MCC",
+    "ece": "ECE (calibration error)",
+    "brier": "Brier score",
+}
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    return f"{float(value):.{digits}f}"
+
+
+def _fmt_ci(ci: Sequence[float | None] | None) -> str:
+    if not ci or any(v is None or not math.isfinite(v) for v in ci):
+        return ""
+    return f"95% CI {ci[0]:.3f}–{ci[1]:.3f}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _thumbnail(image: Image.Image, size: int = 224) -> str:
+    im = image.convert("RGB")
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=82)
+    return _b64(buf.getvalue())
+
+
+def _open_image(path: str) -> Image.Image | None:
+    try:
+        from medclf.data.images import load_image
+
+        return load_image(path)
+    except Exception:  # a missing or unreadable image must not stop the report; the gallery says so
+        return None
+
+
+def confident_errors(
+    pred_df: pd.DataFrame, classes: Sequence[str], limit: int = 12
+) -> pd.DataFrame:
+    """The wrong predictions with the highest probability on the predicted class (most confident first)."""
+    wrong = pred_df[pred_df["pred"].astype(str) != pred_df["label"].astype(str)].copy()
+    if wrong.empty:
+        return wrong
+    cols = [f"prob_{c}" for c in classes]
+    probs = wrong[cols].to_numpy(dtype=np.float64)
+    pred_idx = wrong["pred"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    wrong["confidence"] = probs[np.arange(len(wrong)), pred_idx]
+    return wrong.sort_values("confidence", ascending=False, kind="mergesort").head(limit)
+
+
+def default_limits(metrics: Mapping[str, Any]) -> list[str]:
+    """Generic limits of a model card; callers add the data-specific ones."""
+    items = [
+        "Evaluated retrospectively on images from the same source as the training data; performance on other "
+        "hospitals, devices, populations (e.g. skin types, ages) or image qualities is unknown.",
+        "Not prospectively or clinically validated; not a medical device.",
+        "The decision threshold and the temperature were chosen on validation data; a new site should "
+        "re-check them on its own labelled data before relying on them.",
+        "The model sees only the image (and metadata, if configured): no history, no examination, no other tests.",
+    ]
+    small = [
+        name for name, pc in (metrics.get("per_class") or {}).items() if isinstance(pc, Mapping) and (pc.get("support") or 0) < 30
+    ]
+    if small:
+        items.append(
+            f"Few test images for {', '.join(small)} (fewer than 30 each): their per-class numbers have wide intervals."
+        )
+    return items
+
+
+def _summarise(obj: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
+    """Flatten an audit mapping into short (key, value) rows: numbers, booleans and short words only.
+
+    Strings that look like paths and long lists are left out (they may name patients or files); lists are
+    shown as their length.
+    """
+    rows: list[tuple[str, str]] = []
+    if not isinstance(obj, Mapping) or depth > 2:
+        return rows
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            rows.append((name, "yes" if value else "no"))
+        elif isinstance(value, int | float | np.integer | np.floating):
+            rows.append((name, _fmt(value) if isinstance(value, float | np.floating) else str(value)))
+        elif isinstance(value, str):
+            if len(value) <= 60 and "/" not in value and "\\" not in value:
+                rows.append((name, value))
+        elif isinstance(value, list | tuple):
+            if value and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value) and len(value) <= 10:
+                rows.append((name, ", ".join(_fmt(v) for v in value)))
+            else:
+                rows.append((name, f"{len(value)} item(s)"))
+        elif isinstance(value, Mapping):
+            rows.extend(_summarise(value, f"{name}.", depth + 1))
+    return rows[:60]
+
+
+def _headline_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
+    ci = metrics.get("ci95") or {}
+    names: list[str] = []
+    if "sensitivity" in metrics:
+        names += ["sensitivity", "specificity", "ppv", "npv", "auc", "average_precision"]
+    names += ["accuracy", "balanced_accuracy"]
+    if "auc" not in metrics:
+        names.append("macro_auc")
+    names += ["macro_f1", "weighted_f1", "cohen_kappa", "mcc", "ece", "brier"]
+    return [
+        {"label": _HEADLINE_LABELS.get(m, m), "value": _fmt(metrics.get(m)), "ci": _fmt_ci(ci.get(m))}
+        for m in names
+        if m in metrics
+    ]
+
+
+def _per_class_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
+    pc_ci = metrics.get("per_class_ci95") or {}
+    rows = []
+    for name, pc in (metrics.get("per_class") or {}).items():
+        ci = pc_ci.get(name, {})
+
+        def cell(key: str, ci_key: str | None = None, ci=ci, pc=pc) -> str:
+            text = _fmt(pc.get(key))
+            bounds = ci.get(ci_key or key)
+            if text != "–" and bounds and all(b is not None and math.isfinite(b) for b in bounds):
+                text += f" [{bounds[0]:.2f}, {bounds[1]:.2f}]"
+            return text
+
+        rows.append(
+            {
+                "name": name,
+                "support": str(pc.get("support", "")),
+                "precision": cell("precision"),
+                "recall": cell("recall"),
+                "specificity": cell("specificity"),
+                "npv": _fmt(pc.get("npv")),
+                "f1": cell("f1"),
+                "auc": cell("auc"),
+            }
+        )
+    return rows
+
+
+def _operating_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    if "threshold" in metrics:
+        positive = metrics.get("positive_class")
+        positive = ", ".join(positive) if isinstance(positive, list) else positive
+        rows.append(("positive class", str(positive)))
+        rows.append(("decision", f"positive when P({positive}) ≥ {_fmt(metrics['threshold'])}"))
+        rows.append(("threshold from", str(metrics.get("threshold_source", "given"))))
+    else:
+        rows.append(("decision", "the class with the highest probability"))
+    cal = metrics.get("calibration") or {}
+    if cal:
+        rows.append(("temperature", f"{_fmt(cal.get('temperature'))} ({cal.get('source', '')})"))
+        rows.append(("ECE before → after", f"{_fmt(cal.get('ece_before'))} → {_fmt(cal.get('ece_after'))}"))
+    return rows
+
+
+def write_report(
+    out_dir: str | Path,
+    *,
+    metrics: Mapping[str, Any],
+    figures: Mapping[str, bytes] | None = None,
+    title: str | None = None,
+    subtitle: str = "",
+    split_summary: Mapping[str, Any] | None = None,
+    audit: Mapping[str, Any] | None = None,
+    model_card: Mapping[str, str] | None = None,
+    limits: Sequence[str] | None = None,
+    speed: Mapping[str, str] | None = None,
+    errors: pd.DataFrame | None = None,
+    explain: Callable[[str], Image.Image] | None = None,
+    filename: str = "report.html",
+) -> Path:
+    """Render ``out_dir/report.html`` and return its path.
+
+    ``figures`` maps names (``confusion_matrix``, ``roc``, ``pr``, ``reliability``, ``threshold_sweep``,
+    ``training_curves`` or others) to PNG bytes. ``errors`` is ``confident_errors(...)``; ``explain(path)``, when
+    given, returns an overlay image (e.g. Grad-CAM) shown beside each error's thumbnail.
+    ``split_summary`` has ``header`` + ``rows`` (a table) and ``facts`` (a mapping).
+    """
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("medclf.evaluate", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    template = env.get_template("report.html.j2")
+
+    figs = []
+    for name, data in (figures or {}).items():
+        caption, wide = FIGURE_CAPTIONS.get(name, (name.replace("_", " "), False))
+        figs.append({"data": _b64(data), "caption": caption, "wide": wide})
+
+    gallery = []
+    explained = False
+    if errors is not None and not errors.empty:
+        for _, row in errors.iterrows():
+            image = _open_image(str(row["path"])) if "path" in row else None
+            overlay = None
+            if explain is not None and image is not None:
+                try:
+                    overlay = _thumbnail(explain(str(row["path"])))
+                    explained = True
+                except Exception:  # an explanation failure should cost one overlay, not the report
+                    overlay = None
+            gallery.append(
+                {
+                    "thumb": _thumbnail(image) if image is not None else None,
+                    "overlay": overlay,
+                    "label": str(row["label"]),
+                    "pred": str(row["pred"]),
+                    "confidence": f"p = {float(row['confidence']):.3f}",
+                }
+            )
+
+    boot = metrics.get("bootstrap") or {}
+    bootstrap_text = (
+        f"bootstrap, {boot.get('n_resamples')} resamples ({boot.get('method', '')}), seed {boot.get('seed')}"
+        if boot
+        else "not computed"
+    )
+    split_summary = split_summary or {}
+    html = template.render(
+        title=title or "medclf evaluation report",
+        subtitle=subtitle,
+        version=__version__,
+        created=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        disclaimer=DISCLAIMER,
+        privacy=PRIVACY_STATEMENT,
+        n=metrics.get("n"),
+        n_groups=metrics.get("n_groups"),
+        bootstrap_text=bootstrap_text,
+        headline=_headline_rows(metrics),
+        notes=list(metrics.get("notes") or []),
+        operating=_operating_rows(metrics),
+        figures=figs,
+        per_class=_per_class_rows(metrics),
+        split_header=list(split_summary.get("header") or []),
+        split_rows=[list(map(str, r)) for r in split_summary.get("rows") or []],
+        split_facts=list((split_summary.get("facts") or {}).items()),
+        audit=_summarise(audit) if audit else [],
+        model_card=list((model_card or {}).items()),
+        limits=list(limits if limits is not None else default_limits(metrics)),
+        speed=list((speed or {}).items()),
+        gallery=gallery,
+        explained=explained,
+    )
+    path = Path(out_dir) / filename
+    atomic_write_text(path, html)
+    return path

@@ -1,0 +1,44 @@
+"""Heat map on top of the image, with an adjustable intensity."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["heatmap_image", "model_view", "overlay_cam"]
+
+
+def heatmap_image(cam: np.ndarray, size: tuple[int, int], colormap: str = "jet") -> Image.Image:
+    """A [H, W] map in [0, 1] as an RGB colour image of ``size`` (width, height)."""
+    from matplotlib import colormaps
+
+    cam = np.clip(np.nan_to_num(np.asarray(cam, dtype=np.float32)), 0.0, 1.0)
+    small = Image.fromarray((cam * 255).astype(np.uint8), mode="L").resize(size, Image.BILINEAR)
+    rgb = colormaps[colormap](np.asarray(small, dtype=np.float32) / 255.0)[..., :3]
+    return Image.fromarray((rgb * 255).astype(np.uint8), mode="RGB")
+
+
+def model_view(image: Image.Image, resize: str = "squash") -> Image.Image:
+    """The part of the image the model saw: all of it (squash) or the centre square (center_crop)."""
+    image = image.convert("RGB")
+    if resize != "center_crop":
+        return image
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def overlay_cam(
+    image: Image.Image, cam: np.ndarray, alpha: float = 0.5, *, resize: str = "squash", colormap: str = "jet"
+) -> Image.Image:
+    """Blend the heat map over the image: ``alpha`` = 0 shows the image only, 1 the heat map only.
+
+    ``resize`` is the run's preprocessing mode, so the map lands on the region the model saw.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+    base = model_view(image, resize)
+    heat = heatmap_image(cam, base.size, colormap)
+    return Image.blend(base, heat, float(alpha))
+

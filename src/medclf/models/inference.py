@@ -1,0 +1,108 @@
+"""Batch prediction over dataset records with a loaded run -> the predictions.csv table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medclf.data.transforms import create_transform
+from medclf.errors import BadImageError
+from medclf.models.run_io import LoadedRun
+
+__all__ = ["decision", "open_image", "predict_frame", "predict_logits", "prob_columns"]
+
+
+def open_image(path: str) -> Any:
+    """Decode one image with the data layer's loader (DICOM, 16-bit, EXIF ...), raising BadImageError."""
+    from medclf.data import load_image
+
+    return load_image(path)
+
+
+def prob_columns(classes: list[str]) -> list[str]:
+    return [f"prob_{c}" for c in classes]
+
+
+def decision(probs: np.ndarray, classes: list[str], threshold: float | None, positive_class: str | None) -> list[str]:
+    """Class names: the binary threshold on the positive class when there is one, else the argmax."""
+    if len(classes) == 2 and threshold is not None:
+        pos = classes.index(positive_class) if positive_class in classes else 1
+        neg = 1 - pos
+        return [classes[pos] if p >= threshold else classes[neg] for p in probs[:, pos]]
+    return [classes[i] for i in probs.argmax(axis=1)]
+
+
+@torch.no_grad()
+def predict_logits(
+    model: torch.nn.Module,
+    images: list[torch.Tensor] | None,
+    meta: np.ndarray | None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Logits [N, C] for preprocessed image tensors (or None for a metadata-only model) and encoded metadata."""
+    n = len(images) if images is not None else (0 if meta is None else len(meta))
+    out = []
+    param = next(model.parameters())
+    for start in range(0, n, batch_size):
+        x = torch.stack(images[start : start + batch_size]).to(param.device) if images is not None else None
+        m = torch.from_numpy(meta[start : start + batch_size]).to(param.device) if meta is not None else None
+        out.append(model(x, m).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, getattr(model, "num_classes", 0)), dtype=np.float32)
+
+
+def predict_frame(
+    loaded_run: LoadedRun,
+    records: pd.DataFrame,
+    batch_size: int = 64,
+    skip_bad: bool = False,
+    *,
+    loader: Callable[[str], Any] | None = None,
+) -> pd.DataFrame:
+    """Predict every row of ``records`` (needs ``path``; ``label``, ``group`` and metadata columns are kept).
+
+    Returns ``path,label,group,prob_<class>...,pred`` + metadata columns, with the run's temperature applied and
+    the binary threshold used for ``pred``. With ``skip_bad`` unreadable images are left out and listed in
+    ``result.attrs["skipped"]`` as (path, reason); otherwise the first one raises ``BadImageError``.
+    """
+    model = loaded_run.model
+    model.eval()
+    classes = loaded_run.classes
+    loader = loader or open_image
+    meta_only = bool(getattr(model, "meta_only", False))
+    rows = records.reset_index(drop=True)
+    keep: list[int] = []
+    images: list[torch.Tensor] | None = None
+    skipped: list[tuple[str, str]] = []
+    if meta_only:
+        keep = list(range(len(rows)))
+    else:
+        tf = create_transform(loaded_run.preprocessing, "none")
+        images = []
+        for i, path in enumerate(rows["path"].astype(str)):
+            try:
+                images.append(tf(loader(path)))
+            except BadImageError as exc:
+                if not skip_bad:
+                    raise
+                skipped.append((path, exc.reason))
+                continue
+            keep.append(i)
+    rows = rows.iloc[keep].reset_index(drop=True)
+    meta = loaded_run.meta_encoder.transform(rows) if loaded_run.meta_encoder else None
+    logits = predict_logits(model, images, meta, batch_size)
+    probs = torch.softmax(torch.from_numpy(logits) / loaded_run.temperature, dim=1).numpy()
+    out = pd.DataFrame({"path": rows["path"].astype(str)})
+    out["label"] = rows["label"].astype(str) if "label" in rows else ""
+    out["group"] = rows["group"].astype(str) if "group" in rows else out["path"].map(lambda p: p.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+    for j, col in enumerate(prob_columns(classes)):
+        out[col] = probs[:, j] if len(probs) else []
+    out["pred"] = decision(probs, classes, loaded_run.threshold, loaded_run.positive_class) if len(probs) else []
+    for col in loaded_run.metadata_columns:
+        if col in rows:
+            out[col] = rows[col].to_numpy()
+    out.attrs["skipped"] = skipped
+    return out

@@ -1,0 +1,132 @@
+"""Out-of-distribution score on backbone features: Mahalanobis distance to the training features.
+
+A model answers every input with some class; a chest X-ray sent to a skin-lesion model, a photo of a cat or a
+blank frame must instead be referred to a person. Pooled backbone features of such inputs lie far from the
+training images' features. We fit a Gaussian (mean + Ledoit-Wolf shrunk covariance, stable when there are fewer
+images than feature dimensions) to the training split's features, and flag an input whose squared Mahalanobis
+distance exceeds the 99th percentile of the validation split's distances (the training split when there is no
+validation split), so about 1% of in-distribution images are flagged by design.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from medclf.errors import DataError
+
+__all__ = ["FeatureOOD"]
+
+
+@dataclass
+class FeatureOOD:
+    """Squared Mahalanobis distance of pooled features to the training distribution, with a threshold."""
+
+    mean: np.ndarray
+    """[D] mean training feature."""
+    precision: np.ndarray
+    """[D, D] inverse of the shrunk training covariance."""
+    threshold: float
+    """Scores above this are out of distribution."""
+    quantile: float = 0.99
+    """The calibration quantile the threshold was taken at."""
+    n_fit: int = 0
+    """Images the Gaussian was fitted on."""
+    n_calib: int = 0
+    """Images the threshold was taken from."""
+    calib_split: str = "val"
+    """Which split gave the threshold (val, or train when the run has no validation split)."""
+
+    @classmethod
+    def fit(
+        cls, train_features: np.ndarray, calib_features: np.ndarray | None = None, quantile: float = 0.99
+    ) -> FeatureOOD:
+        from sklearn.covariance import LedoitWolf
+
+        x = np.asarray(train_features, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] < 2:
+            raise DataError(f"the OOD detector needs at least 2 training images' features, got shape {x.shape}")
+        lw = LedoitWolf(assume_centered=False).fit(x)
+        ood = cls(
+            mean=lw.location_.astype(np.float32),
+            precision=np.asarray(lw.precision_, dtype=np.float32),
+            threshold=float("inf"),
+            quantile=quantile,
+            n_fit=int(x.shape[0]),
+        )
+        calib, split = (x, "train") if calib_features is None or len(calib_features) == 0 else (calib_features, "val")
+        scores = ood.score(calib)
+        ood.threshold = float(np.quantile(scores, quantile))
+        ood.n_calib, ood.calib_split = int(len(calib)), split
+        return ood
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """[B, D] features -> [B] squared Mahalanobis distances."""
+        d = np.asarray(features, dtype=np.float64) - self.mean.astype(np.float64)
+        return np.einsum("bi,ij,bj->b", d, self.precision.astype(np.float64), d)
+
+    def is_ood(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores) > self.threshold
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "method": "mahalanobis",
+            "threshold": self.threshold,
+            "quantile": self.quantile,
+            "n_fit": self.n_fit,
+            "n_calib": self.n_calib,
+            "calib_split": self.calib_split,
+            "num_features": int(self.mean.shape[0]),
+        }
+
+    def save(self, path: str | os.PathLike[str], **extra: str) -> None:
+        """safetensors (the arrays) with the rest (and ``extra``) in its string metadata; written atomically."""
+        from safetensors.numpy import save_file
+
+        from medclf._atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            save_file(
+                {"mean": np.ascontiguousarray(self.mean), "precision": np.ascontiguousarray(self.precision)},
+                str(tmp),
+                metadata={"medclf_ood": json.dumps({**self.info(), **extra})},
+            )
+
+    @staticmethod
+    def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+        """The JSON stored beside the arrays (without reading them); {} when the file is unusable."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as fh:
+                return dict(json.loads((fh.metadata() or {}).get("medclf_ood", "{}")))
+        except Exception:
+            return {}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> FeatureOOD:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as fh:
+                meta = json.loads((fh.metadata() or {})["medclf_ood"])
+                mean, precision = fh.get_tensor("mean"), fh.get_tensor("precision")
+        except Exception as exc:
+            raise DataError(
+                f"{path}: not a valid medclf OOD file ({type(exc).__name__}); delete it and it is rebuilt"
+            ) from None
+        if precision.shape != (mean.shape[0], mean.shape[0]):
+            raise DataError(f"{path}: OOD arrays have inconsistent shapes; delete the file and it is rebuilt")
+        return cls(
+            mean=mean,
+            precision=precision,
+            threshold=float(meta["threshold"]),
+            quantile=float(meta.get("quantile", 0.99)),
+            n_fit=int(meta.get("n_fit", 0)),
+            n_calib=int(meta.get("n_calib", 0)),
+            calib_split=str(meta.get("calib_split", "val")),
+        )

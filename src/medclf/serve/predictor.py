@@ -1,0 +1,602 @@
+"""One ``Predictor`` for the CLI, the REST server and the web app: image(s) in, decisions with a refer flag out.
+
+The run folder fixes everything: preprocessing, classes, temperature, operating point, refer threshold and the
+out-of-distribution detector, so every front end gives the same answer for the same image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from medclf import DISCLAIMER
+from medclf.data.transforms import Preprocessing, create_transform
+from medclf.errors import BadImageError, ConfigError, MedclfError
+from medclf.serve.ood import FeatureOOD
+
+__all__ = ["BACKENDS", "DEFAULT_REFER_BELOW", "Explanation", "ImageInput", "Prediction", "Predictor"]
+
+BACKENDS = ("onnx", "torch")
+DEFAULT_REFER_BELOW = 0.6
+OOD_FILE = "ood.safetensors"
+ImageInput = str | os.PathLike | bytes | Image.Image
+"""A file path, the bytes of an image file (JPEG, PNG, DICOM, ...) or a decoded PIL image."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's answer. ``decision`` is the class at the run's operating point; ``label`` the most likely."""
+
+    probabilities: dict[str, float]
+    label: str
+    decision: str
+    confidence: float
+    """The highest class probability."""
+    refer: bool
+    """True when a clinician must look: low confidence or an input unlike the training images."""
+    refer_reasons: tuple[str, ...] = ()
+    ood_score: float | None = None
+    """Squared Mahalanobis distance of the image's features to the training features (None: no detector)."""
+    ood_threshold: float | None = None
+    disclaimer: str = DISCLAIMER
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "probabilities": dict(self.probabilities),
+            "label": self.label,
+            "decision": self.decision,
+            "confidence": self.confidence,
+            "refer": self.refer,
+            "refer_reasons": list(self.refer_reasons),
+            "ood_score": self.ood_score,
+            "ood_threshold": self.ood_threshold,
+            "disclaimer": self.disclaimer,
+        }
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A class-activation map for one image and the overlay drawn from it."""
+
+    cam: np.ndarray
+    """[H, W] in [0, 1] at the model's input size."""
+    overlay: Image.Image
+    target: str
+    """The class the map explains."""
+    method: str
+    prediction: Prediction
+
+
+@dataclass
+class _ServingInfo:
+    classes: list[str]
+    preprocessing: Preprocessing
+    threshold: float | None = None
+    positive_class: str | None = None
+    temperature: float = 1.0
+    refer_below: float = DEFAULT_REFER_BELOW
+    metadata_encoder: dict[str, Any] | None = None
+    model_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _TorchBackend:
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, ood: FeatureOOD | None) -> None:
+        self.model = model.eval()
+        self.ood = ood
+        self.uses_images = int(getattr(model, "num_features", 1) or 0) > 0
+
+    def run(self, x: np.ndarray, meta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        # inference_mode keeps no autograd state, so concurrent calls on one eval-mode model do not interact
+        with torch.inference_mode():
+            xt = torch.from_numpy(x)
+            mt = torch.from_numpy(meta) if meta is not None else None
+            if self.uses_images:
+                feats = self.model.forward_features(xt)
+                logits = self.model.forward_head(feats, mt)
+            else:
+                feats, logits = None, self.model(xt, mt)
+        scores = None
+        if self.ood is not None and feats is not None:
+            scores = self.ood.score(feats.float().numpy())
+        return logits.float().numpy(), scores
+
+
+class _OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, session: Any, has_ood: bool) -> None:
+        self.session = session
+        self.inputs = {i.name for i in session.get_inputs()}
+        self.has_ood = has_ood
+
+    def run(self, x: np.ndarray, meta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        feed = {"image": x}
+        if "meta" in self.inputs:
+            feed["meta"] = meta if meta is not None else np.zeros((x.shape[0], 0), np.float32)
+        # InferenceSession.run is thread-safe: one session serves concurrent requests
+        logits, scores = self.session.run(["logits", "ood_score"], feed)
+        return logits, (scores if self.has_ood else None)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _refer_below_from_run(run_dir: Path, info: Mapping[str, Any]) -> float:
+    if info.get("refer_below") is not None:
+        return float(info["refer_below"])
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        import yaml
+
+        try:
+            cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+            value = (cfg.get("eval") or {}).get("refer_below")
+            if value is not None:
+                return float(value)
+        except (yaml.YAMLError, AttributeError, TypeError, ValueError):
+            pass
+    return DEFAULT_REFER_BELOW
+
+
+class Predictor:
+    """Predict with a trained run through PyTorch or ONNX Runtime. Safe to share between threads."""
+
+    def __init__(
+        self,
+        serving: _ServingInfo,
+        backend: _TorchBackend | _OnnxBackend,
+        *,
+        ood: FeatureOOD | None = None,
+        ood_threshold: float | None = None,
+        torch_model: torch.nn.Module | None = None,
+        run_dir: Path | None = None,
+        info: dict[str, Any] | None = None,
+        max_pixels: int | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        from medclf.data.images import MAX_PIXELS
+
+        self.serving = serving
+        self.backend = backend
+        self.ood = ood
+        self.ood_threshold = ood.threshold if ood is not None else ood_threshold
+        self.torch_model = torch_model
+        self.run_dir = run_dir
+        self.info = dict(info or {})
+        self.max_pixels = int(max_pixels or MAX_PIXELS)
+        self.batch_size = batch_size
+        self._transform = create_transform(serving.preprocessing)
+        self._encoder = None
+        if serving.metadata_encoder:
+            from medclf.models.metadata import MetadataEncoder
+
+            self._encoder = MetadataEncoder.from_dict(serving.metadata_encoder)
+        # Grad-CAM hooks the shared torch model, so explanations run one at a time
+        self._cam_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | os.PathLike[str],
+        backend: str = "onnx",
+        *,
+        ood: bool = True,
+        max_ood_images: int = 400,
+        num_threads: int | None = None,
+        max_pixels: int | None = None,
+    ) -> Predictor:
+        """Load a run folder. ``backend="onnx"`` exports the model in memory and runs it with ONNX Runtime.
+
+        ``ood``: fit (first use; cached as ``ood.safetensors`` in the run folder) or load the
+        out-of-distribution detector from the run's training/validation images.
+        """
+        from medclf.models import load_run
+
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        run = load_run(run_dir)
+        serving = serving_info_from_run(run)
+        detector = load_or_fit_ood(run, max_images=max_ood_images) if ood else None
+        if backend == "torch":
+            impl: _TorchBackend | _OnnxBackend = _TorchBackend(run.model, detector)
+        else:
+            from medclf.serve.export import build_onnx, onnx_session
+
+            proto = build_onnx(run.model, serving, detector)
+            impl = _OnnxBackend(onnx_session(proto.SerializeToString(), num_threads), has_ood=detector is not None)
+        return cls(
+            serving,
+            impl,
+            ood=detector,
+            torch_model=run.model,
+            run_dir=Path(run_dir),
+            info=run.info,
+            max_pixels=max_pixels,
+        )
+
+    @classmethod
+    def from_onnx(
+        cls, path: str | os.PathLike[str], *, num_threads: int | None = None, max_pixels: int | None = None
+    ) -> Predictor:
+        """Serve an exported ``.onnx`` file alone: everything needed is in its metadata (no explanations)."""
+        from medclf.serve.export import onnx_session, read_onnx
+
+        proto, serving, ood_info = read_onnx(path)
+        impl = _OnnxBackend(onnx_session(proto.SerializeToString(), num_threads), has_ood=ood_info is not None)
+        threshold = float(ood_info["threshold"]) if ood_info else None
+        return cls(serving, impl, ood_threshold=threshold, info=serving.extra, max_pixels=max_pixels)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def classes(self) -> list[str]:
+        return list(self.serving.classes)
+
+    @property
+    def threshold(self) -> float | None:
+        return self.serving.threshold
+
+    @property
+    def positive_class(self) -> str | None:
+        return self.serving.positive_class
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        return list(self._encoder.columns) if self._encoder else []
+
+    @property
+    def metadata_fields(self) -> dict[str, dict[str, Any]]:
+        """column -> {"kind": numeric|categorical, "categories": [...]} for forms (the app, the REST API)."""
+        if self._encoder is None:
+            return {}
+        return {
+            c: {"kind": self._encoder.kinds[c], "categories": list(self._encoder.categories.get(c, []))}
+            for c in self._encoder.columns
+        }
+
+    @property
+    def can_explain(self) -> bool:
+        return self.torch_model is not None and getattr(self.torch_model, "cam_layer", None) is not None
+
+    # ------------------------------------------------------------------ prediction
+    def load(self, image: ImageInput, name: str = "<upload>") -> Image.Image:
+        """Decode one input into a PIL image (``BadImageError`` naming ``name`` when it is unusable)."""
+        from medclf.data.images import load_image, load_image_bytes
+
+        if isinstance(image, Image.Image):
+            return image
+        if isinstance(image, bytes | bytearray | memoryview):
+            return load_image_bytes(bytes(image), name, max_pixels=self.max_pixels)
+        if isinstance(image, str | os.PathLike):
+            return load_image(image, max_pixels=self.max_pixels)
+        raise BadImageError(name, f"cannot predict on a {type(image).__name__}; pass a path, bytes or a PIL image")
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return self._transform(image).numpy()
+
+    def encode_metadata(self, metadata: Sequence[Mapping[str, Any] | None] | None, n: int) -> np.ndarray | None:
+        if self._encoder is None:
+            return None
+        rows = [dict(m or {}) for m in (metadata or [{}] * n)]
+        import pandas as pd
+
+        return self._encoder.transform(pd.DataFrame(rows, columns=self._encoder.columns)).astype(np.float32)
+
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        metadata: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[Prediction]:
+        """Predict one or many images; ``metadata`` is one mapping per image (or one for a single image).
+
+        Metadata columns the model does not use are ignored; missing ones count as unknown.
+        """
+        if isinstance(images, str | os.PathLike | bytes | bytearray | Image.Image):
+            images = [images]
+        images = list(images)
+        if isinstance(metadata, Mapping):
+            metadata = [metadata] * len(images)
+        if metadata is not None and len(metadata) != len(images):
+            raise ConfigError(f"got {len(images)} images but {len(metadata)} metadata rows; pass one per image")
+        out: list[Prediction] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            x = np.stack([self.preprocess(self.load(im, _name(im))) for im in chunk]).astype(np.float32)
+            meta = self.encode_metadata(None if metadata is None else metadata[start : start + len(chunk)], len(chunk))
+            out += self.predict_arrays(x, meta)
+        return out
+
+    def predict_arrays(self, x: np.ndarray, meta: np.ndarray | None = None) -> list[Prediction]:
+        """Preprocessed [B, C, H, W] float32 (+ encoded metadata) -> predictions."""
+        logits, scores = self.backend.run(np.ascontiguousarray(x, dtype=np.float32), meta)
+        probs = _softmax(np.asarray(logits, np.float64) / max(self.serving.temperature, 1e-6))
+        return [self._decide(p, None if scores is None else float(scores[i])) for i, p in enumerate(probs)]
+
+    def _decide(self, p: np.ndarray, ood_score: float | None) -> Prediction:
+        s = self.serving
+        classes = s.classes
+        top = int(np.argmax(p))
+        decision = classes[top]
+        if len(classes) == 2 and s.threshold is not None:
+            pos = s.positive_class if s.positive_class in classes else classes[1]
+            ipos = classes.index(pos)
+            decision = pos if p[ipos] >= s.threshold else classes[1 - ipos]
+        confidence = float(p[top])
+        reasons = []
+        if confidence < s.refer_below:
+            reasons.append(f"low confidence ({confidence:.2f} < {s.refer_below:.2f})")
+        if ood_score is not None and self.ood_threshold is not None and ood_score > self.ood_threshold:
+            reasons.append("the image looks unlike the training images (out of distribution)")
+        return Prediction(
+            probabilities={c: float(v) for c, v in zip(classes, p, strict=True)},
+            label=classes[top],
+            decision=decision,
+            confidence=confidence,
+            refer=bool(reasons),
+            refer_reasons=tuple(reasons),
+            ood_score=ood_score,
+            ood_threshold=self.ood_threshold,
+        )
+
+    # ------------------------------------------------------------------ explanation
+    def explain(
+        self,
+        image: ImageInput,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        method: str = "gradcam",
+        target: str | int | None = None,
+        alpha: float = 0.5,
+    ) -> Explanation:
+        """Class-activation map (Grad-CAM, Grad-CAM++ or Score-CAM) for ``target`` (default: the decision)."""
+        from medclf.explain import compute_cam, overlay_cam
+
+        if not self.can_explain:
+            raise MedclfError(
+                "explanations need the PyTorch model of an image model: load the run folder "
+                "(Predictor.from_run), not an exported ONNX file"
+            )
+        pil = self.load(image, _name(image))
+        x = self.preprocess(pil)[None].astype(np.float32)
+        meta = self.encode_metadata([metadata] if metadata else None, 1)
+        pred = self.predict_arrays(x, meta)[0]
+        if target is None:
+            target_name = pred.decision
+        elif isinstance(target, int) or (isinstance(target, str) and target.isdigit() and target not in self.classes):
+            idx = int(target)
+            if not 0 <= idx < len(self.classes):
+                raise ConfigError(f"--target {target}: class index out of range 0..{len(self.classes) - 1}")
+            target_name = self.classes[idx]
+        elif target in self.classes:
+            target_name = str(target)
+        else:
+            raise ConfigError(f"--target {target!r} is not a class of this model; classes: {', '.join(self.classes)}")
+        assert self.torch_model is not None
+        with self._cam_lock:
+            cam = compute_cam(
+                self.torch_model,
+                torch.from_numpy(x),
+                meta=None if meta is None else torch.from_numpy(meta),
+                method=method,
+                target=self.classes.index(target_name),
+            )
+        overlay = overlay_cam(pil, cam, alpha, resize=self.serving.preprocessing.resize)
+        return Explanation(cam=cam, overlay=overlay, target=target_name, method=method, prediction=pred)
+
+    # ------------------------------------------------------------------ description
+    def model_card(self) -> dict[str, Any]:
+        """Classes, operating point, preprocessing, validation metrics and the card text, for /model and the app."""
+        s = self.serving
+        card: dict[str, Any] = {
+            "model": s.model_name,
+            "classes": s.classes,
+            "task": "binary" if len(s.classes) == 2 else "multiclass",
+            "positive_class": s.positive_class,
+            "threshold": s.threshold,
+            "temperature": s.temperature,
+            "refer_below": s.refer_below,
+            "preprocessing": s.preprocessing.to_dict(),
+            "metadata": self.metadata_fields,
+            "backend": self.backend.name,
+            "ood": self.ood.info() if self.ood else ({"threshold": self.ood_threshold} if self.ood_threshold else None),
+            "metrics": run_metrics(self.run_dir, s.classes, s.positive_class, s.threshold) if self.run_dir else {},
+            "card": _card_text(self.run_dir),
+            "disclaimer": DISCLAIMER,
+        }
+        for key in ("created", "train_seconds", "versions", "data_fingerprint", "task"):
+            if key in self.info and key not in ("task",):
+                card[key] = self.info[key]
+        return card
+
+
+def _name(image: Any) -> str:
+    if isinstance(image, str | os.PathLike):
+        return os.fspath(image)
+    return "<upload>"
+
+
+def serving_info_from_run(run: Any) -> _ServingInfo:
+    """What serving needs from a ``LoadedRun``."""
+    info = run.info
+    enc = run.meta_encoder.to_dict() if run.meta_encoder is not None else None
+    pos = run.positive_class
+    if len(run.classes) == 2 and pos not in run.classes:
+        pos = run.classes[1]
+    return _ServingInfo(
+        classes=list(run.classes),
+        preprocessing=run.preprocessing,
+        threshold=run.threshold,
+        positive_class=pos if len(run.classes) == 2 else None,
+        temperature=float(run.temperature or 1.0),
+        refer_below=_refer_below_from_run(Path(run.run_dir), info),
+        metadata_encoder=enc,
+        model_name=str((info.get("model") or {}).get("name", "")),
+    )
+
+
+# ---------------------------------------------------------------------- OOD fitting
+def _split_paths(run_dir: Path) -> dict[str, list[str]]:
+    import pandas as pd
+
+    path = run_dir / "split.csv"
+    if not path.is_file():
+        return {}
+    try:
+        df = pd.read_csv(path)
+    except Exception:
+        return {}
+    if "path" not in df.columns:
+        return {}
+    if "fold" in df.columns and "split" in df.columns:
+        df = df[df["fold"] == df["fold"].min()]
+    if "split" not in df.columns:
+        return {"train": df["path"].astype(str).tolist()}
+    return {s: g["path"].astype(str).tolist() for s, g in df.groupby("split")}
+
+
+def _weights_digest(run: Any) -> str:
+    return str((run.info.get("weights") or {}).get("sha256", ""))
+
+
+def image_features(
+    model: torch.nn.Module, pre: Preprocessing, paths: Sequence[str], batch_size: int = 32
+) -> np.ndarray:
+    """Pooled features of the readable images among ``paths`` (unreadable ones are skipped)."""
+    from medclf.data.images import load_image
+
+    transform = create_transform(pre)
+    feats: list[np.ndarray] = []
+    batch: list[torch.Tensor] = []
+
+    def flush() -> None:
+        if batch:
+            with torch.inference_mode():
+                feats.append(model.forward_features(torch.stack(batch)).float().numpy())
+            batch.clear()
+
+    for p in paths:
+        try:
+            batch.append(transform(load_image(p)))
+        except MedclfError:
+            continue
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return np.concatenate(feats) if feats else np.zeros((0, int(getattr(model, "num_features", 0))), np.float32)
+
+
+def load_or_fit_ood(run: Any, *, max_images: int = 400, seed: int = 0) -> FeatureOOD | None:
+    """The run's OOD detector: ``ood.safetensors`` when it matches the weights, else fitted from split.csv.
+
+    Returns None (no OOD flag; low confidence still refers) when the model has no image features or the
+    training images are not on this machine.
+    """
+    if int(getattr(run.model, "num_features", 0) or 0) <= 0:
+        return None
+    run_dir = Path(run.run_dir)
+    cache = run_dir / OOD_FILE
+    digest = _weights_digest(run)
+    if cache.is_file() and FeatureOOD.read_info(cache).get("weights_sha256") == digest:
+        try:
+            return FeatureOOD.load(cache)
+        except MedclfError:
+            pass  # damaged: refit below
+    splits = _split_paths(run_dir)
+    rng = np.random.default_rng(seed)
+
+    def sample(paths: list[str], n: int) -> list[str]:
+        if len(paths) <= n:
+            return paths
+        return [paths[i] for i in sorted(rng.choice(len(paths), n, replace=False))]
+
+    train = sample(splits.get("train", []), max_images)
+    val = sample(splits.get("val", []), max_images // 2)
+    ftrain = image_features(run.model, run.preprocessing, train)
+    if len(ftrain) < 2:
+        return None
+    fval = image_features(run.model, run.preprocessing, val) if val else None
+    ood = FeatureOOD.fit(ftrain, fval)
+    try:
+        ood.save(cache, weights_sha256=digest)
+    except OSError:
+        pass  # a read-only run folder: keep the detector in memory only
+    return ood
+
+
+# ---------------------------------------------------------------------- run description
+def _card_text(run_dir: Path | None) -> str | None:
+    if run_dir is None:
+        return None
+    for name in ("model_card.md", "MODEL_CARD.md", "report/model_card.md"):
+        p = run_dir / name
+        if p.is_file():
+            return p.read_text(encoding="utf-8", errors="replace")
+    return None
+
+
+def run_metrics(
+    run_dir: Path | None, classes: list[str], positive_class: str | None, threshold: float | None
+) -> dict[str, Any]:
+    """Validation/test metrics: the run's metrics JSON when evaluation wrote one, else computed from
+    ``val_predictions.csv`` / ``test_predictions.csv`` (accuracy, balanced accuracy, AUC, n)."""
+    if run_dir is None:
+        return {}
+    for name in ("metrics.json", "eval/metrics.json", "report/metrics.json"):
+        p = run_dir / name
+        if p.is_file():
+            try:
+                return json.loads(p.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                break
+    out: dict[str, Any] = {}
+    for split in ("val", "test"):
+        p = run_dir / f"{split}_predictions.csv"
+        if p.is_file():
+            try:
+                out[split] = _metrics_from_predictions(p, classes, positive_class, threshold)
+            except Exception:  # a partial CSV must not break /model
+                continue
+    return out
+
+
+def _metrics_from_predictions(
+    path: Path, classes: list[str], positive_class: str | None, threshold: float | None
+) -> dict[str, Any]:
+    import pandas as pd
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
+
+    df = pd.read_csv(path)
+    cols = [f"prob_{c}" for c in classes]
+    df = df[df["label"].astype(str).isin(classes)]
+    probs = df[cols].to_numpy(float)
+    y = df["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
+    if len(classes) == 2 and threshold is not None:
+        ipos = classes.index(positive_class) if positive_class in classes else 1
+        pred = np.where(probs[:, ipos] >= threshold, ipos, 1 - ipos)
+    else:
+        pred = probs.argmax(1)
+    m: dict[str, Any] = {
+        "n": len(df),
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+    }
+    if len(set(y.tolist())) == len(classes):
+        m["auc"] = float(
+            roc_auc_score(y, probs[:, 1]) if len(classes) == 2 else roc_auc_score(y, probs, multi_class="ovr")
+        )
+    return m

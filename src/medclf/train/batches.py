@@ -1,0 +1,103 @@
+"""Records -> batches: an image+metadata torch Dataset that survives bad images, and a seeded epoch sampler
+(the permutation depends only on seed and epoch, so a resumed run sees the same batches)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from medclf.errors import BadImageError
+
+__all__ = ["EpochSampler", "RecordsDataset", "collate_skip_bad"]
+
+
+class RecordsDataset(Dataset):
+    """Rows of a records table -> ``(image [C,H,W] | empty, meta [M] | empty, label index)``.
+
+    A bad image raises ``BadImageError`` (naming the file), or with ``skip_bad`` yields None and is listed in
+    ``bad`` (the collate function drops it) — one bad file never stops training.
+    """
+
+    def __init__(
+        self,
+        records: pd.DataFrame,
+        classes: list[str],
+        transform: Callable[[Any], torch.Tensor] | None,
+        meta: np.ndarray | None = None,
+        *,
+        skip_bad: bool = False,
+        loader: Callable[[str], Any] | None = None,
+    ) -> None:
+        index = {c: i for i, c in enumerate(classes)}
+        self.paths = records["path"].astype(str).tolist()
+        self.labels = np.array([index[str(v)] for v in records["label"]], dtype=np.int64)
+        self.transform = transform
+        self.meta = meta
+        self.skip_bad = skip_bad
+        self.bad: dict[str, str] = {}
+        if loader is None:
+            from medclf.data import load_image
+
+            loader = load_image
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        if self.transform is None:  # metadata-only model: never decode the image
+            x = torch.zeros(0)
+        else:
+            try:
+                x = self.transform(self.loader(self.paths[i]))
+            except BadImageError as exc:
+                if not self.skip_bad:
+                    raise BadImageError(
+                        exc.path, f"{exc.reason} (set data.skip_bad=true to skip and list bad images)"
+                    ) from None
+                self.bad[self.paths[i]] = exc.reason
+                return None
+        m = torch.from_numpy(self.meta[i]) if self.meta is not None else torch.zeros(0)
+        return x, m, int(self.labels[i])
+
+
+def collate_skip_bad(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    items = [it for it in items if it is not None]
+    if not items:
+        return None
+    xs, ms, ys = zip(*items, strict=True)
+    return torch.stack(xs), torch.stack(ms), torch.tensor(ys, dtype=torch.long)
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled (or class-balanced, with replacement) indices drawn from a generator seeded by (seed, epoch).
+
+    Lightning calls ``set_epoch`` before every epoch, also after ``--resume``, so the order of epoch k is the same
+    in an interrupted and an uninterrupted run.
+    """
+
+    def __init__(self, labels: np.ndarray, seed: int = 0, balanced: bool = False) -> None:
+        self.labels = np.asarray(labels)
+        self.seed = seed
+        self.balanced = balanced
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.labels)
+        if self.balanced:
+            counts = np.bincount(self.labels)
+            w = torch.tensor(1.0 / counts[self.labels], dtype=torch.double)
+            return iter(torch.multinomial(w, n, replacement=True, generator=g).tolist())
+        return iter(torch.randperm(n, generator=g).tolist())

@@ -1,0 +1,495 @@
+"""Frozen-backbone features computed once and cached on disk: the expensive half of the `cached` strategy.
+
+A backbone is split in two (:func:`split_backbone`): a frozen ``bottom`` that runs once per image and view, and a
+trainable ``top`` (the last ``finetune_blocks`` blocks, the head convolution and the pooling). With
+``finetune_blocks=0`` the bottom is the whole trunk and the cache holds pooled features ``[N, D]``; otherwise it holds
+the bottom's feature maps ``[N, C, H, W]`` (float16), from which the top blocks train on CPU in seconds per epoch.
+
+Each view of a dataset is one safetensors file plus a JSON sidecar with its SHA-256, keyed by the data fingerprint
+(paths, sizes, modification times), the bottom's weights, the preprocessing, the augmentation policy and the view.
+A file whose checksum does not match is rebuilt. Views: ``clean`` (the image itself), ``hflip`` / ``vflip``
+(test-time flip averaging) and ``aug1``, ``aug2``, ... (random augmentations, seeded per view and image).
+
+The bottom runs in ONNX Runtime or channels-last PyTorch, whichever measured faster on this machine (measured
+once per bottom and input size, remembered in the cache folder).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from medclf._atomic import atomic_path, atomic_write_json
+from medclf.data.transforms import Preprocessing, create_transform
+from medclf.errors import BadImageError, DataError, MedclfError
+
+__all__ = [
+    "BackboneSplit",
+    "FeatureSet",
+    "default_cache_dir",
+    "extract_features",
+    "split_backbone",
+]
+
+log = logging.getLogger(__name__)
+
+_CACHE_VERSION = 1
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def default_cache_dir() -> Path:
+    """``$MEDCLF_CACHE_DIR/features``, else ``~/.cache/medclf/features``."""
+    base = os.environ.get("MEDCLF_CACHE_DIR")
+    return (Path(base) if base else Path.home() / ".cache" / "medclf") / "features"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# splitting a backbone into a frozen bottom and a trainable top
+
+
+class _Pool(nn.Module):
+    # pooled features whatever the trunk returns: [B, C, H, W] -> [B, C]; [B, D] passes through
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) if x.ndim == 4 else x
+
+
+class _Bottom(nn.Module):
+    def __init__(self, stem: nn.Module, blocks: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.stem = stem
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(x))
+
+
+class _Features(nn.Module):
+    # the whole trunk of any model with the standard surface (or a timm model): image -> pooled features
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.pool = _Pool()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.model.forward_features(x))
+
+
+class _Top(nn.Module):
+    def __init__(self, blocks: Sequence[nn.Module], tail: nn.Module) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks)
+        self.tail = tail
+        self.pool = _Pool()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.tail(self.blocks(x)))
+
+
+@dataclass
+class BackboneSplit:
+    """A model's trunk cut in two. ``top(bottom(x))`` equals the model's pooled ``forward_features(x)``."""
+
+    bottom: nn.Module
+    """Frozen part that the cache stores the output of."""
+    top: nn.Module
+    """Trainable part between the cached maps and the pooled features (identity pooling when nothing is cut)."""
+    finetune_blocks: int
+    """Number of backbone blocks in ``top``."""
+    trunk: nn.Module | None = None
+    """The timm EfficientNet-style trunk that was cut (None when ``finetune_blocks == 0``)."""
+    block_paths: list[str] = field(default_factory=list)
+    """Module names (inside ``trunk``) of the blocks in ``top``."""
+
+
+def find_trunk(model: nn.Module) -> nn.Module | None:
+    """The timm EfficientNet/MobileNet-style trunk inside ``model`` (one with conv_stem, blocks, conv_head)."""
+    for module in model.modules():
+        if all(hasattr(module, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
+            return module
+    return None
+
+
+def _flat_blocks(trunk: nn.Module) -> list[tuple[str, nn.Module]]:
+    out = []
+    for i, stage in enumerate(trunk.blocks):
+        if isinstance(stage, nn.Sequential):
+            out.extend((f"blocks.{i}.{j}", b) for j, b in enumerate(stage))
+        else:
+            out.append((f"blocks.{i}", stage))
+    return out
+
+
+def split_backbone(model: nn.Module, finetune_blocks: int = 0) -> BackboneSplit:
+    """Cut ``model`` so that its last ``finetune_blocks`` blocks (plus the head convolution) can train from cache.
+
+    ``finetune_blocks=0`` works for every model (the bottom is ``forward_features`` + pooling). Cutting blocks needs a
+    timm EfficientNet-style trunk (EfficientNet, EfficientNet-Lite, MobileNetV2/V3); the parts share parameters with
+    ``model``, so training ``top`` trains the model itself.
+    """
+    if finetune_blocks <= 0:
+        return BackboneSplit(bottom=_Features(model), top=_Pool(), finetune_blocks=0)
+    trunk = find_trunk(model)
+    if trunk is None:
+        raise MedclfError(
+            f"train.finetune_blocks={finetune_blocks} with strategy=cached needs an EfficientNet/MobileNet-style timm "
+            f"backbone; {type(model).__name__} has none: set train.finetune_blocks=0 or use strategy=finetune"
+        )
+    blocks = _flat_blocks(trunk)
+    if finetune_blocks > len(blocks):
+        raise MedclfError(
+            f"train.finetune_blocks={finetune_blocks} but the backbone has only {len(blocks)} blocks: choose 0..{len(blocks)}"
+        )
+    cut = len(blocks) - finetune_blocks
+    stem = nn.Sequential(trunk.conv_stem, trunk.bn1)
+    tail = nn.Sequential(trunk.conv_head, trunk.bn2)
+    return BackboneSplit(
+        bottom=_Bottom(stem, [b for _, b in blocks[:cut]]),
+        top=_Top([b for _, b in blocks[cut:]], tail),
+        finetune_blocks=finetune_blocks,
+        trunk=trunk,
+        block_paths=[n for n, _ in blocks[cut:]],
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fingerprints
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def paths_fingerprint(paths: Sequence[str]) -> str:
+    """Cheap data fingerprint: every path with its size and modification time, in order."""
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()[:20]
+
+
+def module_fingerprint(module: nn.Module, in_chans: int, size: int) -> str:
+    """Hash of what ``module`` computes: its output on a fixed random probe image (rounded).
+
+    Hashing the output rather than the state dict covers exactly the weights the bottom uses (not the classifier
+    that shares the model with it) and any structural change; a rare rounding flip only costs a recomputation.
+    """
+    g = torch.Generator().manual_seed(1234)
+    probe = torch.rand(2, in_chans, size, size, generator=g) * 4 - 2
+    with torch.inference_mode():
+        y = module.eval()(probe).float().numpy()
+    return hashlib.sha256(np.round(y, 3).tobytes() + str(y.shape).encode()).hexdigest()[:20]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# images and views
+
+
+def _load_image(path: str) -> Image.Image:
+    try:
+        from medclf.data import load_image  # the data package's decoder (DICOM, EXIF, size limits)
+    except ImportError:  # pragma: no cover - only while medclf.data is being written
+        load_image = None
+    if load_image is not None:
+        return load_image(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadImageError(path, f"cannot decode the image ({exc})") from None
+
+
+def _view_transform(pre: Preprocessing, view: str, augment: str) -> Callable[[Image.Image], torch.Tensor]:
+    if view == "clean":
+        return create_transform(pre, "none")
+    if view in ("hflip", "vflip"):
+        base = create_transform(pre, "none")
+        dim = -1 if view == "hflip" else -2
+        return lambda im: base(im).flip(dim)
+    if view.startswith("aug") and view[3:].isdigit():
+        return create_transform(pre, augment)
+    raise MedclfError(f"unknown feature view {view!r}: use clean, hflip, vflip or aug1, aug2, ...")
+
+
+def _seed_for(seed: int, view: str, index: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{view}:{index}".encode()).digest()[:4], "little")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# backends
+
+
+class _TorchRunner:
+    name = "torch"
+
+    def __init__(self, module: nn.Module) -> None:
+        # a copy: the bottom shares parameters with the model being trained
+        self.module = copy.deepcopy(module).eval().to(memory_format=torch.channels_last)
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module(x.contiguous(memory_format=torch.channels_last)).float().numpy()
+
+
+class _OnnxRunner:
+    name = "onnx"
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        return self.session.run(None, {"x": x.numpy()})[0]
+
+
+def _export_onnx(module: nn.Module, size: int, in_chans: int, path: Path) -> Path:
+    if path.is_file():
+        return path
+    import warnings
+
+    example = torch.zeros(1, in_chans, size, size)
+    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            copy.deepcopy(module).eval(),
+            (example,),
+            str(tmp),
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    return path
+
+
+def _throughput(runner: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, repeats: int = 2) -> float:
+    runner(x)  # warm-up (allocations, ORT graph optimisation)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        runner(x)
+    return repeats * len(x) / (time.perf_counter() - t)
+
+
+def _make_runner(
+    bottom: nn.Module, key: str, pre: Preprocessing, backend: str, cache_dir: Path
+) -> Callable[[torch.Tensor], np.ndarray]:
+    if backend not in BACKENDS:
+        raise MedclfError(f"unknown feature backend {backend!r}: choose {', '.join(BACKENDS)}")
+    torch_runner = _TorchRunner(bottom)
+    if backend == "torch":
+        return torch_runner
+    onnx_path = cache_dir / "onnx" / f"{key}.onnx"
+    try:
+        onnx_runner = _OnnxRunner(_export_onnx(bottom, pre.input_size, pre.in_chans, onnx_path))
+    except Exception as exc:  # export coverage varies by model; PyTorch always works
+        if backend == "onnx":
+            raise MedclfError(f"ONNX export of the backbone failed ({exc}); use backend='torch'") from None
+        log.info("ONNX export failed (%s); using PyTorch", exc)
+        return torch_runner
+    if backend == "onnx":
+        return onnx_runner
+    choice_file = cache_dir / "onnx" / f"{key}.backend.json"
+    if choice_file.is_file():
+        choice = json.loads(choice_file.read_text())
+    else:
+        x = torch.randn(8, pre.in_chans, pre.input_size, pre.input_size)
+        choice = {"torch": _throughput(torch_runner, x), "onnx": _throughput(onnx_runner, x)}
+        atomic_write_json(choice_file, choice)
+    log.info("feature backend: torch %.1f img/s, onnx %.1f img/s", choice["torch"], choice["onnx"])
+    return onnx_runner if choice["onnx"] > choice["torch"] else torch_runner
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cache files
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_view(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    from safetensors.numpy import load_file
+
+    meta_path = path.with_suffix(".json")
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("sha256") != _file_sha256(path):
+            raise ValueError("checksum mismatch")
+        arrays = load_file(str(path))
+        return arrays["x"], arrays["kept"], list(meta.get("bad", []))
+    except Exception as exc:  # corrupt or truncated: rebuild rather than train on garbage
+        log.warning("feature cache %s is corrupt (%s); recomputing it", path, exc)
+        for p in (path, meta_path):
+            p.unlink(missing_ok=True)
+        return None
+
+
+def _write_view(path: Path, x: np.ndarray, kept: np.ndarray, bad: list[str], info: dict[str, Any]) -> None:
+    from safetensors.numpy import save_file
+
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file({"x": np.ascontiguousarray(x), "kept": kept.astype(np.int64)}, str(tmp))
+    atomic_write_json(path.with_suffix(".json"), {**info, "sha256": _file_sha256(path), "bad": bad})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# extraction
+
+
+@dataclass
+class FeatureSet:
+    """Cached bottom outputs for a list of images, one array per view."""
+
+    views: dict[str, np.ndarray]
+    """view name -> ``[N_kept, D]`` float32 pooled features or ``[N_kept, C, H, W]`` float16 maps."""
+    kept: np.ndarray
+    """Indices (into the requested paths) of the images that decoded; the rows of every view array."""
+    bad: list[str]
+    """Paths skipped as unreadable (only with ``skip_bad``)."""
+    seconds: float = 0.0
+    """Time spent computing (0 when everything came from the cache)."""
+
+
+def extract_features(
+    bottom: nn.Module,
+    paths: Sequence[str],
+    pre: Preprocessing,
+    *,
+    views: Sequence[str] = ("clean",),
+    augment: str = "standard",
+    seed: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+    backend: str = "auto",
+    batch_size: int = 32,
+    skip_bad: bool = False,
+    progress: bool = True,
+    half: bool | None = None,
+) -> FeatureSet:
+    """Run the frozen ``bottom`` over ``paths`` once per view, reading and writing the disk cache.
+
+    ``half`` stores float16 (default: for feature maps, which are large; pooled features stay float32).
+    Raises BadImageError for the first unreadable image unless ``skip_bad``, which skips and lists them.
+    """
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise DataError("no images to extract features from: the split has no rows for this part")
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    bottom = bottom.eval()
+    model_key = _sha([module_fingerprint(bottom, pre.in_chans, pre.input_size), pre.to_dict(), _CACHE_VERSION])
+    data_key = paths_fingerprint(paths)
+    folder = cache_dir / f"{model_key}-{data_key}"
+
+    results: dict[str, np.ndarray] = {}
+    kept: np.ndarray | None = None
+    bad: list[str] = []
+    todo: list[str] = []
+    for view in views:
+        vkey = view if not view.startswith("aug") else f"{view}-{augment}-s{seed}"
+        got = _read_view(folder / f"{vkey}.safetensors")
+        if got is None:
+            todo.append(view)
+            continue
+        results[view], kept, bad = got
+    seconds = 0.0
+    if todo:
+        runner = _make_runner(bottom, model_key, pre, backend, cache_dir)
+        t0 = time.perf_counter()
+        for view in todo:
+            x, k, b = _run_view(runner, paths, pre, view, augment, seed, batch_size, skip_bad, progress, half)
+            vkey = view if not view.startswith("aug") else f"{view}-{augment}-s{seed}"
+            info = {"view": view, "augment": augment, "seed": seed, "n": len(paths), "version": _CACHE_VERSION}
+            _write_view(folder / f"{vkey}.safetensors", x, k, b, info)
+            results[view], kept, bad = x, k, b
+        seconds = time.perf_counter() - t0
+    assert kept is not None
+    for view, x in results.items():
+        if len(x) != len(kept):  # a view cached before an image became unreadable: recompute everything
+            raise DataError(f"feature cache {folder} is inconsistent across views ({view}); delete that folder")
+    return FeatureSet(views={v: results[v] for v in views}, kept=kept, bad=bad, seconds=seconds)
+
+
+def _run_view(
+    runner: Callable[[torch.Tensor], np.ndarray],
+    paths: list[str],
+    pre: Preprocessing,
+    view: str,
+    augment: str,
+    seed: int,
+    batch_size: int,
+    skip_bad: bool,
+    progress: bool,
+    half: bool | None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from tqdm.auto import tqdm
+
+    transform = _view_transform(pre, view, augment)
+    stochastic = view.startswith("aug")
+
+    def prepare(start: int) -> tuple[list[int], list[torch.Tensor], list[str]]:
+        idx, tensors, bad = [], [], []
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                im = _load_image(paths[i])
+                if stochastic:  # reproducible augmentation: same view, same image -> same pixels
+                    torch.manual_seed(_seed_for(seed, view, i))
+                tensors.append(transform(im))
+                idx.append(i)
+            except BadImageError as exc:
+                if not skip_bad:
+                    raise BadImageError(exc.path, exc.reason + "; fix or remove it, or set data.skip_bad=true") from None
+                bad.append(exc.path)
+        return idx, tensors, bad
+
+    out: list[np.ndarray] = []
+    kept: list[int] = []
+    bad: list[str] = []
+    starts = list(range(0, len(paths), batch_size))
+    bar = tqdm(total=len(paths), desc=f"features [{view}]", unit="img", disable=not progress, leave=False)
+    # decode the next batch in a thread while the backbone runs on this one (PIL and torch release the GIL)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(prepare, starts[0])
+        for n, _ in enumerate(starts):
+            idx, tensors, b = future.result()
+            if n + 1 < len(starts):
+                future = pool.submit(prepare, starts[n + 1])
+            bad.extend(b)
+            if tensors:
+                y = runner(torch.stack(tensors))
+                out.append(y.astype(np.float16 if (half if half is not None else y.ndim == 4) else np.float32))
+                kept.extend(idx)
+            bar.update(len(idx) + len(b))
+    bar.close()
+    if not kept:
+        raise DataError(f"none of the {len(paths)} images could be read (first: {bad[0] if bad else '?'})")
+    if bad:
+        log.warning("skipped %d unreadable image(s): %s", len(bad), ", ".join(bad[:10]))
+    return np.concatenate(out), np.asarray(kept, dtype=np.int64), bad
