@@ -36,7 +36,13 @@ def make_predictions(
             paths.append(str(path))
         else:
             paths.append(f"/data/{prefix}_{i}.png")
-    df = pd.DataFrame({"path": paths, "label": [classes[i] for i in y], "group": [f"p{i // images_per_group}" for i in range(n)]})
+    df = pd.DataFrame(
+        {
+            "path": paths,
+            "label": [classes[i] for i in y],
+            "group": [f"p{i // images_per_group}" for i in range(n)],
+        }
+    )
     for j, c in enumerate(classes):
         df[f"prob_{c}"] = probs[:, j]
     df["pred"] = [classes[i] for i in probs.argmax(axis=1)]
@@ -76,12 +82,24 @@ def make_run_dir(
         f"  lr: {lr}\n  batch_size: 16\neval:\n  threshold: youden\n  calibrate: true\n"
     )
     pd.DataFrame(
-        {"epoch": [0, 1, 2], "train_loss": [0.9, 0.6, 0.5], "val_loss": [0.8, 0.7, 0.65], "val_auc": [0.6, 0.7, 0.75]}
+        {
+            "epoch": [0, 1, 2],
+            "train_loss": [0.9, 0.6, 0.5],
+            "val_loss": [0.8, 0.7, 0.65],
+            "val_auc": [0.6, 0.7, 0.75],
+        }
     ).to_csv(run / "history.csv", index=False)
     rows = []
     for split, n in (("train", 40), ("val", 10), ("test", 10)):
         for i in range(n):
-            rows.append({"path": f"/data/{split}_{i}.png", "label": classes[i % len(classes)], "group": f"{split}{i // 2}", "split": split})
+            rows.append(
+                {
+                    "path": f"/data/{split}_{i}.png",
+                    "label": classes[i % len(classes)],
+                    "group": f"{split}{i // 2}",
+                    "split": split,
+                }
+            )
     pd.DataFrame(rows).to_csv(run / "split.csv", index=False)
     if with_val:
         make_predictions(200, classes, seed=99, prefix="val").to_csv(run / "val_predictions.csv", index=False)

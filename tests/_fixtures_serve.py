@@ -77,7 +77,7 @@ def make_run(root: Path, *, fusion: bool = False, n_per_class: int = 40, steps: 
     x = torch.stack([tf(Image.open(p).convert("RGB")) for p in df.path])
     y = torch.tensor([CLASSES.index(c) for c in df.label])
     meta = torch.from_numpy(enc.transform(df)) if enc else None
-    train = torch.from_numpy((df.split == "train").to_numpy())
+    train = torch.from_numpy((df.split == "train").to_numpy().copy())
     opt = torch.optim.Adam(model.parameters(), lr=3e-2)
     model.train()
     for _ in range(steps):

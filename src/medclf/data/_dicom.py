@@ -29,7 +29,9 @@ def decode_dicom(data: bytes, path: str | os.PathLike[str], *, max_pixels: int) 
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:
-        raise BadImageError(path, f"not a readable DICOM file ({_short(exc)}); re-export it or delete it") from None
+        raise BadImageError(
+            path, f"not a readable DICOM file ({_short(exc)}); re-export it or delete it"
+        ) from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise BadImageError(
             path,
@@ -39,7 +41,9 @@ def decode_dicom(data: bytes, path: str | os.PathLike[str], *, max_pixels: int) 
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
     except Exception:
-        raise BadImageError(path, "DICOM file lacks Rows/Columns; re-export it from the PACS or delete it") from None
+        raise BadImageError(
+            path, "DICOM file lacks Rows/Columns; re-export it from the PACS or delete it"
+        ) from None
     if rows <= 0 or cols <= 0:
         raise BadImageError(path, f"DICOM image has no pixels ({cols}x{rows}); re-export it or delete it")
     if rows * cols > max_pixels:
@@ -63,7 +67,9 @@ def decode_dicom(data: bytes, path: str | os.PathLike[str], *, max_pixels: int) 
 
     try:
         if samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2"):
-            return Image.fromarray(_grayscale(ds, arr, photometric, apply_modality_lut, apply_voi_lut, to_8bit), "L")
+            return Image.fromarray(
+                _grayscale(ds, arr, photometric, apply_modality_lut, apply_voi_lut, to_8bit), "L"
+            )
         if photometric == "PALETTE COLOR":
             from pydicom.pixels import apply_color_lut
 
@@ -85,13 +91,17 @@ def decode_dicom(data: bytes, path: str | os.PathLike[str], *, max_pixels: int) 
     except BadImageError:
         raise
     except Exception as exc:
-        raise BadImageError(path, f"cannot convert DICOM pixels ({_short(exc)}); re-export the image") from None
+        raise BadImageError(
+            path, f"cannot convert DICOM pixels ({_short(exc)}); re-export the image"
+        ) from None
 
 
 def _grayscale(ds, arr, photometric, apply_modality_lut, apply_voi_lut, to_8bit) -> np.ndarray:  # type: ignore[no-untyped-def]
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale frame, got shape {arr.shape}")
-    values = apply_modality_lut(arr, ds).astype(np.float64)  # rescale slope/intercept -> e.g. Hounsfield units
+    values = apply_modality_lut(arr, ds).astype(
+        np.float64
+    )  # rescale slope/intercept -> e.g. Hounsfield units
     center, width = _window(ds)
     if center is not None and width is not None and width > 0:
         # linear window, DICOM PS3.3 C.11.2.1.2: the clinically chosen contrast range

@@ -62,7 +62,9 @@ class Dataset:
         return table.reindex(columns=self.classes, fill_value=0)
 
 
-def resolve_spec(data: str | os.PathLike[str] | DatasetSpec, spec: str | os.PathLike[str] | DatasetSpec | None = None) -> DatasetSpec:
+def resolve_spec(
+    data: str | os.PathLike[str] | DatasetSpec, spec: str | os.PathLike[str] | DatasetSpec | None = None
+) -> DatasetSpec:
     """`DATA [--spec SPEC]` on the command line -> one spec.
 
     DATA is a folder (auto-detected, or described by its own ``dataset.yaml``) or a spec .yaml; an explicit SPEC
@@ -120,7 +122,9 @@ def load_dataset(
 
     def report(where: str, reason: str) -> None:
         if not skip_bad:
-            raise DataError(f"{where}: {reason} (or pass --skip-bad / skip_bad=True to skip and list bad inputs)")
+            raise DataError(
+                f"{where}: {reason} (or pass --skip-bad / skip_bad=True to skip and list bad inputs)"
+            )
         bad.append((where, reason))
 
     images, columns = scan(root, layout, spec, report)
@@ -214,15 +218,20 @@ def load_dataset(
     if layout == "csv":
         meta_cols = _metadata_columns(spec, columns, kept, group_rule)
         for col, kind in meta_cols.items():
-            values, kind = _typed_column([im.row[col] for im, _ in kept], [im.where for im, _ in kept], col, kind, spec)
+            values, kind = _typed_column(
+                [im.row[col] for im, _ in kept], [im.where for im, _ in kept], col, kind, spec
+            )
             table[col] = values
             metadata[col] = kind
-    records = pd.DataFrame(table)
-    for col in ("path", "label", "group"):
-        records[col] = records[col].astype(object)
-    for col, kind in metadata.items():
-        if kind == "numeric":
-            records[col] = records[col].astype("float64")
+    # object columns keep None as None (pandas >= 3 would infer a string dtype that turns it into NaN)
+    records = pd.DataFrame(
+        {
+            col: pd.Series(values, dtype="float64" if metadata.get(col) == "numeric" else object)
+            if col not in ("fold", "augmented")
+            else pd.Series(values)
+            for col, values in table.items()
+        }
+    )
     return Dataset(
         records=records,
         classes=classes,
@@ -261,7 +270,9 @@ def _verify_images(paths: list[str], mode: str, max_pixels: int) -> dict[str, st
     return {p: r for p, r in zip(paths, results, strict=True) if r is not None}
 
 
-def _group_rule(spec: DatasetSpec, layout: str, columns: dict[str, str], kept: list[tuple[RawImage, str]]) -> str | None:
+def _group_rule(
+    spec: DatasetSpec, layout: str, columns: dict[str, str], kept: list[tuple[RawImage, str]]
+) -> str | None:
     if spec.group_by:
         return spec.group_by
     if layout == "csv" and kept:
@@ -282,7 +293,8 @@ def _default_groups(kept: list[tuple[RawImage, str]], layout: str) -> list[str]:
         counts.setdefault(s, set()).add(im.path)
     # two different files with one stem (benign/10.jpg, malignant/10.jpg) must not become one group
     return [
-        s if len(counts[s]) == 1 else str(Path(im.rel).with_suffix("")) for s, (im, _) in zip(stems, kept, strict=True)
+        s if len(counts[s]) == 1 else str(Path(im.rel).with_suffix(""))
+        for s, (im, _) in zip(stems, kept, strict=True)
     ]
 
 

@@ -6,6 +6,7 @@ escapes `load_image`. Only raster formats are opened (never PostScript or other 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -21,6 +22,7 @@ __all__ = [
     "IMAGE_FORMATS",
     "MAX_PIXELS",
     "check_image_header",
+    "describe_image_bytes",
     "is_dicom_bytes",
     "load_image",
     "load_image_bytes",
@@ -36,6 +38,28 @@ IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "DIB", "TIFF", "GIF", "WEBP", "PPM
 """Pillow formats medclf opens (DICOM goes through pydicom)."""
 
 _DICOM_SUFFIXES = (".dcm", ".dicom")
+_OPENABLE: list[str] = []
+
+
+def _formats() -> list[str]:
+    # Pillow registers MPO, WebP etc. only after Image.init(); opening with an unregistered name fails
+    if not _OPENABLE:
+        Image.init()
+        _OPENABLE.extend(f for f in IMAGE_FORMATS if f in Image.OPEN)
+    return _OPENABLE
+
+
+def describe_image_bytes(data: bytes) -> dict[str, object]:
+    """Format, mode and size of an encoded image as stored (before `load_image` converts it); cheap."""
+    if is_dicom_bytes(data):
+        return {"format": "DICOM", "mode": None, "size": None}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data), formats=_formats())
+            return {"format": im.format, "mode": im.mode, "size": im.size}
+    except Exception:
+        return {"format": None, "mode": None, "size": None}
 
 
 def is_dicom_bytes(data: bytes) -> bool:
@@ -71,7 +95,7 @@ def check_image_header(path: str | os.PathLike[str], *, max_pixels: int = MAX_PI
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    im = Image.open(fh, formats=IMAGE_FORMATS)
+                    im = Image.open(fh, formats=_formats())
                     w, h = im.size
             except Image.DecompressionBombError:
                 raise BadImageError(path, _too_big_reason(None, max_pixels)) from None
@@ -118,17 +142,26 @@ def load_image_bytes(
 
 
 def _decode_pillow(data: bytes, path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
+    # Pillow warns about corrupt EXIF, palette transparency etc.: the caller gets an image or a BadImageError
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _decode_pillow_quiet(data, path, max_pixels)
+
+
+def _decode_pillow_quiet(data: bytes, path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # we check the pixel count ourselves, below, against our own documented limit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+            im = Image.open(io.BytesIO(data), formats=_formats())
     except Image.DecompressionBombError:
         raise BadImageError(path, _too_big_reason(None, max_pixels)) from None
     except UnidentifiedImageError:
         raise BadImageError(path, _not_an_image_reason(data)) from None
     except Exception as exc:  # a malformed header can raise nearly anything inside a Pillow plugin
-        raise BadImageError(path, f"unreadable image header ({_short(exc)}); re-export the image or delete it") from None
+        raise BadImageError(
+            path, f"unreadable image header ({_short(exc)}); re-export the image or delete it"
+        ) from None
 
     try:
         w, h = im.size
@@ -144,14 +177,15 @@ def _decode_pillow(data: bytes, path: str | os.PathLike[str], max_pixels: int) -
     except Exception as exc:
         if ImageFile.LOAD_TRUNCATED_IMAGES is False and "truncated" in str(exc).lower():
             raise BadImageError(
-                path, "truncated image (the file ends early, e.g. an interrupted copy); copy it again or delete it"
+                path,
+                "truncated image (the file ends early, e.g. an interrupted copy); copy it again or delete it",
             ) from None
-        raise BadImageError(path, f"corrupt image data ({_short(exc)}); re-export the image or delete it") from None
+        raise BadImageError(
+            path, f"corrupt image data ({_short(exc)}); re-export the image or delete it"
+        ) from None
 
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block must not cost the image: keep it unrotated
         im = ImageOps.exif_transpose(im) or im
-    except Exception:  # a broken EXIF block must not cost the image: keep it unrotated
-        pass
     return _normalise_mode(im)
 
 

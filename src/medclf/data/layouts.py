@@ -44,7 +44,16 @@ SPLIT_ALIASES = {
     "test": "test",
     "testing": "test",
 }
-IMAGE_COLUMN_CANDIDATES = ("image_id", "image", "filename", "file_name", "file", "path", "image_path", "isic_id")
+IMAGE_COLUMN_CANDIDATES = (
+    "image_id",
+    "image",
+    "filename",
+    "file_name",
+    "file",
+    "path",
+    "image_path",
+    "isic_id",
+)
 LABEL_COLUMN_CANDIDATES = ("label", "dx", "diagnosis", "class", "target", "benign_malignant")
 GROUP_COLUMN_CANDIDATES = ("lesion_id", "patient_id", "patient", "subject_id", "subject", "group")
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom")
@@ -155,7 +164,9 @@ def find_csv(root: Path, explicit: str | None = None) -> Path:
     if len(usable) == 1:
         return usable[0]
     if not usable:
-        raise DataError(f"{root}: no CSV table found; put the labels table (e.g. metadata.csv) in this folder")
+        raise DataError(
+            f"{root}: no CSV table found; put the labels table (e.g. metadata.csv) in this folder"
+        )
     scored = [
         p
         for p in usable
@@ -207,10 +218,19 @@ def _scan_class_dirs(
     out: list[RawImage] = []
     classes = _subdirs(parent)
     if not classes:
-        report(str(parent), "contains no class folders; expected one subfolder per class (e.g. benign/, malignant/)")
+        report(
+            str(parent),
+            "contains no class folders; expected one subfolder per class (e.g. benign/, malignant/)",
+        )
     for cdir in classes:
         found = [
-            RawImage(path=str(p.absolute()), rel=p.relative_to(root).as_posix(), folder_label=cdir.name, where=str(p), **common)
+            RawImage(
+                path=str(p.absolute()),
+                rel=p.relative_to(root).as_posix(),
+                folder_label=cdir.name,
+                where=str(p),
+                **common,
+            )
             for p in _images_under(cdir, exts)
         ]
         if not found:
@@ -246,9 +266,12 @@ def _scan_split_folders(root: Path, exts: tuple[str, ...], report: Report) -> li
 def _scan_kfold(root: Path, exts: tuple[str, ...], report: Report, augmented: bool) -> list[RawImage]:
     folds_dir = _find_dir(root, _FOLDS_DIR, 3)
     if folds_dir is None:
-        raise DataError(f"{root}: no FOLDS folder found; the kfold layout expects .../FOLDS/fold1/Train/<class>/")
+        raise DataError(
+            f"{root}: no FOLDS folder found; the kfold layout expects .../FOLDS/fold1/Train/<class>/"
+        )
     folds = sorted(
-        ((int(m.group(1)), d) for d in _subdirs(folds_dir) if (m := _FOLD_RX.match(d.name))), key=lambda t: t[0]
+        ((int(m.group(1)), d) for d in _subdirs(folds_dir) if (m := _FOLD_RX.match(d.name))),
+        key=lambda t: t[0],
     )
     if not folds:
         raise DataError(f"{folds_dir}: no fold1..foldK folders inside; expected FOLDS/fold1/Train/<class>/")
@@ -298,7 +321,9 @@ def _scan_files(root: Path, exts: tuple[str, ...], report: Report) -> list[RawIm
     ]
 
 
-def _pick_column(columns: list[str], explicit: str | None, candidates: tuple[str, ...], what: str, field_: str) -> str:
+def _pick_column(
+    columns: list[str], explicit: str | None, candidates: tuple[str, ...], what: str, field_: str
+) -> str:
     if explicit is not None:
         if explicit not in columns:
             raise ConfigError(
@@ -315,7 +340,9 @@ def _pick_column(columns: list[str], explicit: str | None, candidates: tuple[str
     )
 
 
-def _scan_csv(root: Path, spec: Any, exts: tuple[str, ...], report: Report) -> tuple[list[RawImage], dict[str, str]]:
+def _scan_csv(
+    root: Path, spec: Any, exts: tuple[str, ...], report: Report
+) -> tuple[list[RawImage], dict[str, str]]:
     import csv
 
     table = find_csv(root, spec.csv)
@@ -375,7 +402,10 @@ def _scan_csv(root: Path, spec: Any, exts: tuple[str, ...], report: Report) -> t
         first_row[found] = i
         label = row[label_col]
         if not label:
-            report(f"{where} ({image_col}={value})", f"empty label column {label_col!r}; fill it in or delete the row")
+            report(
+                f"{where} ({image_col}={value})",
+                f"empty label column {label_col!r}; fill it in or delete the row",
+            )
             continue
         out.append(
             RawImage(
@@ -390,7 +420,11 @@ def _scan_csv(root: Path, spec: Any, exts: tuple[str, ...], report: Report) -> t
 
 
 def _resolve_image(
-    value: str, image_dir: Path, by_rel: dict[str, Path], by_name: dict[str, list[Path]], by_stem: dict[str, list[Path]]
+    value: str,
+    image_dir: Path,
+    by_rel: dict[str, Path],
+    by_name: dict[str, list[Path]],
+    by_stem: dict[str, list[Path]],
 ) -> Path | str:
     v = value.replace("\\", "/")
     if Path(v).is_absolute() and Path(v).is_file():
@@ -398,20 +432,18 @@ def _resolve_image(
     if v in by_rel:
         return by_rel[v]
     name = v.rsplit("/", 1)[-1]
-    hits = by_name.get(name) or by_stem.get(name) or by_stem.get(Path(name).stem if Path(name).suffix else name)
+    hits = (
+        by_name.get(name) or by_stem.get(name) or by_stem.get(Path(name).stem if Path(name).suffix else name)
+    )
     if not hits:
-        return (
-            f"no image file {value!r} (with any image extension) under {image_dir}; add the image or delete the row"
-        )
+        return f"no image file {value!r} (with any image extension) under {image_dir}; add the image or delete the row"
     if len(hits) > 1:
         listed = ", ".join(str(h.relative_to(image_dir)) for h in hits[:3])
         return f"{value!r} matches several files ({listed}); give the relative path in the CSV"
     return hits[0]
 
 
-def scan(
-    root: Path, layout: str, spec: Any, report: Report
-) -> tuple[list[RawImage], dict[str, str]]:
+def scan(root: Path, layout: str, spec: Any, report: Report) -> tuple[list[RawImage], dict[str, str]]:
     """List the images of `root` in `layout`; returns the images and, for csv, the columns used."""
     exts = tuple(spec.extensions)
     if layout == "folders":

@@ -36,7 +36,21 @@ METADATA_TYPES = ("numeric", "categorical")
 SPEC_FILENAME = "dataset.yaml"
 """A spec with this name inside a data folder is used when the folder is loaded without an explicit spec."""
 
-_DEFAULT_MISSING = ["", "unknown", "Unknown", "UNKNOWN", "NA", "N/A", "n/a", "NaN", "nan", "null", "None", "?", "-"]
+_DEFAULT_MISSING = [
+    "",
+    "unknown",
+    "Unknown",
+    "UNKNOWN",
+    "NA",
+    "N/A",
+    "n/a",
+    "NaN",
+    "nan",
+    "null",
+    "None",
+    "?",
+    "-",
+]
 
 
 @dataclass
@@ -84,13 +98,26 @@ class DatasetSpec:
     augmented: bool = True
     """kfold layout: add the FOLDS_AUG images to the training part of their own fold when present."""
     extensions: list[str] = field(
-        default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"]
+        default_factory=lambda: [
+            ".jpg",
+            ".jpeg",
+            ".png",
+            ".bmp",
+            ".tif",
+            ".tiff",
+            ".gif",
+            ".webp",
+            ".dcm",
+            ".dicom",
+        ]
     )
     """File extensions (any case) treated as images; other files are ignored."""
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
-            raise ConfigError(f"dataset spec: layout {self.layout!r} is unknown; choose one of {', '.join(LAYOUTS)}")
+            raise ConfigError(
+                f"dataset spec: layout {self.layout!r} is unknown; choose one of {', '.join(LAYOUTS)}"
+            )
         if self.label_regex is not None:
             compile_capture_regex(self.label_regex, "label_regex")
         if self.group_by is not None and self.group_by.startswith("regex:"):

@@ -41,7 +41,7 @@ def apply_group_rule(records: pd.DataFrame, group_by: str | None) -> pd.DataFram
     if group_by.startswith("regex:"):
         rx = compile_capture_regex(group_by[len("regex:") :], "--group-by")
         names = out["path"].map(lambda p: os.path.basename(str(p)))
-        found = names.map(lambda n: (m.group(1) if (m := rx.search(n)) else None))
+        found = names.map(lambda n: m.group(1) if (m := rx.search(n)) else None)
         out["group"] = [f if f else g for f, g in zip(found, out["group"], strict=True)]
         return out
     if group_by not in out.columns:
@@ -160,8 +160,12 @@ def make_folds(records: pd.DataFrame, k: int = 5, seed: int = 0, group_by: str |
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "least populated class has fewer members than n_splits"
-        for i, (_, held) in enumerate(cv.split(np.zeros(len(recs)), recs["label"].astype(str), recs["group"].astype(str))):
+        warnings.simplefilter(
+            "ignore", UserWarning
+        )  # "least populated class has fewer members than n_splits"
+        for i, (_, held) in enumerate(
+            cv.split(np.zeros(len(recs)), recs["label"].astype(str), recs["group"].astype(str))
+        ):
             fold[held] = i
     recs["fold"] = fold
     return _order_columns(recs)
@@ -253,7 +257,9 @@ def write_split_csv(records: pd.DataFrame, path: str | os.PathLike[str]) -> Path
         if col not in records.columns:
             raise DataError(f"records have no {col!r} column; make them with load_dataset")
     if "split" not in records.columns and "fold" not in records.columns:
-        raise DataError("records have neither `split` nor `fold`; make one with make_split or make_folds first")
+        raise DataError(
+            "records have neither `split` nor `fold`; make one with make_split or make_folds first"
+        )
     path = Path(path)
     with atomic_path(path) as tmp:
         _order_columns(records).to_csv(tmp, index=False)
@@ -267,11 +273,15 @@ def read_split_csv(
     splits. Metadata column types are in `df.attrs["metadata"]` ({column: numeric|categorical})."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"split file {path} does not exist; write one with `medclf data split ... --out {path}`")
+        raise DataError(
+            f"split file {path} does not exist; write one with `medclf data split ... --out {path}`"
+        )
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: not a readable split CSV ({exc}); write it with `medclf data split`") from None
+        raise DataError(
+            f"{path}: not a readable split CSV ({exc}); write it with `medclf data split`"
+        ) from None
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in ("path", "label", "group") if c not in df.columns]
     if missing or not ({"split", "fold"} & set(df.columns)):
@@ -283,8 +293,8 @@ def read_split_csv(
     out = pd.DataFrame(index=df.index)
     base = path.resolve().parent
     out["path"] = [str(p) if Path(p).is_absolute() else str((base / p).resolve()) for p in df["path"]]
-    out["label"] = df["label"].astype(object)
-    out["group"] = df["group"].astype(object)
+    out["label"] = pd.Series(list(df["label"]), index=out.index, dtype=object)
+    out["group"] = pd.Series(list(df["group"]), index=out.index, dtype=object)
     if "split" in df.columns:
         bad = df.index[~df["split"].isin(SPLITS)]
         if len(bad):
@@ -292,12 +302,14 @@ def read_split_csv(
             raise DataError(
                 f"{path} row {i + 2}: split {df.at[i, 'split']!r} is not train, val or test; fix the cell"
             )
-        out["split"] = df["split"].astype(object)
+        out["split"] = pd.Series(list(df["split"]), index=out.index, dtype=object)
     if "fold" in df.columns:
         bad = df.index[~df["fold"].str.fullmatch(r"\d+")]
         if len(bad):
             i = bad[0]
-            raise DataError(f"{path} row {i + 2}: fold {df.at[i, 'fold']!r} is not a number 0..K-1; fix the cell")
+            raise DataError(
+                f"{path} row {i + 2}: fold {df.at[i, 'fold']!r} is not a number 0..K-1; fix the cell"
+            )
         out["fold"] = df["fold"].astype(int)
     if "augmented" in df.columns:
         out["augmented"] = df["augmented"].str.lower().isin(("true", "1", "yes"))
@@ -314,8 +326,7 @@ def read_split_csv(
             out[col] = pd.to_numeric(values.replace("", np.nan), errors="coerce").astype("float64")
             metadata[col] = "numeric"
         else:
-            out[col] = [v if v != "" else None for v in values]
-            out[col] = out[col].astype(object)
+            out[col] = pd.Series([v if v != "" else None for v in values], index=out.index, dtype=object)
             metadata[col] = "categorical"
     if check_files:
         gone = [p for p in out["path"] if not os.path.exists(p)]
@@ -335,4 +346,3 @@ def read_split_csv(
             )
     out.attrs["metadata"] = metadata
     return out
-

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medclf._atomic import atomic_write_bytes, atomic_write_text
+from medclf._atomic import atomic_write_text
 from medclf.data.spec import DatasetSpec
 from medclf.errors import ConfigError
 
@@ -94,7 +94,19 @@ def _make_lesion(rng: np.random.Generator, idx: int, label: str) -> _Lesion:
     blobs = rng.uniform(-0.7, 0.7, (len(colours), 2))
     n_images = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2]))
     return _Lesion(
-        f"P{idx:04d}", label, age, sex, site, skin, radius, elong, harmonics, colours, blobs, softness, n_images
+        f"P{idx:04d}",
+        label,
+        age,
+        sex,
+        site,
+        skin,
+        radius,
+        elong,
+        harmonics,
+        colours,
+        blobs,
+        softness,
+        n_images,
     )
 
 
@@ -127,13 +139,24 @@ def _render(lesion: _Lesion, rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _write(path: Path, data: bytes) -> None:
+    # temp + rename (never a half-written image), but no fsync per image: synthetic images are regenerated
+    # from the seed in well under a second, while 1,000 fsyncs would take seconds on a laptop disk
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def _jpeg(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr, "RGB").save(buf, format="JPEG", quality=92)
     return buf.getvalue()
 
 
-def _generate(n: int, seed: int, size: int, malignant_fraction: float) -> list[tuple[_Lesion, str, np.ndarray]]:
+def _generate(
+    n: int, seed: int, size: int, malignant_fraction: float
+) -> list[tuple[_Lesion, str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     items: list[tuple[_Lesion, str, np.ndarray]] = []
     idx = 0
@@ -174,16 +197,18 @@ def synth_dataset(
     patients = sorted({les.patient for les, _, _ in items})
     if layout == "folders":
         for les, stem, arr in items:
-            atomic_write_bytes(out / les.label / f"{stem}.jpg", _jpeg(arr))
+            _write(out / les.label / f"{stem}.jpg", _jpeg(arr))
     elif layout == "split-folders":
         import pandas as pd
 
         from medclf.data.splits import _assign_groups
 
-        pool = pd.DataFrame({"group": [les.patient for les, _, _ in items], "label": [les.label for les, _, _ in items]})
+        pool = pd.DataFrame(
+            {"group": [les.patient for les, _, _ in items], "label": [les.label for les, _, _ in items]}
+        )
         assign = _assign_groups(pool, {"train": 0.7, "val": 0.15, "test": 0.15}, seed)
         for les, stem, arr in items:
-            atomic_write_bytes(out / assign[les.patient] / les.label / f"{stem}.jpg", _jpeg(arr))
+            _write(out / assign[les.patient] / les.label / f"{stem}.jpg", _jpeg(arr))
     elif layout == "kfold":
         rng = np.random.default_rng(seed + 1)
         fold_of = dict(zip(patients, rng.permutation(np.arange(len(patients)) % folds), strict=True))
@@ -193,14 +218,14 @@ def synth_dataset(
             for f in range(folds):
                 pf = fold_of[les.patient]
                 role = "Test" if pf == f else ("Valid" if pf == (f + 1) % folds else "Train")
-                atomic_write_bytes(out / "FOLDS" / f"fold{f + 1}" / role / les.label / f"{stem}.jpg", data)
+                _write(out / "FOLDS" / f"fold{f + 1}" / role / les.label / f"{stem}.jpg", data)
                 if role == "Train":
                     path = out / "FOLDS_AUG" / f"fold{f + 1}_AUG" / "Train" / les.label / f"{stem}_aug1.jpg"
-                    atomic_write_bytes(path, aug)
+                    _write(path, aug)
     else:  # csv
         lines = ["image_id,label,patient_id,age,sex,site"]
         for les, stem, arr in items:
-            atomic_write_bytes(out / "images" / f"{stem}.jpg", _jpeg(arr))
+            _write(out / "images" / f"{stem}.jpg", _jpeg(arr))
             age = "" if np.isnan(les.age) else f"{les.age:.0f}"
             lines.append(f"{stem},{les.label},{les.patient},{age},{les.sex},{les.site}")
         atomic_write_text(out / "metadata.csv", "\n".join(lines) + "\n")

@@ -14,6 +14,7 @@ from medclf.errors import DataError
 
 __all__ = [
     "apply_temperature",
+    "bin_index",
     "expected_calibration_error",
     "fit_temperature",
     "log_probs",
@@ -61,13 +62,19 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y).astype(np.int64).ravel()
     if z.ndim != 2 or z.shape[0] != y.size:
-        raise DataError(f"fit_temperature: logits {z.shape} and labels ({y.size}) do not match; pass [n, k] and n")
+        raise DataError(
+            f"fit_temperature: logits {z.shape} and labels ({y.size}) do not match; pass [n, k] and n"
+        )
     if y.size == 0:
-        raise DataError("fit_temperature: no validation predictions; temperature scaling needs a validation split")
+        raise DataError(
+            "fit_temperature: no validation predictions; temperature scaling needs a validation split"
+        )
     if y.min() < 0 or y.max() >= z.shape[1]:
         raise DataError(f"fit_temperature: labels must be class indices 0..{z.shape[1] - 1}")
     if not np.isfinite(z).all():
-        raise DataError("fit_temperature: logits contain NaN or infinity; clip probabilities before taking logs")
+        raise DataError(
+            "fit_temperature: logits contain NaN or infinity; clip probabilities before taking logs"
+        )
     # optimise log T: the loss is smooth and unimodal in it, and T stays positive
     res = minimize_scalar(
         lambda log_t: _nll(z, y, float(np.exp(log_t))),
@@ -111,4 +118,10 @@ def reliability_curve(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -
         mean_conf = np.bincount(b, conf, n_bins) / count
         acc = np.bincount(b, correct, n_bins) / count
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    return {"bin_lower": edges[:-1], "bin_upper": edges[1:], "confidence": mean_conf, "accuracy": acc, "count": count}
+    return {
+        "bin_lower": edges[:-1],
+        "bin_upper": edges[1:],
+        "confidence": mean_conf,
+        "accuracy": acc,
+        "count": count,
+    }

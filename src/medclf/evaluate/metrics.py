@@ -18,10 +18,11 @@ from medclf.evaluate.bootstrap import percentile_interval, resample_weights
 from medclf.evaluate.calibration import bin_index
 
 __all__ = [
-    "HEADLINE_METRICS",
     "BINARY_METRICS",
+    "HEADLINE_METRICS",
     "compute_metrics",
     "json_safe",
+    "paired_bootstrap",
     "weighted_auc",
     "weighted_average_precision",
 ]
@@ -47,9 +48,7 @@ def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
 
 
-def _pos_neg_blocks(
-    w: np.ndarray, score: np.ndarray, positive: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _pos_neg_blocks(w: np.ndarray, score: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weight of positives and of negatives in each block of tied scores, blocks by descending score ([B, U])."""
     order = np.argsort(-score, kind="mergesort")
     s = score[order]
@@ -185,13 +184,17 @@ def _float(x: Any) -> float:
     return float(x) if x is not None else float("nan")
 
 
-def check_inputs(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def check_inputs(
+    y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate labels and probabilities; rows that sum to 1 within 1e-3 are renormalised exactly."""
     y = np.asarray(y_true).ravel()
     p = np.asarray(probs, dtype=np.float64)
     k = len(classes)
     if p.ndim != 2 or p.shape[1] != k:
-        raise DataError(f"probabilities have shape {p.shape}; expected [n, {k}] (one column per class {list(classes)})")
+        raise DataError(
+            f"probabilities have shape {p.shape}; expected [n, {k}] (one column per class {list(classes)})"
+        )
     if y.size != p.shape[0]:
         raise DataError(f"{y.size} labels but {p.shape[0]} probability rows; pass one row per image")
     if y.size == 0:
@@ -200,7 +203,9 @@ def check_inputs(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) 
         if np.all(np.mod(y.astype(np.float64), 1) == 0):
             y = y.astype(np.int64)
         else:
-            raise DataError("labels must be class indices (integers); map class names with classes.index(name)")
+            raise DataError(
+                "labels must be class indices (integers); map class names with classes.index(name)"
+            )
     if y.min() < 0 or y.max() >= k:
         raise DataError(f"labels must be class indices 0..{k - 1} for classes {list(classes)}")
     if not np.isfinite(p).all() or (p < 0).any():
@@ -249,7 +254,9 @@ def compute_metrics(
     if groups is not None:
         groups = np.asarray(groups).ravel()
         if groups.size != y.size:
-            raise DataError(f"{groups.size} group ids for {y.size} images; pass one group per image (or none)")
+            raise DataError(
+                f"{groups.size} group ids for {y.size} images; pass one group per image (or none)"
+            )
 
     if k == 2 and positive is not None:
         score = p[:, positive].sum(axis=1)
@@ -265,11 +272,15 @@ def compute_metrics(
     support = point["per_class_support"][0].astype(int)
     for c, name in enumerate(classes):
         if support[c] == 0:
-            notes.append(f"class {name!r} has no images in the evaluated labels: its AUC, recall and F1 are undefined (null)")
+            notes.append(
+                f"class {name!r} has no images in the evaluated labels: its AUC, recall and F1 are undefined (null)"
+            )
         elif support[c] == y.size:
             notes.append(f"only class {name!r} is present: AUCs are undefined (null)")
     if positive is not None and (inp.y_bin.all() or not inp.y_bin.any()):
-        notes.append("the evaluated labels contain only one side of the positive/negative split: AUC, sensitivity or specificity are undefined (null)")
+        notes.append(
+            "the evaluated labels contain only one side of the positive/negative split: AUC, sensitivity or specificity are undefined (null)"
+        )
 
     per_class: dict[str, dict[str, float | int]] = {}
     for c, name in enumerate(classes):
@@ -289,7 +300,9 @@ def compute_metrics(
         result[name] = _float(point[name][0])
     result["per_class"] = per_class
     if positive is not None:
-        result["positive_class"] = classes[positive[0]] if len(positive) == 1 else [classes[i] for i in positive]
+        result["positive_class"] = (
+            classes[positive[0]] if len(positive) == 1 else [classes[i] for i in positive]
+        )
         result["threshold"] = 0.5 if threshold is None else float(threshold)
         for name in BINARY_METRICS:
             result[name] = _float(point[name][0])
@@ -317,7 +330,8 @@ def compute_metrics(
             "n_resamples": int(n_boot),
             "seed": int(seed),
             "level": float(level),
-            "method": "percentile; stratified by class" + ("; whole groups resampled" if groups is not None else ""),
+            "method": "percentile; stratified by class"
+            + ("; whole groups resampled" if groups is not None else ""),
         }
     else:
         result["ci95"] = {}
@@ -338,3 +352,66 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, float | np.floating):
         return float(obj) if math.isfinite(obj) else None
     return obj
+
+
+def paired_bootstrap(
+    y_true: np.ndarray,
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    classes: list[str],
+    *,
+    groups: np.ndarray | None = None,
+    threshold_a: float | None = None,
+    threshold_b: float | None = None,
+    positive_index: int | Sequence[int] | None = None,
+    metrics: Sequence[str] = ("auc", "accuracy"),
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """Difference A − B of each metric for two models' predictions on the *same* images, on shared resamples.
+
+    Returns ``{metric: {a, b, diff, ci95: [lo, hi], p_value}}``; the two-sided p-value is twice the smaller tail
+    of the bootstrap differences around zero (a resampling test, not an exact one). ``"auc"`` means the
+    positive-class AUC for binary tasks and the macro AUC otherwise.
+    """
+    y, pa = check_inputs(y_true, probs_a, classes)
+    _, pb = check_inputs(y_true, probs_b, classes)
+    k = len(classes)
+    if positive_index is None:
+        positive = [1] if k == 2 else None
+    else:
+        positive = [int(positive_index)] if np.isscalar(positive_index) else [int(i) for i in positive_index]  # type: ignore[arg-type]
+
+    def inputs(p: np.ndarray, thr: float | None) -> _Inputs:
+        if k == 2 and positive is not None:
+            pred = np.where(p[:, positive[0]] >= (0.5 if thr is None else thr), positive[0], 1 - positive[0])
+        else:
+            pred = p.argmax(axis=1)
+        return _Inputs(y, p, pred, k, positive, thr)
+
+    ia, ib = inputs(pa, threshold_a), inputs(pb, threshold_b)
+
+    def key(m: str) -> str:
+        return m if m != "auc" or positive is not None else "macro_auc"
+
+    point_a, point_b = _evaluate(ia, np.ones((1, y.size))), _evaluate(ib, np.ones((1, y.size)))
+    diffs: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+    for w in resample_weights(y, groups, n_boot=n_boot, seed=seed):
+        va, vb = _evaluate(ia, w), _evaluate(ib, w)
+        for m in metrics:
+            diffs[m].append(va[key(m)] - vb[key(m)])
+    out: dict[str, dict[str, Any]] = {}
+    for m in metrics:
+        d = np.concatenate(diffs[m])
+        d = d[np.isfinite(d)]
+        p_value = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))) if d.size else float("nan")
+        a, b = float(point_a[key(m)][0]), float(point_b[key(m)][0])
+        out[m] = {
+            "a": a,
+            "b": b,
+            "diff": a - b,
+            "ci95": list(percentile_interval(d, level)),
+            "p_value": p_value,
+        }
+    return out

@@ -50,7 +50,15 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def read_run_context(run_dir: str | Path | None) -> dict[str, Any]:
     """What evaluation needs from a run folder: run.json, config.yaml, history.csv, split.csv,
     val_predictions.csv and audit.json, each None when absent."""
-    ctx: dict[str, Any] = {"run_dir": None, "info": {}, "config": {}, "history": None, "split": None, "val": None, "audit": None}
+    ctx: dict[str, Any] = {
+        "run_dir": None,
+        "info": {},
+        "config": {},
+        "history": None,
+        "split": None,
+        "val": None,
+        "audit": None,
+    }
     if run_dir is None:
         return ctx
     import yaml
@@ -97,7 +105,9 @@ def prediction_arrays(
     probs = pred_df[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
     bad = ~np.isfinite(probs).all(axis=1)
     if bad.any():
-        raise DataError(f"{where}, row {int(np.flatnonzero(bad)[0]) + 2}: empty or non-numeric probability; regenerate the predictions")
+        raise DataError(
+            f"{where}, row {int(np.flatnonzero(bad)[0]) + 2}: empty or non-numeric probability; regenerate the predictions"
+        )
     return labels.map(index).to_numpy(dtype=np.int64), probs
 
 
@@ -107,11 +117,15 @@ def _positive_indices(classes: Sequence[str], positive: str | Sequence[str] | No
     names = [positive] if isinstance(positive, str) else list(positive)
     unknown = [n for n in names if n not in classes]
     if unknown:
-        raise DataError(f"positive class {unknown[0]!r} is not one of the classes {list(classes)}; fix eval.positive_class")
+        raise DataError(
+            f"positive class {unknown[0]!r} is not one of the classes {list(classes)}; fix eval.positive_class"
+        )
     return [list(classes).index(n) for n in names]
 
 
-def _split_summary(ctx: dict[str, Any], pred_df: pd.DataFrame, classes: Sequence[str], evaluated_on: str) -> dict[str, Any]:
+def _split_summary(
+    ctx: dict[str, Any], pred_df: pd.DataFrame, classes: Sequence[str], evaluated_on: str
+) -> dict[str, Any]:
     """Counts only — images, groups and classes per split, and leakage between splits — never ids."""
     facts: dict[str, str] = {"evaluated on": evaluated_on}
     header: list[str] = []
@@ -125,7 +139,14 @@ def _split_summary(ctx: dict[str, Any], pred_df: pd.DataFrame, classes: Sequence
             if part.empty:
                 continue
             counts = part["label"].astype(str).value_counts()
-            rows.append([name, len(part), part["group"].nunique() if has_group else len(part), *(int(counts.get(c, 0)) for c in classes)])
+            rows.append(
+                [
+                    name,
+                    len(part),
+                    part["group"].nunique() if has_group else len(part),
+                    *(int(counts.get(c, 0)) for c in classes),
+                ]
+            )
         if has_group:
             n_img, n_grp = len(split), split["group"].nunique()
             facts["grouping"] = (
@@ -133,9 +154,13 @@ def _split_summary(ctx: dict[str, Any], pred_df: pd.DataFrame, classes: Sequence
                 if n_grp < n_img
                 else "none: every image is its own group (the data has no patient/lesion ids)"
             )
-            groups_by_split = {s: set(split.loc[split["split"] == s, "group"].astype(str)) for s in ("train", "val", "test")}
+            groups_by_split = {
+                s: set(split.loc[split["split"] == s, "group"].astype(str)) for s in ("train", "val", "test")
+            }
             shared = len(groups_by_split["train"] & groups_by_split["test"])
-            facts["groups in both train and test"] = f"{shared}" + (" — leakage: results are optimistic" if shared else "")
+            facts["groups in both train and test"] = f"{shared}" + (
+                " — leakage: results are optimistic" if shared else ""
+            )
     elif split is not None and "fold" in split.columns:
         facts["split"] = f"{split['fold'].nunique()} folds"
     if "group" in pred_df.columns:
@@ -143,7 +168,9 @@ def _split_summary(ctx: dict[str, Any], pred_df: pd.DataFrame, classes: Sequence
     return {"header": header, "rows": rows, "facts": facts}
 
 
-def _model_card(ctx: dict[str, Any], classes: Sequence[str], metrics: dict[str, Any], split_summary: dict[str, Any]) -> dict[str, str]:
+def _model_card(
+    ctx: dict[str, Any], classes: Sequence[str], metrics: dict[str, Any], split_summary: dict[str, Any]
+) -> dict[str, str]:
     info, cfg = ctx.get("info") or {}, ctx.get("config") or {}
     model = info.get("model") or {}
     model_cfg, train_cfg = cfg.get("model") or {}, cfg.get("train") or {}
@@ -167,7 +194,8 @@ def _model_card(ctx: dict[str, Any], classes: Sequence[str], metrics: dict[str, 
     train_rows = [r for r in split_summary.get("rows", []) if r and r[0] in ("train", "val")]
     if train_rows:
         card["training data"] = "; ".join(
-            f"{r[0]}: {r[1]} images ({', '.join(f'{c} {n}' for c, n in zip(classes, r[3:], strict=False))})" for r in train_rows
+            f"{r[0]}: {r[1]} images ({', '.join(f'{c} {n}' for c, n in zip(classes, r[3:], strict=False))})"
+            for r in train_rows
         )
     dataset = (cfg.get("data") or {}).get("root") or info.get("dataset")
     if isinstance(dataset, str):
@@ -189,7 +217,9 @@ def _speed_rows(info: dict[str, Any], timing: dict[str, Any] | None) -> dict[str
         rows["training time"] = f"{secs:.0f} s ({secs / 60:.1f} min)"
     if timing:
         if timing.get("images_per_second"):
-            rows["inference speed"] = f"{timing['images_per_second']:.1f} images/s ({timing.get('images')} images, batch {timing.get('batch_size', '?')})"
+            rows["inference speed"] = (
+                f"{timing['images_per_second']:.1f} images/s ({timing.get('images')} images, batch {timing.get('batch_size', '?')})"
+            )
         if timing.get("device"):
             rows["inference device"] = str(timing["device"])
     return rows
@@ -285,7 +315,11 @@ def evaluate_predictions(
     val_probs = apply_temperature(val_logits, t_final) if val_logits is not None else None
 
     # operating point: given > run.json > chosen on validation > 0.5
-    positive_names = positive_class if positive_class is not None else info.get("positive_class") or eval_cfg.get("positive_class")
+    positive_names = (
+        positive_class
+        if positive_class is not None
+        else info.get("positive_class") or eval_cfg.get("positive_class")
+    )
     positive = _positive_indices(classes, positive_names)
     thr: float | None = None
     thr_source = ""
@@ -302,7 +336,9 @@ def evaluate_predictions(
             thr_source = f"chosen now on {len(y_val_bin)} validation predictions (rule {rule})"
         else:
             thr, thr_source = 0.5, "default 0.5 (no validation predictions: not tuned)"
-            notes.append("the threshold is the default 0.5: the run stores none and no validation predictions were given")
+            notes.append(
+                "the threshold is the default 0.5: the run stores none and no validation predictions were given"
+            )
 
     groups = pred_df["group"].astype(str).to_numpy() if "group" in pred_df.columns else None
     metrics = compute_metrics(
@@ -369,7 +405,12 @@ def evaluate_predictions(
         explain=explain,
     )
     if pdf:
-        _write_pdf(out_dir / "report.pdf", metrics, [fig for _, fig in figures.values()], title or f"Evaluation: {name}")
+        _write_pdf(
+            out_dir / "report.pdf",
+            metrics,
+            [fig for _, fig in figures.values()],
+            title or f"Evaluation: {name}",
+        )
     return metrics
 
 
@@ -389,11 +430,16 @@ def _make_figures(
     figs: dict[str, Any] = {}
     figs["confusion_matrix"] = plots.confusion_matrix_figure(metrics["confusion_matrix"], classes)
     single_pos = positive[0] if positive is not None and len(positive) == 1 else None
-    figs["roc"] = plots.roc_figure(y, probs, classes, positive_index=single_pos, threshold=thr if len(classes) == 2 else None)
+    figs["roc"] = plots.roc_figure(
+        y, probs, classes, positive_index=single_pos, threshold=thr if len(classes) == 2 else None
+    )
     figs["pr"] = plots.pr_figure(y, probs, classes, positive_index=single_pos)
     cal = metrics["calibration"]
     figs["reliability"] = plots.reliability_figure(
-        {"before": reliability_curve(probs_before, y), f"after (T = {cal['temperature']:.2f})": reliability_curve(probs, y)},
+        {
+            "before": reliability_curve(probs_before, y),
+            f"after (T = {cal['temperature']:.2f})": reliability_curve(probs, y),
+        },
         {"before": cal["ece_before"], f"after (T = {cal['temperature']:.2f})": cal["ece_after"]},
     )
     if positive is not None:
@@ -402,7 +448,9 @@ def _make_figures(
         if 0 < y_bin.sum() < y_bin.size:
             sweep = threshold_sweep(y_bin, score)
             pos_name = " + ".join(classes[i] for i in positive)
-            figs["threshold_sweep"] = plots.threshold_sweep_figure(sweep, thr, title=f"Operating points for {pos_name}")
+            figs["threshold_sweep"] = plots.threshold_sweep_figure(
+                sweep, thr, title=f"Operating points for {pos_name}"
+            )
             table = pd.DataFrame(sweep)
             atomic_write_text(out_dir / "threshold_sweep.csv", table.to_csv(index=False, float_format="%.6g"))
     history = ctx.get("history")
@@ -451,7 +499,9 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file():
-        raise MedclfError(f"{run_dir} is not a medclf run folder (no run.json); pass the folder `medclf train` wrote")
+        raise MedclfError(
+            f"{run_dir} is not a medclf run folder (no run.json); pass the folder `medclf train` wrote"
+        )
     if split not in ("test", "val", "all"):
         raise MedclfError(f"--split {split!r}: choose test, val or all")
     loaded = load_run(run_dir)
@@ -489,7 +539,10 @@ def evaluate_run(
     )
     if skipped:
         metrics["notes"].append(f"{len(skipped)} unreadable images were skipped (listed in skipped.csv)")
-        atomic_write_text(Path(out_dir) / "skipped.csv", pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(index=False))
+        atomic_write_text(
+            Path(out_dir) / "skipped.csv",
+            pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(index=False),
+        )
         atomic_write_json(Path(out_dir) / "metrics.json", json_safe(metrics))
     return metrics
 
@@ -500,10 +553,14 @@ def _records(run_dir: Path, data: str | Path | None, split: str, skip_bad: bool)
 
         path = run_dir / "split.csv"
         if not path.is_file():
-            raise MedclfError(f"{path} is missing; pass --data DIR to evaluate other images with the run's dataset spec")
+            raise MedclfError(
+                f"{path} is missing; pass --data DIR to evaluate other images with the run's dataset spec"
+            )
         records = read_split_csv(path)
         if "split" not in records.columns:
-            raise DataError(f"{path} has no split column (a fold file); pass --data DIR or evaluate the cv folds")
+            raise DataError(
+                f"{path} has no split column (a fold file); pass --data DIR or evaluate the cv folds"
+            )
         if split != "all":
             records = records[records["split"] == split]
         if "augmented" in records.columns:

@@ -79,7 +79,15 @@ def confusion_matrix_figure(cm: np.ndarray | list[list[int]], classes: Sequence[
         for i in range(k):
             for j in range(k):
                 text = "–" if np.isnan(data[i, j]) else fmt.format(data[i, j])
-                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if shown[i, j] > high else "black")
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if shown[i, j] > high else "black",
+                )
     return fig
 
 
@@ -112,7 +120,9 @@ def roc_figure(
         ax.plot(fpr, tpr, lw=1.6, label=f"{classes[c]} (AUC {roc_auc_score(pos, probs[:, c]):.3f})")
         if threshold is not None and len(classes) == 2:
             called = probs[:, c] >= threshold
-            ax.plot([called[~pos].mean()], [called[pos].mean()], "ko", ms=6, label=f"threshold {threshold:.3f}")
+            ax.plot(
+                [called[~pos].mean()], [called[pos].mean()], "ko", ms=6, label=f"threshold {threshold:.3f}"
+            )
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
     ax.set_xlabel("1 - specificity (false-positive rate)")
     ax.set_ylabel("sensitivity (true-positive rate)")
@@ -136,7 +146,12 @@ def pr_figure(
         if not pos.any():
             continue
         precision, recall, _ = precision_recall_curve(pos, probs[:, c])
-        (line,) = ax.plot(recall, precision, lw=1.6, label=f"{classes[c]} (AP {average_precision_score(pos, probs[:, c]):.3f})")
+        (line,) = ax.plot(
+            recall,
+            precision,
+            lw=1.6,
+            label=f"{classes[c]} (AP {average_precision_score(pos, probs[:, c]):.3f})",
+        )
         ax.axhline(pos.mean(), ls=":", lw=0.8, color=line.get_color())
     ax.set_xlabel("recall (sensitivity)")
     ax.set_ylabel("precision (PPV)")
@@ -154,9 +169,13 @@ def reliability_figure(curves: dict[str, dict[str, np.ndarray]], eces: dict[str,
     ax, hist = axes[0, 0], axes[1, 0]
     for i, (name, curve) in enumerate(curves.items()):
         ok = curve["count"] > 0
-        ax.plot(curve["confidence"][ok], curve["accuracy"][ok], "o-", ms=4, label=f"{name} (ECE {eces[name]:.3f})")
+        ax.plot(
+            curve["confidence"][ok], curve["accuracy"][ok], "o-", ms=4, label=f"{name} (ECE {eces[name]:.3f})"
+        )
         width = (curve["bin_upper"] - curve["bin_lower"]) / (len(curves) + 0.5)
-        hist.bar(curve["bin_lower"] + i * width, curve["count"], width=width, align="edge", label=name, alpha=0.8)
+        hist.bar(
+            curve["bin_lower"] + i * width, curve["count"], width=width, align="edge", label=name, alpha=0.8
+        )
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
@@ -170,7 +189,9 @@ def reliability_figure(curves: dict[str, dict[str, np.ndarray]], eces: dict[str,
     return fig
 
 
-def threshold_sweep_figure(sweep: dict[str, np.ndarray], threshold: float | None = None, *, title: str = "") -> Figure:
+def threshold_sweep_figure(
+    sweep: dict[str, np.ndarray], threshold: float | None = None, *, title: str = ""
+) -> Figure:
     """Sensitivity, specificity, PPV and NPV against the decision threshold; the chosen threshold is marked."""
     fig, axes = _figure(5.6, 4.0)
     ax = axes[0, 0]
@@ -190,12 +211,16 @@ def threshold_sweep_figure(sweep: dict[str, np.ndarray], threshold: float | None
 
 def training_curves_figure(history: pd.DataFrame) -> Figure | None:
     """Losses (left) and other metrics (right) per epoch from a run's ``history.csv``; None when it is empty."""
+    from pandas.api.types import is_numeric_dtype
+
     if history is None or history.empty:
         return None
     x_name = "epoch" if "epoch" in history.columns else None
     x = history["epoch"].to_numpy() if x_name else np.arange(len(history))
     numeric = [
-        c for c in history.columns if c != x_name and np.issubdtype(history[c].dtype, np.number) and history[c].notna().any()
+        c
+        for c in history.columns
+        if c != x_name and is_numeric_dtype(history[c]) and history[c].notna().any()
     ]
     losses = [c for c in numeric if "loss" in c.lower()]
     others = [c for c in numeric if c not in losses and c.lower() not in ("step", "lr", "seconds", "time")]

@@ -35,11 +35,20 @@ PRIVACY_STATEMENT = (
 
 # figure name -> (caption, spans the full width)
 FIGURE_CAPTIONS: dict[str, tuple[str, bool]] = {
-    "confusion_matrix": ("Confusion matrix: counts and row-normalised (the diagonal is each class's recall).", True),
+    "confusion_matrix": (
+        "Confusion matrix: counts and row-normalised (the diagonal is each class's recall).",
+        True,
+    ),
     "roc": ("ROC curves, one class vs the rest, with AUC.", False),
-    "pr": ("Precision-recall curves with average precision; dotted: prevalence (a useless model's precision).", False),
+    "pr": (
+        "Precision-recall curves with average precision; dotted: prevalence (a useless model's precision).",
+        False,
+    ),
     "reliability": ("Reliability before and after temperature scaling (fitted on validation data).", False),
-    "threshold_sweep": ("Sensitivity, specificity, PPV and NPV against the threshold; dashed: the operating point.", False),
+    "threshold_sweep": (
+        "Sensitivity, specificity, PPV and NPV against the threshold; dashed: the operating point.",
+        False,
+    ),
     "training_curves": ("Training curves from the run's history.csv.", True),
 }
 
@@ -89,17 +98,25 @@ def _thumbnail(image: Image.Image, size: int = 224) -> str:
 
 
 def _open_image(path: str) -> Image.Image | None:
+    # the data layer's decoder first (DICOM, 16-bit); plain Pillow as a fallback; a missing or unreadable
+    # image must not stop the report (its gallery card says "image unavailable")
     try:
         from medclf.data.images import load_image
 
         return load_image(path)
-    except Exception:  # a missing or unreadable image must not stop the report; the gallery says so
+    except Exception:
+        pass
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except Exception:
         return None
 
 
-def confident_errors(
-    pred_df: pd.DataFrame, classes: Sequence[str], limit: int = 12
-) -> pd.DataFrame:
+def confident_errors(pred_df: pd.DataFrame, classes: Sequence[str], limit: int = 12) -> pd.DataFrame:
     """The wrong predictions with the highest probability on the predicted class (most confident first)."""
     wrong = pred_df[pred_df["pred"].astype(str) != pred_df["label"].astype(str)].copy()
     if wrong.empty:
@@ -122,7 +139,9 @@ def default_limits(metrics: Mapping[str, Any]) -> list[str]:
         "The model sees only the image (and metadata, if configured): no history, no examination, no other tests.",
     ]
     small = [
-        name for name, pc in (metrics.get("per_class") or {}).items() if isinstance(pc, Mapping) and (pc.get("support") or 0) < 30
+        name
+        for name, pc in (metrics.get("per_class") or {}).items()
+        if isinstance(pc, Mapping) and (pc.get("support") or 0) < 30
     ]
     if small:
         items.append(
@@ -150,7 +169,11 @@ def _summarise(obj: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, st
             if len(value) <= 60 and "/" not in value and "\\" not in value:
                 rows.append((name, value))
         elif isinstance(value, list | tuple):
-            if value and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value) and len(value) <= 10:
+            if (
+                value
+                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+                and len(value) <= 10
+            ):
                 rows.append((name, ", ".join(_fmt(v) for v in value)))
             else:
                 rows.append((name, f"{len(value)} item(s)"))
@@ -245,7 +268,9 @@ def write_report(
     """
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    env = Environment(loader=PackageLoader("medclf.evaluate", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    env = Environment(
+        loader=PackageLoader("medclf.evaluate", "templates"), autoescape=select_autoescape(["html", "j2"])
+    )
     template = env.get_template("report.html.j2")
 
     figs = []

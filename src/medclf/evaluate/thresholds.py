@@ -70,9 +70,13 @@ def _check_binary(y_true: np.ndarray, p_pos: np.ndarray) -> tuple[np.ndarray, np
     if y.size == 0:
         raise DataError("no predictions to choose a threshold on; the validation split is empty")
     if not np.isin(y, (0, 1)).all():
-        raise DataError("binary labels must be 0 (negative) or 1 (positive); map the positive class to 1 first")
+        raise DataError(
+            "binary labels must be 0 (negative) or 1 (positive); map the positive class to 1 first"
+        )
     if not np.isfinite(p).all():
-        raise DataError("scores contain NaN or infinity; check the predictions file for empty probability cells")
+        raise DataError(
+            "scores contain NaN or infinity; check the predictions file for empty probability cells"
+        )
     return y.astype(np.int8), p
 
 

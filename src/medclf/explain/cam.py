@@ -88,7 +88,10 @@ def compute_cam(
     cam_cls = _cam_class(method)
     targets = None if target is None else [ClassifierOutputTarget(int(target))]
     # frozen backbones (cached / fine-tune strategies) still need activation gradients: enable them locally
-    with torch.enable_grad(), cam_cls(model=bound, target_layers=[layer], reshape_transform=_tokens_to_map) as cam:
+    with (
+        torch.enable_grad(),
+        cam_cls(model=bound, target_layers=[layer], reshape_transform=_tokens_to_map) as cam,
+    ):
         if method == "scorecam":
             cam.batch_size = 32
         heat = cam(input_tensor=x, targets=targets)

@@ -41,4 +41,3 @@ def overlay_cam(
     base = model_view(image, resize)
     heat = heatmap_image(cam, base.size, colormap)
     return Image.blend(base, heat, float(alpha))
-

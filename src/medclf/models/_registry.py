@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -125,6 +126,10 @@ def create_model(
         args: dict[str, Any] = {"drop_rate": drop_rate, "num_meta": num_meta, **kw}
         if in_chans is not None:
             args["in_chans"] = in_chans
+        # input_size reaches only the factories whose layers depend on it (mpox_cnn's dense layer); the
+        # globally pooled CNNs take any size and just record it
+        if "input_size" in args and "input_size" not in inspect.signature(entry.factory).parameters:
+            args.pop("input_size")
         try:
             model = entry.factory(num_classes, **args)
         except TypeError as exc:

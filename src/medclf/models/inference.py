@@ -13,7 +13,15 @@ from medclf.data.transforms import create_transform
 from medclf.errors import BadImageError
 from medclf.models.run_io import LoadedRun
 
-__all__ = ["decision", "open_image", "predict_frame", "predict_logits", "prob_columns"]
+__all__ = [
+    "decision",
+    "open_image",
+    "predict_frame",
+    "predict_logits",
+    "predict_records",
+    "predictions_frame",
+    "prob_columns",
+]
 
 
 def open_image(path: str) -> Any:
@@ -54,30 +62,23 @@ def predict_logits(
     return torch.cat(out).numpy() if out else np.zeros((0, getattr(model, "num_classes", 0)), dtype=np.float32)
 
 
-def predict_frame(
+def predict_records(
     loaded_run: LoadedRun,
     records: pd.DataFrame,
     batch_size: int = 64,
     skip_bad: bool = False,
     *,
     loader: Callable[[str], Any] | None = None,
-) -> pd.DataFrame:
-    """Predict every row of ``records`` (needs ``path``; ``label``, ``group`` and metadata columns are kept).
-
-    Returns ``path,label,group,prob_<class>...,pred`` + metadata columns, with the run's temperature applied and
-    the binary threshold used for ``pred``. With ``skip_bad`` unreadable images are left out and listed in
-    ``result.attrs["skipped"]`` as (path, reason); otherwise the first one raises ``BadImageError``.
-    """
+) -> tuple[pd.DataFrame, np.ndarray, list[tuple[str, str]]]:
+    """Raw logits (no temperature) for the decodable rows: (rows kept, logits [N, C], skipped (path, reason))."""
     model = loaded_run.model
     model.eval()
-    classes = loaded_run.classes
     loader = loader or open_image
-    meta_only = bool(getattr(model, "meta_only", False))
     rows = records.reset_index(drop=True)
     keep: list[int] = []
     images: list[torch.Tensor] | None = None
     skipped: list[tuple[str, str]] = []
-    if meta_only:
+    if getattr(model, "meta_only", False):
         keep = list(range(len(rows)))
     else:
         tf = create_transform(loaded_run.preprocessing, "none")
@@ -93,16 +94,43 @@ def predict_frame(
             keep.append(i)
     rows = rows.iloc[keep].reset_index(drop=True)
     meta = loaded_run.meta_encoder.transform(rows) if loaded_run.meta_encoder else None
-    logits = predict_logits(model, images, meta, batch_size)
-    probs = torch.softmax(torch.from_numpy(logits) / loaded_run.temperature, dim=1).numpy()
-    out = pd.DataFrame({"path": rows["path"].astype(str)})
-    out["label"] = rows["label"].astype(str) if "label" in rows else ""
-    out["group"] = rows["group"].astype(str) if "group" in rows else out["path"].map(lambda p: p.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+    return rows, predict_logits(model, images, meta, batch_size), skipped
+
+
+def predictions_frame(loaded_run: LoadedRun, rows: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
+    """The predictions.csv table for ``rows`` from raw logits, applying the run's temperature and threshold."""
+    classes = loaded_run.classes
+    probs = torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)) / loaded_run.temperature, 1).numpy()
+    out = pd.DataFrame({"path": rows["path"].astype(str).to_numpy()})
+    out["label"] = rows["label"].astype(str).to_numpy() if "label" in rows else ""
+    if "group" in rows:
+        out["group"] = rows["group"].astype(str).to_numpy()
+    else:
+        out["group"] = [p.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0] for p in out["path"]]
     for j, col in enumerate(prob_columns(classes)):
-        out[col] = probs[:, j] if len(probs) else []
-    out["pred"] = decision(probs, classes, loaded_run.threshold, loaded_run.positive_class) if len(probs) else []
+        out[col] = probs[:, j]
+    out["pred"] = decision(probs, classes, loaded_run.threshold, loaded_run.positive_class)
     for col in loaded_run.metadata_columns:
         if col in rows:
             out[col] = rows[col].to_numpy()
+    return out
+
+
+def predict_frame(
+    loaded_run: LoadedRun,
+    records: pd.DataFrame,
+    batch_size: int = 64,
+    skip_bad: bool = False,
+    *,
+    loader: Callable[[str], Any] | None = None,
+) -> pd.DataFrame:
+    """Predict every row of ``records`` (needs ``path``; ``label``, ``group`` and metadata columns are kept).
+
+    Returns ``path,label,group,prob_<class>...,pred`` + metadata columns, with the run's temperature applied and
+    the binary threshold used for ``pred``. With ``skip_bad`` unreadable images are left out and listed in
+    ``result.attrs["skipped"]`` as (path, reason); otherwise the first one raises ``BadImageError``.
+    """
+    rows, logits, skipped = predict_records(loaded_run, records, batch_size, skip_bad, loader=loader)
+    out = predictions_frame(loaded_run, rows, logits)
     out.attrs["skipped"] = skipped
     return out

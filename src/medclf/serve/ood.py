@@ -49,7 +49,9 @@ class FeatureOOD:
 
         x = np.asarray(train_features, dtype=np.float64)
         if x.ndim != 2 or x.shape[0] < 2:
-            raise DataError(f"the OOD detector needs at least 2 training images' features, got shape {x.shape}")
+            raise DataError(
+                f"the OOD detector needs at least 2 training images' features, got shape {x.shape}"
+            )
         lw = LedoitWolf(assume_centered=False).fit(x)
         ood = cls(
             mean=lw.location_.astype(np.float32),
@@ -58,10 +60,12 @@ class FeatureOOD:
             quantile=quantile,
             n_fit=int(x.shape[0]),
         )
-        calib, split = (x, "train") if calib_features is None or len(calib_features) == 0 else (calib_features, "val")
+        calib, split = (
+            (x, "train") if calib_features is None or len(calib_features) == 0 else (calib_features, "val")
+        )
         scores = ood.score(calib)
         ood.threshold = float(np.quantile(scores, quantile))
-        ood.n_calib, ood.calib_split = int(len(calib)), split
+        ood.n_calib, ood.calib_split = len(calib), split
         return ood
 
     def score(self, features: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ out-of-distribution detector, so every front end gives the same answer for the s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -219,7 +220,9 @@ class Predictor:
             from medclf.serve.export import build_onnx, onnx_session
 
             proto = build_onnx(run.model, serving, detector)
-            impl = _OnnxBackend(onnx_session(proto.SerializeToString(), num_threads), has_ood=detector is not None)
+            impl = _OnnxBackend(
+                onnx_session(proto.SerializeToString(), num_threads), has_ood=detector is not None
+            )
         return cls(
             serving,
             impl,
@@ -238,7 +241,9 @@ class Predictor:
         from medclf.serve.export import onnx_session, read_onnx
 
         proto, serving, ood_info = read_onnx(path)
-        impl = _OnnxBackend(onnx_session(proto.SerializeToString(), num_threads), has_ood=ood_info is not None)
+        impl = _OnnxBackend(
+            onnx_session(proto.SerializeToString(), num_threads), has_ood=ood_info is not None
+        )
         threshold = float(ood_info["threshold"]) if ood_info else None
         return cls(serving, impl, ood_threshold=threshold, info=serving.extra, max_pixels=max_pixels)
 
@@ -274,22 +279,29 @@ class Predictor:
         return self.torch_model is not None and getattr(self.torch_model, "cam_layer", None) is not None
 
     # ------------------------------------------------------------------ prediction
-    def load(self, image: ImageInput, name: str = "<upload>") -> Image.Image:
+    def load(
+        self, image: ImageInput, name: str = "<upload>", *, max_pixels: int | None = None
+    ) -> Image.Image:
         """Decode one input into a PIL image (``BadImageError`` naming ``name`` when it is unusable)."""
         from medclf.data.images import load_image, load_image_bytes
 
+        limit = int(max_pixels or self.max_pixels)
         if isinstance(image, Image.Image):
             return image
         if isinstance(image, bytes | bytearray | memoryview):
-            return load_image_bytes(bytes(image), name, max_pixels=self.max_pixels)
+            return load_image_bytes(bytes(image), name, max_pixels=limit)
         if isinstance(image, str | os.PathLike):
-            return load_image(image, max_pixels=self.max_pixels)
-        raise BadImageError(name, f"cannot predict on a {type(image).__name__}; pass a path, bytes or a PIL image")
+            return load_image(image, max_pixels=limit)
+        raise BadImageError(
+            name, f"cannot predict on a {type(image).__name__}; pass a path, bytes or a PIL image"
+        )
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return self._transform(image).numpy()
 
-    def encode_metadata(self, metadata: Sequence[Mapping[str, Any] | None] | None, n: int) -> np.ndarray | None:
+    def encode_metadata(
+        self, metadata: Sequence[Mapping[str, Any] | None] | None, n: int
+    ) -> np.ndarray | None:
         if self._encoder is None:
             return None
         rows = [dict(m or {}) for m in (metadata or [{}] * n)]
@@ -312,12 +324,16 @@ class Predictor:
         if isinstance(metadata, Mapping):
             metadata = [metadata] * len(images)
         if metadata is not None and len(metadata) != len(images):
-            raise ConfigError(f"got {len(images)} images but {len(metadata)} metadata rows; pass one per image")
+            raise ConfigError(
+                f"got {len(images)} images but {len(metadata)} metadata rows; pass one per image"
+            )
         out: list[Prediction] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             x = np.stack([self.preprocess(self.load(im, _name(im))) for im in chunk]).astype(np.float32)
-            meta = self.encode_metadata(None if metadata is None else metadata[start : start + len(chunk)], len(chunk))
+            meta = self.encode_metadata(
+                None if metadata is None else metadata[start : start + len(chunk)], len(chunk)
+            )
             out += self.predict_arrays(x, meta)
         return out
 
@@ -377,7 +393,9 @@ class Predictor:
         pred = self.predict_arrays(x, meta)[0]
         if target is None:
             target_name = pred.decision
-        elif isinstance(target, int) or (isinstance(target, str) and target.isdigit() and target not in self.classes):
+        elif isinstance(target, int) or (
+            isinstance(target, str) and target.isdigit() and target not in self.classes
+        ):
             idx = int(target)
             if not 0 <= idx < len(self.classes):
                 raise ConfigError(f"--target {target}: class index out of range 0..{len(self.classes) - 1}")
@@ -385,7 +403,9 @@ class Predictor:
         elif target in self.classes:
             target_name = str(target)
         else:
-            raise ConfigError(f"--target {target!r} is not a class of this model; classes: {', '.join(self.classes)}")
+            raise ConfigError(
+                f"--target {target!r} is not a class of this model; classes: {', '.join(self.classes)}"
+            )
         assert self.torch_model is not None
         with self._cam_lock:
             cam = compute_cam(
@@ -413,8 +433,12 @@ class Predictor:
             "preprocessing": s.preprocessing.to_dict(),
             "metadata": self.metadata_fields,
             "backend": self.backend.name,
-            "ood": self.ood.info() if self.ood else ({"threshold": self.ood_threshold} if self.ood_threshold else None),
-            "metrics": run_metrics(self.run_dir, s.classes, s.positive_class, s.threshold) if self.run_dir else {},
+            "ood": self.ood.info()
+            if self.ood
+            else ({"threshold": self.ood_threshold} if self.ood_threshold else None),
+            "metrics": run_metrics(self.run_dir, s.classes, s.positive_class, s.threshold)
+            if self.run_dir
+            else {},
             "card": _card_text(self.run_dir),
             "disclaimer": DISCLAIMER,
         }
@@ -497,7 +521,9 @@ def image_features(
         if len(batch) >= batch_size:
             flush()
     flush()
-    return np.concatenate(feats) if feats else np.zeros((0, int(getattr(model, "num_features", 0))), np.float32)
+    return (
+        np.concatenate(feats) if feats else np.zeros((0, int(getattr(model, "num_features", 0))), np.float32)
+    )
 
 
 def load_or_fit_ood(run: Any, *, max_images: int = 400, seed: int = 0) -> FeatureOOD | None:
@@ -531,10 +557,9 @@ def load_or_fit_ood(run: Any, *, max_images: int = 400, seed: int = 0) -> Featur
         return None
     fval = image_features(run.model, run.preprocessing, val) if val else None
     ood = FeatureOOD.fit(ftrain, fval)
-    try:
+    # a read-only run folder keeps the detector in memory only
+    with contextlib.suppress(OSError):
         ood.save(cache, weights_sha256=digest)
-    except OSError:
-        pass  # a read-only run folder: keep the detector in memory only
     return ood
 
 

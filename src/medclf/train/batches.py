@@ -49,12 +49,21 @@ class RecordsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        i, item_seed = key if isinstance(key, tuple) else (key, None)
         if self.transform is None:  # metadata-only model: never decode the image
             x = torch.zeros(0)
         else:
             try:
-                x = self.transform(self.loader(self.paths[i]))
+                image = self.loader(self.paths[i])
+                if item_seed is None:
+                    x = self.transform(image)
+                else:
+                    # the augmentation of (image, epoch) is fixed by its own seed: the same in a resumed run and
+                    # in any worker process, and it leaves the global RNG (dropout) untouched
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(item_seed)
+                        x = self.transform(image)
             except BadImageError as exc:
                 if not self.skip_bad:
                     raise BadImageError(
@@ -74,7 +83,7 @@ def collate_skip_bad(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torc
     return torch.stack(xs), torch.stack(ms), torch.tensor(ys, dtype=torch.long)
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(Sampler[tuple[int, int]]):
     """Shuffled (or class-balanced, with replacement) indices drawn from a generator seeded by (seed, epoch).
 
     Lightning calls ``set_epoch`` before every epoch, also after ``--resume``, so the order of epoch k is the same
@@ -93,11 +102,15 @@ class EpochSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """Yields (index, augmentation seed) keys for ``RecordsDataset``."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.labels)
         if self.balanced:
             counts = np.bincount(self.labels)
             w = torch.tensor(1.0 / counts[self.labels], dtype=torch.double)
-            return iter(torch.multinomial(w, n, replacement=True, generator=g).tolist())
-        return iter(torch.randperm(n, generator=g).tolist())
+            order = torch.multinomial(w, n, replacement=True, generator=g).tolist()
+        else:
+            order = torch.randperm(n, generator=g).tolist()
+        base = (self.seed * 1_000_003 + self.epoch) * 1_000_033
+        return iter((i, (base + pos) % 2**63) for pos, i in enumerate(order))

@@ -404,7 +404,9 @@ def extract_features(
         raise DataError("no images to extract features from: the split has no rows for this part")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     bottom = bottom.eval()
-    model_key = _sha([module_fingerprint(bottom, pre.in_chans, pre.input_size), pre.to_dict(), _CACHE_VERSION])
+    model_key = _sha(
+        [module_fingerprint(bottom, pre.in_chans, pre.input_size), pre.to_dict(), _CACHE_VERSION]
+    )
     data_key = paths_fingerprint(paths)
     folder = cache_dir / f"{model_key}-{data_key}"
 
@@ -426,14 +428,22 @@ def extract_features(
         for view in todo:
             x, k, b = _run_view(runner, paths, pre, view, augment, seed, batch_size, skip_bad, progress, half)
             vkey = view if not view.startswith("aug") else f"{view}-{augment}-s{seed}"
-            info = {"view": view, "augment": augment, "seed": seed, "n": len(paths), "version": _CACHE_VERSION}
+            info = {
+                "view": view,
+                "augment": augment,
+                "seed": seed,
+                "n": len(paths),
+                "version": _CACHE_VERSION,
+            }
             _write_view(folder / f"{vkey}.safetensors", x, k, b, info)
             results[view], kept, bad = x, k, b
         seconds = time.perf_counter() - t0
     assert kept is not None
     for view, x in results.items():
         if len(x) != len(kept):  # a view cached before an image became unreadable: recompute everything
-            raise DataError(f"feature cache {folder} is inconsistent across views ({view}); delete that folder")
+            raise DataError(
+                f"feature cache {folder} is inconsistent across views ({view}); delete that folder"
+            )
     return FeatureSet(views={v: results[v] for v in views}, kept=kept, bad=bad, seconds=seconds)
 
 
@@ -465,7 +475,9 @@ def _run_view(
                 idx.append(i)
             except BadImageError as exc:
                 if not skip_bad:
-                    raise BadImageError(exc.path, exc.reason + "; fix or remove it, or set data.skip_bad=true") from None
+                    raise BadImageError(
+                        exc.path, exc.reason + "; fix or remove it, or set data.skip_bad=true"
+                    ) from None
                 bad.append(exc.path)
         return idx, tensors, bad
 
@@ -484,7 +496,9 @@ def _run_view(
             bad.extend(b)
             if tensors:
                 y = runner(torch.stack(tensors))
-                out.append(y.astype(np.float16 if (half if half is not None else y.ndim == 4) else np.float32))
+                out.append(
+                    y.astype(np.float16 if (half if half is not None else y.ndim == 4) else np.float32)
+                )
                 kept.extend(idx)
             bar.update(len(idx) + len(b))
     bar.close()

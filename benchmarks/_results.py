@@ -1,0 +1,60 @@
+"""Write one benchmark's section into docs/benchmarks-serving.md (between its own marker comments)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-serving.md"
+
+_HEADER = """# Serving benchmarks
+
+Measured by the scripts in `benchmarks/`; each script rewrites its own section below. Random-weight models are
+fine for latency (the arithmetic is the same); the OOD validation uses the offline ImageNet weights.
+Research use only: no output of medclf is a diagnosis.
+"""
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+    import torch
+
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs (shared with other work), Python {sys.version.split()[0]}, "
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+    )
+
+
+def write_section(name: str, body: str) -> None:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = DOC.read_text(encoding="utf-8") if DOC.is_file() else _HEADER
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = "python " + " ".join([Path(sys.argv[0]).as_posix().split("/work/main/")[-1], *sys.argv[1:]])
+    block = f"{start}\n{body.rstrip()}\n\n_Machine: {machine()}. Date: {stamp}. Command: `{cmd}`._\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    from medclf._atomic import atomic_write_text
+
+    atomic_write_text(DOC, text)
+    print(f"updated {DOC}")
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+    except Exception:
+        return "unknown"

@@ -1,0 +1,118 @@
+"""`medclf evaluate` and `medclf compare`."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="metrics with 95%% intervals, calibration, plots and an HTML report for a trained run",
+        description="Predict a run's test split (or --data, read with the run's dataset spec) and write "
+        "predictions.csv, metrics.json, plots/ and report.html to --out. The threshold and temperature come "
+        "from the run (chosen on validation data), never from the evaluated images.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `medclf train`")
+    p.add_argument(
+        "--data", help="evaluate these images instead (the run's dataset.yaml rules applied to this folder)"
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val", "all"),
+        help="which rows to evaluate (default: test)",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=None,
+        metavar="N",
+        help="bootstrap resamples (default: the run's eval.bootstrap, 1000)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed in skipped.csv)")
+    p.add_argument(
+        "--audit", metavar="FILE", help="audit.json of the dataset (`medclf data audit`) for the report"
+    )
+    p.add_argument("--pdf", action="store_true", help="also write report.pdf (headline numbers + plots)")
+    p.set_defaults(func=_evaluate)
+
+    c = subparsers.add_parser(
+        "compare",
+        help="leaderboard (Markdown, HTML, CSV) of runs, evaluations or cv folders, with a paired test",
+        description="Rank runs / evaluation folders / cross-validation folders and test the top two "
+        "(paired bootstrap of the AUC and accuracy difference on the images both were evaluated on).",
+    )
+    c.add_argument("dirs", nargs="+", metavar="RUN_OR_EVAL_DIR")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument(
+        "--sort", default=None, help="metric to rank by (default: auc, else macro_auc, else accuracy)"
+    )
+    c.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=_compare)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medclf.errors import ConfigError
+    from medclf.evaluate.pipeline import evaluate_run, read_run_context
+
+    n_boot = args.bootstrap
+    if n_boot is None:
+        n_boot = int(
+            ((read_run_context(args.run_dir)["config"] or {}).get("eval") or {}).get("bootstrap", 1000)
+        )
+    if n_boot < 0:
+        raise ConfigError("--bootstrap must be 0 (no intervals) or a positive number of resamples, e.g. 1000")
+    metrics = evaluate_run(
+        args.run_dir,
+        args.out,
+        data=args.data,
+        split=args.split,
+        n_boot=n_boot,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        skip_bad=args.skip_bad,
+        audit_path=args.audit,
+        pdf=args.pdf,
+    )
+    _print_summary(metrics)
+    print(f"wrote {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def _print_summary(metrics: dict) -> None:
+    from medclf import DISCLAIMER
+
+    ci = metrics.get("ci95") or {}
+    keys = ["sensitivity", "specificity", "auc"] if "sensitivity" in metrics else ["macro_auc"]
+    keys += ["accuracy", "balanced_accuracy", "macro_f1", "ece"]
+    print(f"{metrics['n']} images")
+    for k in keys:
+        v = metrics.get(k)
+        if v is None or v != v:
+            continue
+        lo, hi = ci.get(k, [None, None])
+        interval = f"  [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None and lo == lo else ""
+        print(f"  {k:<18} {v:.3f}{interval}")
+    for note in metrics.get("notes", []):
+        print(f"  note: {note}")
+    print(DISCLAIMER)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medclf.evaluate.compare import compare
+
+    result = compare(args.dirs, args.out, sort_by=args.sort, n_boot=args.bootstrap, seed=args.seed)
+    print((Path(args.out) / "leaderboard.md").read_text(encoding="utf-8"))
+    del result
+    return 0

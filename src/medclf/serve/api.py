@@ -1,0 +1,294 @@
+"""REST API (FastAPI) over one ``Predictor``: /predict, /explain, /health, /model.
+
+Uploads are read into memory with a hard size limit and parsed there (never spooled to a temporary file, as
+Starlette's form parser does for large files), decoded with the pixel limit, and dropped when the request ends.
+Neither the image, its file name nor its metadata is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from medclf import DISCLAIMER, __version__
+from medclf.errors import BadImageError, ConfigError, MedclfError
+
+__all__ = ["ServerConfig", "create_app"]
+
+_IMAGE_TYPES = (
+    "image/jpeg",
+    "image/jpg",
+    "image/png",
+    "image/bmp",
+    "image/tiff",
+    "image/gif",
+    "image/webp",
+    "application/dicom",
+    "application/octet-stream",
+)
+
+
+@dataclass
+class ServerConfig:
+    """Limits and access control of the REST server."""
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    """Largest request body; bigger uploads get 413 before they are read."""
+    max_pixels: int = 50_000_000
+    """Decoded images with more pixels are refused (413): the decompression-bomb guard."""
+    request_timeout_s: float = 30.0
+    """A request body that takes longer than this to arrive gets 408."""
+    api_key: str | None = None
+    """When set, /predict, /explain and /model need the header ``X-API-Key: <key>``."""
+    allowed_types: tuple[str, ...] = field(default=_IMAGE_TYPES)
+    """Accepted content types of the ``file`` part."""
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        self.status, self.detail = status, detail
+
+
+@dataclass
+class _Upload:
+    data: bytes
+    content_type: str
+    fields: dict[str, str]
+
+
+def _parse_multipart(body: bytes, content_type: str, max_fields: int = 32) -> _Upload:
+    """multipart/form-data -> the ``file`` part (bytes) and the text fields, entirely in memory."""
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    ctype, params = parse_options_header(content_type)
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise _HTTPError(415, "send the image as multipart/form-data with a field named 'file'")
+    parts: list[dict[str, Any]] = []
+    cur: dict[str, Any] = {}
+    header_field = bytearray()
+    header_value = bytearray()
+
+    def on_part_begin() -> None:
+        cur.clear()
+        cur.update(headers={}, data=bytearray())
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_field.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        cur["headers"][bytes(header_field).lower()] = bytes(header_value)
+        header_field.clear()
+        header_value.clear()
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        cur["data"].extend(data[start:end])
+
+    def on_part_end() -> None:
+        if len(parts) >= max_fields:
+            raise _HTTPError(400, f"too many form fields (limit {max_fields})")
+        parts.append(dict(cur))
+
+    parser = MultipartParser(
+        params[b"boundary"],
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        parser.write(body)
+        parser.finalize()
+    except _HTTPError:
+        raise
+    except Exception:
+        raise _HTTPError(
+            400, "malformed multipart body; send the image as a form field named 'file'"
+        ) from None
+    file_part: dict[str, Any] | None = None
+    fields: dict[str, str] = {}
+    for part in parts:
+        _, disp = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        name = disp.get(b"name", b"").decode("utf-8", "replace")
+        if name == "file":
+            file_part = part
+        elif name:
+            fields[name] = bytes(part["data"]).decode("utf-8", "replace").strip()
+    if file_part is None:
+        raise _HTTPError(422, "no 'file' field in the form; send the image as multipart field 'file'")
+    ptype = file_part["headers"].get(b"content-type", b"application/octet-stream").decode("latin-1")
+    return _Upload(bytes(file_part["data"]), ptype.split(";")[0].strip().lower(), fields)
+
+
+def _upload_schema(extra_fields: dict[str, Any]) -> dict[str, Any]:
+    props: dict[str, Any] = {"file": {"type": "string", "format": "binary", "description": "the image"}}
+    for name, spec in extra_fields.items():
+        if spec["kind"] == "numeric":
+            props[name] = {"type": "number", "description": f"metadata: {name} (optional)"}
+        else:
+            props[name] = {
+                "type": "string",
+                "enum": spec["categories"],
+                "description": f"metadata: {name} (optional)",
+            }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": props, "required": ["file"]}
+                }
+            },
+        }
+    }
+
+
+def create_app(predictor: Any, config: ServerConfig | None = None) -> FastAPI:
+    """The FastAPI application serving ``predictor`` (a ``medclf.serve.Predictor``)."""
+    cfg = config or ServerConfig()
+    meta_fields = predictor.metadata_fields
+    app = FastAPI(
+        title="medclf",
+        version=__version__,
+        description=f"Medical image classifier ({', '.join(predictor.classes)}). {DISCLAIMER}",
+    )
+
+    @app.exception_handler(_HTTPError)
+    async def _http_error(_: Request, exc: _HTTPError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail, "disclaimer": DISCLAIMER}, status_code=exc.status)
+
+    def check_key(request: Request) -> None:
+        if cfg.api_key is None:
+            return
+        given = request.headers.get("x-api-key", "")
+        if not hmac.compare_digest(given.encode(), cfg.api_key.encode()):
+            raise _HTTPError(401, "missing or wrong API key; send it in the X-API-Key header")
+
+    async def read_upload(request: Request) -> tuple[Any, dict[str, Any] | None]:
+        check_key(request)
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cfg.max_upload_bytes:
+            raise _HTTPError(413, f"upload too large (limit {cfg.max_upload_bytes // (1024 * 1024)} MiB)")
+
+        async def read() -> bytes:
+            buf = bytearray()
+            async for chunk in request.stream():
+                buf.extend(chunk)
+                if len(buf) > cfg.max_upload_bytes:
+                    raise _HTTPError(
+                        413, f"upload too large (limit {cfg.max_upload_bytes // (1024 * 1024)} MiB)"
+                    )
+            return bytes(buf)
+
+        try:
+            body = await asyncio.wait_for(read(), timeout=cfg.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise _HTTPError(
+                408, f"the upload took longer than {cfg.request_timeout_s:.0f} s; try again"
+            ) from None
+        upload = _parse_multipart(body, request.headers.get("content-type", ""))
+        if not upload.data:
+            raise _HTTPError(400, "the uploaded file is empty (0 bytes); choose the image file again")
+        if upload.content_type not in cfg.allowed_types:
+            raise _HTTPError(
+                415,
+                f"content type {upload.content_type!r} is not an image; send JPEG, PNG, BMP, TIFF, GIF, WebP or DICOM",
+            )
+        try:
+            image = predictor.load(upload.data, "upload", max_pixels=cfg.max_pixels)
+        except BadImageError as exc:
+            status = 413 if "too large" in exc.reason else 400
+            raise _HTTPError(status, f"the uploaded file cannot be used: {exc.reason}") from None
+        metadata = _metadata(upload.fields)
+        return image, metadata
+
+    def _metadata(fields: dict[str, str]) -> dict[str, Any] | None:
+        if not meta_fields:
+            return None
+        out: dict[str, Any] = {}
+        for name, spec in meta_fields.items():
+            value = fields.get(name)
+            if value in (None, ""):
+                continue
+            if spec["kind"] == "numeric":
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    raise _HTTPError(
+                        422, f"metadata field {name!r} must be a number, got {value!r}"
+                    ) from None
+            else:
+                out[name] = value
+        return out
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness: the model is loaded."""
+        return {"status": "ok", "classes": predictor.classes, "backend": predictor.backend.name}
+
+    @app.get("/model")
+    async def model(request: Request) -> dict[str, Any]:
+        """The model card: classes, operating point, preprocessing, validation metrics."""
+        check_key(request)
+        return predictor.model_card()
+
+    @app.post("/predict", openapi_extra=_upload_schema(meta_fields))
+    async def predict(request: Request) -> dict[str, Any]:
+        """Predict one image (multipart field ``file``; metadata as optional form fields)."""
+        image, metadata = await read_upload(request)
+        try:
+            pred = (await run_in_threadpool(predictor.predict, [image], metadata))[0]
+        except MedclfError as exc:
+            raise _HTTPError(422, str(exc)) from None
+        out = pred.to_dict()
+        out["threshold"] = predictor.threshold
+        out["positive_class"] = predictor.positive_class
+        return out
+
+    @app.post(
+        "/explain",
+        openapi_extra=_upload_schema(meta_fields),
+        responses={200: {"content": {"image/png": {}}, "description": "heat map over the image"}},
+        response_class=Response,
+    )
+    async def explain(
+        request: Request, method: str = "gradcam", alpha: float = 0.5, target: str | None = None
+    ):
+        """Grad-CAM (or gradcam++, scorecam) heat map over the image, as a PNG."""
+        image, metadata = await read_upload(request)
+        if not 0.0 <= alpha <= 1.0:
+            raise _HTTPError(422, "alpha must be between 0 and 1")
+        if not predictor.can_explain:
+            raise _HTTPError(
+                501, "this model cannot be explained (no image model or no PyTorch weights loaded)"
+            )
+        try:
+            ex = await run_in_threadpool(
+                predictor.explain, image, metadata, method=method, target=target, alpha=alpha
+            )
+        except ConfigError as exc:
+            raise _HTTPError(422, str(exc)) from None
+        buf = io.BytesIO()
+        ex.overlay.save(buf, format="PNG")
+        headers = {
+            "X-Medclf-Target": ex.target,
+            "X-Medclf-Decision": ex.prediction.decision,
+            "X-Medclf-Refer": str(ex.prediction.refer).lower(),
+            "X-Medclf-Disclaimer": DISCLAIMER,
+        }
+        return Response(buf.getvalue(), media_type="image/png", headers=headers)
+
+    return app

@@ -1,0 +1,131 @@
+"""`medclf train`, `medclf cv`, `medclf tune`: thin wrappers over medclf.train (heavy imports inside handlers)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+_SET_HELP = "override a config key, e.g. --set train.epochs=10 (repeatable; values are YAML)"
+
+
+def _common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
+    if config_required:
+        p.add_argument("config", metavar="CONFIG", help="YAML recipe (configs/*.yaml)")
+    else:
+        p.add_argument("config", metavar="CONFIG", nargs="?", help="YAML recipe (configs/*.yaml); defaults if omitted")
+    p.add_argument("--data", metavar="DATA", help="data folder or dataset spec; overrides data.root of the recipe")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model from a recipe into a self-describing run folder",
+        description="Train a recipe (strategies: scratch, finetune, full, cached) into RUN_DIR: weights "
+        "(safetensors), run.json, config, split, history, logs, val/test predictions.",
+    )
+    _common(p)
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to create (or to resume)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN_DIR from its last checkpoint")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser(
+        "cv",
+        help="K-fold cross-validation: per-fold runs, out-of-fold predictions, cv_metrics.json",
+        description="Cross-validate a recipe. Pre-made folds in the data are used as shipped; otherwise grouped, "
+        "stratified folds are made. Without CONFIG a default recipe (EfficientNet-Lite0, cached features) is used "
+        "on any class-per-folder DATA. Re-running continues: finished folds are kept.",
+    )
+    _common(p)
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="number of folds to make (default 5)")
+    p.add_argument("--group-by", metavar="RULE", help="group column or 'regex:PATTERN' on file names")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (DIR/fold_k, cv_metrics.json)")
+    p.set_defaults(func=_cv)
+
+    p = subparsers.add_parser(
+        "tune",
+        help="hyper-parameter search (Optuna) over the recipe's search_space",
+        description="Search the recipe's search_space with Optuna (random or TPE sampler, median pruning on the "
+        "per-epoch validation metric). Writes results.csv/.md and best_config.yaml to DIR.",
+    )
+    _common(p, config_required=True)
+    p.add_argument("--trials", type=int, default=20, metavar="N", help="number of trials (default 20)")
+    p.add_argument("--sampler", choices=("random", "tpe"), default="random", help="random (default) or tpe")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.set_defaults(func=_tune)
+
+
+def _load(args: argparse.Namespace, default: Any = None) -> Any:
+    from medclf.config import apply_overrides, load_config
+
+    if args.config is None and default is not None:
+        cfg = apply_overrides(default, args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    if args.data:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(Path(args.data).resolve())))
+    return cfg
+
+
+def _train(args: argparse.Namespace) -> int:
+    import medclf
+    from medclf.train import train
+
+    if args.resume:
+        if args.config or args.overrides or args.data:
+            print("medclf train --resume: continuing with the run's own config.yaml and split.csv")
+        cfg = None
+    else:
+        cfg = _load(args)
+    run = train(cfg, args.out, resume=args.resume, progress=not args.quiet)  # type: ignore[arg-type]
+    info = json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))
+    vm = info.get("val_metrics", {})
+    print(f"run folder: {run}")
+    print(
+        f"  strategy {info.get('strategy')}, {info.get('epochs_run')} epochs, {info.get('train_seconds')} s; "
+        f"best {info.get('monitor')} = {_fmt(info.get('best_score'))} (epoch {info.get('best_epoch')})"
+    )
+    print(f"  validation: acc {_fmt(vm.get('acc'))}, balanced acc {_fmt(vm.get('bacc'))}, auc {_fmt(vm.get('auc'))}")
+    if info.get("threshold") is not None:
+        print(f"  threshold for {info['positive_class']}: {info['threshold']:.4f} ({info.get('threshold_rule')})")
+    if info.get("skipped_images"):
+        print(f"  skipped {len(info['skipped_images'])} unreadable image(s): listed in run.json")
+    print(f"  next: medclf evaluate {run} --out {Path(run) / 'eval'}")
+    print(medclf.DISCLAIMER)
+    return 0
+
+
+def _cv(args: argparse.Namespace) -> int:
+    import medclf
+    from medclf.errors import ConfigError
+    from medclf.train.cv import default_cv_config, run_cv
+
+    if args.config is None and not args.data:
+        raise ConfigError("medclf cv without CONFIG needs --data DATA (a class-per-folder image folder)")
+    cfg = _load(args, default=default_cv_config())
+    result = run_cv(cfg, args.out, folds=args.folds, group_by=args.group_by, progress=not args.quiet)
+    print(f"{len(result['folds'])} folds -> {Path(args.out) / 'cv_metrics.json'}")
+    for k, v in result["mean"].items():
+        print(f"  {k:18s} {v:.4f} ± {result['std'].get(k, float('nan')):.4f}")
+    print(medclf.DISCLAIMER)
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from medclf.train.tune import run_tune
+
+    cfg = _load(args)
+    table = run_tune(cfg, args.out, trials=args.trials, sampler=args.sampler, progress=not args.quiet)
+    print(table.drop(columns=["run_dir"], errors="ignore").head(10).to_string(index=False))
+    print(f"best recipe: {Path(args.out) / 'best_config.yaml'}")
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, int | float) else "n/a"

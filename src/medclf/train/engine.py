@@ -1,0 +1,473 @@
+"""`train(cfg, out_dir)`: one recipe -> one self-describing run folder (docs/architecture.md §4).
+
+Strategies `scratch`, `finetune` and `full` train here with PyTorch Lightning; `cached` is handed to
+``medclf.train.cached.train_cached``. Whatever the strategy, the run ends the same way: best weights, validation
+predictions -> temperature and binary threshold (validation only), val/test prediction tables, run.json.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medclf._atomic import atomic_path, atomic_write_text
+from medclf.config import RunConfig, dump_config, load_config
+from medclf.errors import ConfigError, DataError, MedclfError
+
+__all__ = ["STRATEGIES", "finalize_run", "load_data", "resolve_split", "train"]
+
+STRATEGIES = ("scratch", "finetune", "full", "cached")
+CHECKPOINTS = "checkpoints"
+LAST_CKPT = "last.ckpt"
+BEST_WEIGHTS = "best.safetensors"
+_QUIET = (
+    ".*does not have many workers.*",  # num_workers=0 is the fast choice on a 2-core laptop
+    ".*The number of training batches.*",
+    ".*module\\(s\\) in eval mode.*",  # frozen batch norm in finetune phase 1, on purpose
+    ".*exists and is not empty.*",  # --resume reuses the run's folders
+    ".*LeafSpec.*",
+)
+
+
+# ---- data ---------------------------------------------------------------------------------------------------
+def load_data(cfg: RunConfig, data: str | Path | None = None) -> Any:
+    """The recipe's dataset (``data`` overrides ``data.root``; ``data.spec`` rules apply to it)."""
+    from medclf.data import DatasetSpec, load_dataset, resolve_spec
+
+    root = str(data) if data is not None else cfg.data.root
+    spec: Any = cfg.data.spec
+    if isinstance(spec, dict):
+        spec = DatasetSpec.from_dict(spec)
+    if root is None and spec is None:
+        raise ConfigError("no data: set data.root (a folder) or data.spec (a dataset spec), or pass --data DATA")
+    resolved = resolve_spec(root, spec) if root is not None else resolve_spec(spec)
+    return load_dataset(resolved, skip_bad=cfg.data.skip_bad)
+
+
+def resolve_split(cfg: RunConfig, dataset: Any, fold: int | None = None) -> pd.DataFrame:
+    """Records (of ``dataset``, a Dataset or a records table) with a ``split`` column (train/val/test): the
+    recipe's split CSV, the data's own split folders or
+    folds (fold ``fold``, default 0), or a grouped stratified split made here; a missing val part is carved out
+    of train by group."""
+    from medclf.data import make_split, read_split_csv, select_fold
+
+    d = cfg.data
+    if d.split_csv:
+        recs = read_split_csv(d.split_csv)
+    else:
+        recs = dataset if isinstance(dataset, pd.DataFrame) else dataset.records
+    kinds = dict(recs.attrs.get("metadata", {}) or {})
+    if "fold" in recs.columns:
+        recs = select_fold(recs, 0 if fold is None else fold, val=d.val, seed=d.seed)
+    has_val = "split" in recs.columns and (recs["split"] == "val").any()
+    if not has_val and d.val <= 0:
+        raise ConfigError("data.val is 0 and the data has no val split; validation picks the epoch and threshold")
+    has_test = "split" in recs.columns and (recs["split"] == "test").any()
+    if not (has_val and has_test and "split" in recs.columns):
+        recs = make_split(recs, val=d.val, test=d.test, seed=d.seed, group_by=d.group_by)
+    recs = recs.reset_index(drop=True)
+    recs.attrs["metadata"] = kinds
+    return recs
+
+
+# ---- the run ------------------------------------------------------------------------------------------------
+def _check_cfg(cfg: RunConfig) -> None:
+    from medclf.data.transforms import AUGMENT_POLICIES
+    from medclf.train.module import monitor_mode
+
+    t = cfg.train
+    if t.strategy not in STRATEGIES:
+        raise ConfigError(f"train.strategy={t.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    monitor_mode(t.monitor)
+    if t.augment not in AUGMENT_POLICIES:
+        raise ConfigError(f"train.augment={t.augment!r}: choose one of {', '.join(AUGMENT_POLICIES)}")
+    for key, allowed in (("optimizer", ("adamw", "sgd")), ("scheduler", ("plateau", "cosine", "none")), ("loss", ("ce", "focal"))):
+        if getattr(t, key) not in allowed:
+            raise ConfigError(f"train.{key}={getattr(t, key)!r}: choose one of {', '.join(allowed)}")
+    if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
+        raise ConfigError("train.epochs and train.batch_size must be at least 1 and train.lr positive")
+    if cfg.model.metadata_only and not cfg.model.metadata:
+        raise ConfigError("model.metadata_only needs model.metadata columns (e.g. [age, sex, localization])")
+
+
+def train(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    *,
+    dataset: Any = None,
+    split: pd.DataFrame | None = None,
+    fold: int | None = None,
+    callbacks: Sequence[Any] = (),
+    progress: bool = True,
+) -> Path:
+    """Train ``cfg`` into the run folder ``out_dir`` and return it.
+
+    ``resume=True`` continues an interrupted run from ``out_dir/checkpoints/last.ckpt`` with the run's own saved
+    config and split (``cfg`` is then ignored); the result equals an uninterrupted run with the same seed.
+    ``dataset``/``split`` skip loading and splitting (cv passes them); ``fold`` picks a fold of folded data.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(out_dir)
+    if resume:
+        cfg, dataset, split = _resume_inputs(run_dir)
+    else:
+        _check_fresh(run_dir)
+        _check_cfg(cfg)
+        if dataset is None:
+            dataset = load_data(cfg)
+        if split is None:
+            split = resolve_split(cfg, dataset, fold)
+        _write_description(run_dir, cfg, dataset, split)
+    if cfg.train.strategy == "cached":
+        return _train_cached(cfg, dataset, split, run_dir, resume=resume, progress=progress, t0=t0)
+    return _train_lightning(cfg, dataset, split, run_dir, resume=resume, callbacks=callbacks, progress=progress, t0=t0)
+
+
+def _check_fresh(run_dir: Path) -> None:
+    if (run_dir / "run.json").exists() or (run_dir / CHECKPOINTS / LAST_CKPT).exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose a new --out folder"
+        )
+
+
+def _write_description(run_dir: Path, cfg: RunConfig, dataset: Any, split: pd.DataFrame) -> None:
+    from medclf.data import write_split_csv
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    atomic_write_text(run_dir / "dataset.yaml", dataset.spec.to_yaml())
+    write_split_csv(split, run_dir / "split.csv")
+
+
+def _resume_inputs(run_dir: Path) -> tuple[RunConfig, Any, pd.DataFrame]:
+    from medclf.data import load_dataset, read_split_csv
+
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "split.csv").is_file():
+        raise ConfigError(f"{run_dir} is not an interrupted medclf run (no config.yaml/split.csv); train it afresh")
+    cfg = load_config(run_dir / "config.yaml")
+    if cfg.train.strategy != "cached" and not (run_dir / CHECKPOINTS / LAST_CKPT).is_file():
+        raise ConfigError(
+            f"{run_dir} has no {CHECKPOINTS}/{LAST_CKPT} (it stopped before the first epoch ended); "
+            "delete the folder and train again"
+        )
+    if (run_dir / "run.json").is_file():
+        raise ConfigError(f"{run_dir} already finished (run.json exists); nothing to resume")
+    dataset = load_dataset(run_dir / "dataset.yaml", skip_bad=cfg.data.skip_bad, verify="none")
+    split = read_split_csv(run_dir / "split.csv")
+    return cfg, dataset, split
+
+
+def _train_cached(cfg: RunConfig, dataset: Any, split: pd.DataFrame, run_dir: Path, *, t0: float, **kw: Any) -> Path:
+    """Hand the recipe to ``medclf.train.cached.train_cached`` (-> trained model + history), then finish the run
+    folder exactly as for the Lightning strategies."""
+    try:
+        from medclf.train.cached import train_cached
+    except ModuleNotFoundError as exc:
+        if exc.name != "medclf.train.cached":
+            raise
+        raise MedclfError(
+            "train.strategy=cached is not available in this build (medclf.train.cached is missing); "
+            "use --set train.strategy=finetune or full"
+        ) from None
+    from medclf.models import resolve_preprocessing
+    from medclf.train.callbacks import History
+
+    params = inspect.signature(train_cached).parameters
+    model, rows = train_cached(cfg, dataset, split, run_dir, **{k: v for k, v in kw.items() if k in params})
+    _, val_df, test_df = _split_parts(split)
+    history = History(run_dir / "history.csv")
+    history.rows = [{**r, "phase": "train"} for r in rows]
+    history.write()
+    best = next((r for r in rows if r.get("best")), None)
+    bad = getattr(model, "medclf_bad_images", []) or []
+    return finalize_run(
+        cfg,
+        run_dir,
+        model=model.cpu().eval(),
+        preprocessing=resolve_preprocessing(model, cfg.model.input_size, cfg.model.in_chans),
+        classes=list(dataset.classes),
+        meta_encoder=getattr(model, "medclf_meta_encoder", None),
+        val_df=val_df,
+        test_df=test_df,
+        split=split,
+        extra={
+            "strategy": "cached",
+            "monitor": cfg.train.monitor,
+            "best_epoch": best["epoch"] if best else None,
+            "best_score": best.get(cfg.train.monitor) if best else None,
+            "epochs_run": len(rows),
+            "resumed": bool(kw.get("resume")),
+        },
+        skipped=[*getattr(dataset, "bad_files", []), *((b, "unreadable") if isinstance(b, str) else b for b in bad)],
+        history_rows=history.rows,
+        t0=t0,
+    )
+
+
+def _split_parts(split: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    parts = [split[split["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")]
+    if parts[0].empty or parts[1].empty:
+        raise DataError("the split has no train or no val images; check data.val / the split CSV")
+    return parts[0], parts[1], parts[2]
+
+
+def _train_lightning(
+    cfg: RunConfig,
+    dataset: Any,
+    split: pd.DataFrame,
+    run_dir: Path,
+    *,
+    resume: bool,
+    callbacks: Sequence[Any],
+    progress: bool,
+    t0: float,
+) -> Path:
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    from medclf.data.transforms import create_transform
+    from medclf.models import MetadataEncoder, create_model, resolve_preprocessing
+    from medclf.train.batches import EpochSampler, RecordsDataset, collate_skip_bad
+    from medclf.train.callbacks import BestWeights, History, PhaseEarlyStopping
+    from medclf.train.losses import class_weights
+    from medclf.train.module import ClassifierModule, monitor_mode, seed_all
+
+    t, m = cfg.train, cfg.model
+    classes = list(dataset.classes)
+    train_df, val_df, test_df = _split_parts(split)
+    kinds = {**dict(getattr(dataset, "metadata", {}) or {}), **dict(split.attrs.get("metadata", {}) or {})}
+    enc = MetadataEncoder.fit(train_df, list(m.metadata), kinds) if m.metadata else None
+    positive = _positive_index(cfg, classes)
+
+    if not progress:
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+
+    seed_all(t.seed)  # weight initialisation
+    kwargs = dict(m.kwargs)
+    if m.input_size:
+        kwargs["input_size"] = m.input_size
+    model = create_model(
+        m.name,
+        len(classes),
+        pretrained=m.pretrained and t.strategy != "scratch",
+        in_chans=m.in_chans,
+        drop_rate=m.drop_rate,
+        num_meta=enc.dim if enc else 0,
+        meta_only=m.metadata_only,
+        **kwargs,
+    )
+    pre = resolve_preprocessing(model, m.input_size, m.in_chans)
+    meta_only = bool(getattr(model, "meta_only", False))
+    train_ds = RecordsDataset(
+        train_df,
+        classes,
+        None if meta_only else create_transform(pre, t.augment),
+        enc.transform(train_df) if enc else None,
+        skip_bad=cfg.data.skip_bad,
+    )
+    val_ds = RecordsDataset(
+        val_df,
+        classes,
+        None if meta_only else create_transform(pre, "none"),
+        enc.transform(val_df) if enc else None,
+        skip_bad=cfg.data.skip_bad,
+    )
+    loader_kw: dict[str, Any] = {
+        "batch_size": t.batch_size,
+        "num_workers": t.num_workers,
+        "collate_fn": collate_skip_bad,
+        "persistent_workers": t.num_workers > 0,
+    }
+    train_loader = DataLoader(
+        train_ds,
+        sampler=EpochSampler(train_ds.labels, seed=t.seed, balanced=t.balanced_sampler),
+        drop_last=len(train_ds) % t.batch_size == 1,  # a batch of one breaks batch norm
+        **loader_kw,
+    )
+    val_loader = DataLoader(val_ds, shuffle=False, **loader_kw)
+    weight = class_weights(train_ds.labels, len(classes)) if t.class_weights else None
+    module = ClassifierModule(model, t, class_weight=weight, positive_index=positive)
+
+    ckpt_dir = run_dir / CHECKPOINTS
+    mode = monitor_mode(t.monitor)
+    history = History(run_dir / "history.csv")
+    best = BestWeights(ckpt_dir / BEST_WEIGHTS, t.monitor, mode)
+    cbs: list[Any] = [history, best]
+    head_epochs = t.head_epochs if t.strategy == "finetune" else 0
+    if t.patience > 0:
+        cbs.append(PhaseEarlyStopping(monitor=t.monitor, mode=mode, patience=t.patience, start_epoch=head_epochs))
+    cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False))
+    cbs.extend(callbacks)
+    loggers: list[Any] = [CSVLogger(run_dir / "logs", name="csv", version="")]
+    try:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(run_dir / "logs", name="tensorboard", version="", default_hp_metric=False))
+    except ModuleNotFoundError:  # tensorboard is optional at run time; the CSV log is always written
+        pass
+    steps = max(1, len(train_loader))
+    trainer = pl.Trainer(
+        max_epochs=head_epochs + t.epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        precision=t.precision,
+        callbacks=cbs,
+        logger=loggers,
+        default_root_dir=run_dir,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=min(50, steps),
+    )
+    ckpt_path = ckpt_dir / LAST_CKPT if resume else None
+    with warnings.catch_warnings():
+        for message in _QUIET:
+            warnings.filterwarnings("ignore", message=message)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True if resume else None)
+    if not trainer.is_global_zero:
+        return run_dir
+    if (ckpt_dir / BEST_WEIGHTS).is_file():
+        from safetensors.torch import load_model
+
+        load_model(model, str(ckpt_dir / BEST_WEIGHTS))
+    model.cpu().eval()
+    skipped = [*getattr(dataset, "bad_files", []), *train_ds.bad.items(), *val_ds.bad.items()]
+    return finalize_run(
+        cfg,
+        run_dir,
+        model=model,
+        preprocessing=pre,
+        classes=classes,
+        meta_encoder=enc,
+        val_df=val_df,
+        test_df=test_df,
+        split=split,
+        extra={
+            "strategy": t.strategy,
+            "monitor": t.monitor,
+            "best_epoch": best.best_epoch,
+            "best_score": best.best,
+            "epochs_run": len(history.rows),
+            "resumed": resume,
+        },
+        skipped=skipped,
+        history_rows=history.rows,
+        t0=t0,
+    )
+
+
+def _positive_index(cfg: RunConfig, classes: list[str]) -> int:
+    pc = cfg.eval.positive_class
+    if pc is None:
+        return 1 if len(classes) == 2 else 0
+    if pc not in classes:
+        raise ConfigError(f"eval.positive_class={pc!r} is not a class; classes: {', '.join(classes)}")
+    return classes.index(pc)
+
+
+def finalize_run(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    model: Any,
+    preprocessing: Any,
+    classes: list[str],
+    meta_encoder: Any,
+    val_df: pd.DataFrame,
+    test_df: pd.DataFrame,
+    split: pd.DataFrame,
+    extra: dict[str, Any] | None = None,
+    skipped: Sequence[tuple[str, str]] = (),
+    history_rows: list[dict[str, Any]] | None = None,
+    t0: float | None = None,
+) -> Path:
+    """Calibrate on validation predictions, write val/test predictions, the plot and run.json + weights.
+
+    Shared by every strategy (the cached strategy calls it with its own model) so all run folders agree.
+    """
+    import torch
+
+    import medclf
+    from medclf.models import LoadedRun, save_run_model
+    from medclf.models.inference import predict_records, predictions_frame
+    from medclf.train.module import classification_metrics
+    from medclf.train.rundir import data_fingerprint, library_versions, plot_history
+
+    binary = len(classes) == 2
+    positive = _positive_index(cfg, classes)
+    loaded = LoadedRun(
+        model=model,
+        info={},
+        preprocessing=preprocessing,
+        classes=classes,
+        meta_encoder=meta_encoder,
+        threshold=None,
+        temperature=1.0,
+        run_dir=run_dir,
+        positive_class=classes[positive] if binary else None,
+    )
+    skipped = list(skipped)
+    val_rows, val_logits, bad = predict_records(loaded, val_df, skip_bad=cfg.data.skip_bad)
+    skipped += bad
+    index = {c: i for i, c in enumerate(classes)}
+    y_val = np.array([index[str(v)] for v in val_rows["label"]], dtype=np.int64)
+    temperature = 1.0
+    if cfg.eval.calibrate:
+        from medclf.evaluate.calibration import fit_temperature
+
+        temperature = float(fit_temperature(val_logits, y_val))
+    threshold = None
+    if binary:
+        from medclf.evaluate.thresholds import choose_threshold
+
+        p_pos = torch.softmax(torch.from_numpy(val_logits).double() / temperature, 1)[:, positive].numpy()
+        threshold = float(choose_threshold((y_val == positive).astype(int), p_pos, cfg.eval.threshold))
+    loaded.temperature, loaded.threshold = temperature, threshold
+    _write_csv(predictions_frame(loaded, val_rows, val_logits), run_dir / "val_predictions.csv")
+    if not test_df.empty:
+        test_rows, test_logits, bad = predict_records(loaded, test_df, skip_bad=cfg.data.skip_bad)
+        skipped += bad
+        _write_csv(predictions_frame(loaded, test_rows, test_logits), run_dir / "test_predictions.csv")
+    if history_rows:
+        plot_history(history_rows, run_dir / "training_curves.png", title=cfg.name)
+    info: dict[str, Any] = {
+        "name": cfg.name,
+        "classes": classes,
+        "task": "binary" if binary else "multiclass",
+        "preprocessing": preprocessing.to_dict(),
+        "metadata_encoder": meta_encoder.to_dict() if meta_encoder else None,
+        "positive_class": classes[positive] if binary else None,
+        "threshold": threshold,
+        "threshold_rule": str(cfg.eval.threshold) if binary else None,
+        "temperature": temperature,
+        "val_metrics": classification_metrics(val_logits, y_val, positive),
+        **(extra or {}),
+        "train_seconds": round(time.perf_counter() - t0, 2) if t0 is not None else None,
+        "images": {s: int((split["split"] == s).sum()) for s in ("train", "val", "test")},
+        "data_fingerprint": data_fingerprint(zip(split["path"].astype(str), split["label"].astype(str), strict=True)),
+        "skipped_images": [{"path": str(p), "reason": str(r)} for p, r in skipped],
+        "versions": library_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "disclaimer": medclf.DISCLAIMER,
+    }
+    save_run_model(run_dir, model, info)
+    return run_dir
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path, suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False)

@@ -1,0 +1,225 @@
+"""The LightningModule behind `scratch`, `finetune` and `full`: loss, optimiser, schedule, phases, metrics.
+
+`finetune` is one Lightning fit with two phases decided by the epoch number (so ``--resume`` lands in the right
+phase): epochs < ``head_epochs`` train the head on a frozen backbone; later epochs also train the top
+``finetune_blocks`` backbone blocks, everything at ``lr × finetune_lr_scale`` (as the Keras studies recompiled
+with a lower learning rate). The optimiser holds both parameter groups from the start; frozen parameters get no
+gradient, so the optimiser skips them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import nn
+
+from medclf.config import TrainConfig
+from medclf.errors import ConfigError
+from medclf.train.losses import create_loss
+
+__all__ = ["ClassifierModule", "classification_metrics", "monitor_mode"]
+
+MONITORS = ("val_auc", "val_loss", "val_acc", "val_bacc")
+
+
+def monitor_mode(monitor: str) -> str:
+    if monitor not in MONITORS:
+        raise ConfigError(f"train.monitor={monitor!r}: choose one of {', '.join(MONITORS)}")
+    return "min" if monitor == "val_loss" else "max"
+
+
+def classification_metrics(logits: np.ndarray, y: np.ndarray, positive: int = 1) -> dict[str, float]:
+    """loss (unweighted CE), acc, bacc, auc (binary: of ``positive``; multiclass: macro one-vs-rest over the
+    classes present; 0.5 when undefined)."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    z = torch.from_numpy(logits).double()
+    yt = torch.from_numpy(y).long()
+    loss = float(nn.functional.cross_entropy(z, yt)) if len(y) else float("nan")
+    probs = torch.softmax(z, 1).numpy()
+    pred = probs.argmax(1)
+    acc = float((pred == y).mean()) if len(y) else float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bacc = float(balanced_accuracy_score(y, pred)) if len(y) else float("nan")
+    k = probs.shape[1]
+    if k == 2:
+        pos = y == positive
+        auc = float(roc_auc_score(pos, probs[:, positive])) if 0 < pos.sum() < len(y) else 0.5
+    else:
+        aucs = [float(roc_auc_score(y == c, probs[:, c])) for c in range(k) if 0 < (y == c).sum() < len(y)]
+        auc = float(np.mean(aucs)) if aucs else 0.5
+    return {"loss": loss, "acc": acc, "bacc": bacc, "auc": auc}
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class ClassifierModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        tcfg: TrainConfig,
+        *,
+        class_weight: torch.Tensor | None = None,
+        positive_index: int = 1,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tcfg = tcfg
+        self.positive_index = positive_index
+        self.loss_fn = create_loss(
+            tcfg.loss, weight=class_weight, label_smoothing=tcfg.label_smoothing, gamma=tcfg.focal_gamma
+        )
+        self.finetune = tcfg.strategy == "finetune"
+        self.head_epochs = tcfg.head_epochs if self.finetune else 0
+        head_ids = {id(p) for p in model.head.parameters()}
+        self.head_params = list(model.head.parameters())
+        groups = model.block_groups() if hasattr(model, "block_groups") else []
+        if self.finetune:
+            top = groups[-tcfg.finetune_blocks :] if tcfg.finetune_blocks > 0 else []
+            self.block_params = [p for g in top for p in g if id(p) not in head_ids]
+        else:
+            self.block_params = [p for p in model.parameters() if id(p) not in head_ids]
+        self._val_logits: list[torch.Tensor] = []
+        self._val_y: list[torch.Tensor] = []
+        self._loss_sum = 0.0
+        self._loss_n = 0
+        self.last_train_loss = float("nan")
+
+    # ---- phases ---------------------------------------------------------------------------------------------
+    def in_head_phase(self, epoch: int | None = None) -> bool:
+        epoch = self.current_epoch if epoch is None else epoch
+        return self.finetune and epoch < self.head_epochs
+
+    def _apply_trainable(self) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        for p in self.head_params:
+            p.requires_grad_(True)
+        if not self.in_head_phase():
+            for p in self.block_params:
+                p.requires_grad_(True)
+        self._freeze_bn()
+
+    def _freeze_bn(self) -> None:
+        # a frozen block keeps its ImageNet batch-norm statistics (Keras' trainable=False does the same)
+        # (and a block unfrozen in phase 2 goes back to training mode, as after a fresh start or --resume)
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                params = list(m.parameters(recurse=False))
+                frozen = bool(params) and not any(p.requires_grad for p in params)
+                m.train(self.model.training and not frozen)
+
+    def on_fit_start(self) -> None:
+        self._apply_trainable()
+
+    def on_train_epoch_start(self) -> None:
+        if self.finetune and self.current_epoch == self.head_epochs and self.head_epochs > 0:
+            for group in self.trainer.optimizers[0].param_groups:
+                group["lr"] = self.tcfg.lr * self.tcfg.finetune_lr_scale
+        self._apply_trainable()
+        self._loss_sum, self._loss_n = 0.0, 0
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # dropout & co. draw from the global RNG: fix it per (seed, epoch, batch) so that a resumed run, whose
+        # loops may consume random numbers differently while restoring, still takes the very same steps
+        seed_all((self.tcfg.seed * 1_000_003 + self.current_epoch) * 100_003 + batch_idx)
+
+    def on_validation_model_train(self) -> None:
+        super().on_validation_model_train()
+        self._freeze_bn()
+
+    # ---- steps ----------------------------------------------------------------------------------------------
+    def _forward(self, x: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.model(x if x.numel() else None, meta if meta.numel() else None)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every image of the batch was bad and skipped
+            return None
+        x, meta, y = batch
+        loss = self.loss_fn(self._forward(x, meta), y)
+        self._loss_sum += float(loss.detach()) * len(y)
+        self._loss_n += len(y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if batch is None:
+            return
+        x, meta, y = batch
+        self._val_logits.append(self._forward(x, meta).float().detach())
+        self._val_y.append(y)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_logits:
+            return
+        logits = torch.cat(self._val_logits)
+        y = torch.cat(self._val_y)
+        self._val_logits, self._val_y = [], []
+        if self.trainer.world_size > 1:
+            logits = self.all_gather(logits).flatten(0, 1)
+            y = self.all_gather(y).flatten(0, 1)
+        m = classification_metrics(logits.cpu().numpy(), y.cpu().numpy(), self.positive_index)
+        self.last_train_loss = self._loss_sum / self._loss_n if self._loss_n else float("nan")
+        for k, v in m.items():
+            self.log(f"val_{k}", v, prog_bar=k in ("loss", "auc"), sync_dist=False)
+
+    # ---- optimisation ---------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        t = self.tcfg
+        block_lr = t.lr * t.finetune_lr_scale if self.finetune else t.lr
+        groups = [{"params": self.head_params, "lr": t.lr}]
+        if self.block_params:
+            groups.append({"params": self.block_params, "lr": block_lr})
+        if t.optimizer == "adamw":
+            opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+        elif t.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, nesterov=True)
+        else:
+            raise ConfigError(f"train.optimizer={t.optimizer!r}: choose adamw or sgd")
+        if t.scheduler == "none":
+            return opt
+        if t.scheduler == "cosine":
+            lambdas = [self._cosine_factor(head=True), self._cosine_factor(head=False)][: len(groups)]
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if t.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode=monitor_mode(t.monitor), factor=0.5, patience=max(1, t.patience // 3)
+            )
+            return {
+                "optimizer": opt,
+                "lr_scheduler": {"scheduler": sched, "monitor": t.monitor, "interval": "epoch", "strict": False},
+            }
+        raise ConfigError(f"train.scheduler={t.scheduler!r}: choose plateau, cosine or none")
+
+    def _cosine_factor(self, head: bool) -> Any:
+        t = self.tcfg
+        h = self.head_epochs
+        span = max(1, t.epochs)
+
+        def factor(epoch: int) -> float:
+            if epoch < h:
+                return 1.0
+            cos = 0.5 * (1.0 + math.cos(math.pi * min(epoch - h, span) / span))
+            scale = t.finetune_lr_scale if (head and self.finetune) else 1.0
+            return scale * max(cos, 0.01)
+
+        return factor
+
+    # ---- resume: the per-epoch history travels inside the Lightning checkpoint --------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["medclf_train_loss"] = self.last_train_loss
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.last_train_loss = float(checkpoint.get("medclf_train_loss", float("nan")))

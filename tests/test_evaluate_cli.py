@@ -1,0 +1,81 @@
+"""`medclf evaluate` and `medclf compare` through the real CLI (the model is replaced by a stub)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from _fixtures_evaluate import make_predictions, make_run_dir
+from medclf.cli import main
+
+CLASSES = ["benign", "malignant"]
+
+
+@pytest.fixture()
+def run_with_images(tmp_path: Path) -> Path:
+    run = make_run_dir(tmp_path)
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, n in (("train", 8), ("val", 6), ("test", 12)):
+        for i in range(n):
+            path = tmp_path / f"{split}_{i}.png"
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(path)
+            rows.append({"path": str(path), "label": CLASSES[i % 2], "group": f"{split}{i}", "split": split})
+    pd.DataFrame(rows).to_csv(run / "split.csv", index=False)
+    return run
+
+
+def test_evaluate_command(
+    run_with_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import medclf.models
+    import medclf.models.inference
+
+    seen: list[pd.DataFrame] = []
+
+    def fake_predict(loaded, records, batch_size=64, skip_bad=False):
+        seen.append(records)
+        p1 = np.where(records["label"] == "malignant", 0.7, 0.35)
+        return pd.DataFrame(
+            {
+                "path": records["path"],
+                "label": records["label"],
+                "group": records["group"],
+                "prob_benign": 1 - p1,
+                "prob_malignant": p1,
+            }
+        )
+
+    fake_run = SimpleNamespace(classes=CLASSES, model=SimpleNamespace(parameters=lambda: iter([])))
+    monkeypatch.setattr(medclf.models, "load_run", lambda run_dir: fake_run)
+    monkeypatch.setattr(medclf.models.inference, "predict_frame", fake_predict)
+    out = tmp_path / "eval"
+    rc = main(["evaluate", str(run_with_images), "--out", str(out), "--bootstrap", "100"])
+    assert rc == 0
+    assert len(seen[0]) == 12 and set(seen[0]["split"]) == {"test"}  # test rows of the run's split.csv only
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 12 and m["sensitivity"] == 1.0 and m["specificity"] == 1.0
+    assert m["timing"]["images_per_second"] > 0 and m["evaluated_on"].startswith("split=test")
+    printed = capsys.readouterr().out
+    assert "sensitivity" in printed and "not a diagnosis" in printed
+
+    out2 = tmp_path / "cmp"
+    assert main(["compare", str(out), str(run_with_images), "--out", str(out2), "--bootstrap", "50"]) == 0
+    assert (out2 / "leaderboard.md").is_file() and (out2 / "leaderboard.html").is_file()
+
+
+def test_evaluate_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["evaluate", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "no run.json" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_predictions_fixture_has_contract_columns() -> None:
+    df = make_predictions(5)
+    assert list(df.columns) == ["path", "label", "group", "prob_benign", "prob_malignant", "pred"]

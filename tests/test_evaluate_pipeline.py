@@ -1,0 +1,147 @@
+"""`evaluate_predictions` on synthetic predictions and a fake run folder: artifacts, and the honest-number rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from _fixtures_evaluate import make_predictions, make_run_dir
+from medclf.errors import DataError
+from medclf.evaluate.calibration import fit_temperature, log_probs, softmax
+from medclf.evaluate.pipeline import evaluate_predictions
+from medclf.evaluate.thresholds import choose_threshold
+
+CLASSES = ["benign", "malignant"]
+REQUIRED = {
+    "n", "classes", "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auc", "cohen_kappa",
+    "mcc", "ece", "brier", "per_class", "ci95", "threshold", "sensitivity", "specificity", "ppv", "npv", "auc",
+    "average_precision",
+}  # fmt: skip
+
+
+def _shuffled_labels(df: pd.DataFrame, seed: int) -> pd.DataFrame:
+    out = df.copy()
+    out["label"] = np.random.default_rng(seed).permutation(out["label"].to_numpy())
+    return out
+
+
+def test_writes_every_artifact(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path)
+    df = make_predictions(240, image_dir=tmp_path, images_per_group=2)
+    out = tmp_path / "eval"
+    m = evaluate_predictions(df, CLASSES, out, run_dir=run, n_boot=200, pdf=True)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved) >= REQUIRED
+    assert set(saved["per_class"]["malignant"]) == {
+        "precision",
+        "recall",
+        "specificity",
+        "f1",
+        "auc",
+        "ppv",
+        "npv",
+        "support",
+    }
+    assert saved["n"] == 240 and saved["n_groups"] == 120
+    assert "whole groups" in saved["bootstrap"]["method"]
+    assert saved["threshold"] == 0.4 and saved["threshold_source"].startswith("run.json")
+    preds = pd.read_csv(out / "predictions.csv")
+    assert list(preds.columns[:6]) == ["path", "label", "group", "prob_benign", "prob_malignant", "pred"]
+    assert (preds["pred"] == np.where(preds["prob_malignant"] >= 0.4, "malignant", "benign")).all()
+    for name in ("confusion_matrix", "roc", "pr", "reliability", "threshold_sweep", "training_curves"):
+        assert (out / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert (out / "report.html").is_file() and (out / "report.pdf").read_bytes()[:4] == b"%PDF"
+    assert (out / "threshold_sweep.csv").is_file()
+    assert m["run"]["params"]["model.name"] == "tiny_cnn" and m["timing"]["train_seconds"] == 12.5
+
+
+def test_threshold_chosen_on_validation_never_on_test(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path, threshold=None, temperature=None)
+    val = pd.read_csv(run / "val_predictions.csv")
+    df = make_predictions(300, seed=5)
+    thresholds = set()
+    for seed in range(3):  # perturbing the test labels must not move the threshold (nor the temperature)
+        m = evaluate_predictions(
+            _shuffled_labels(df, seed), CLASSES, tmp_path / f"e{seed}", run_dir=run, n_boot=0
+        )
+        thresholds.add((m["threshold"], m["calibration"]["temperature"]))
+    assert len(thresholds) == 1
+    thr, temp = thresholds.pop()
+    # and it is exactly the validation choice (youden, from config.yaml) on temperature-scaled val probabilities
+    y_val = (val["label"] == "malignant").to_numpy().astype(int)
+    lp = log_probs(val[["prob_benign", "prob_malignant"]].to_numpy())
+    assert temp == pytest.approx(fit_temperature(lp, y_val))
+    assert thr == pytest.approx(choose_threshold(y_val, softmax(lp / temp)[:, 1], "youden"))
+    assert "validation" in m["threshold_source"]
+
+
+def test_without_validation_the_threshold_is_the_default_not_tuned_on_test(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path, threshold=None, temperature=None, with_val=False)
+    df = make_predictions(300, seed=6)
+    for seed in range(2):
+        m = evaluate_predictions(
+            _shuffled_labels(df, seed), CLASSES, tmp_path / f"e{seed}", run_dir=run, n_boot=0
+        )
+        assert m["threshold"] == 0.5 and m["calibration"]["temperature"] == 1.0
+    assert any("default 0.5" in note for note in m["notes"])
+
+
+def test_run_temperature_is_applied_and_reported(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path, temperature=2.0)
+    df = make_predictions(300, seed=7, separation=3.0)  # over-confident raw probabilities
+    raw = df[["prob_benign", "prob_malignant"]].to_numpy()
+    m = evaluate_predictions(df, CLASSES, tmp_path / "raw", run_dir=run, n_boot=0, temperature_applied=False)
+    preds = pd.read_csv(tmp_path / "raw" / "predictions.csv")
+    expected = softmax(np.log(raw) / 2.0)
+    np.testing.assert_allclose(preds[["prob_benign", "prob_malignant"]].to_numpy(), expected, atol=1e-9)
+    cal = m["calibration"]
+    assert (
+        cal["temperature"] == 2.0 and cal["ece_after"] == m["ece"] and cal["ece_before"] != cal["ece_after"]
+    )
+    # probabilities that already carry T (predict_frame's output) are not scaled twice
+    m2 = evaluate_predictions(
+        df.assign(prob_benign=expected[:, 0], prob_malignant=expected[:, 1]),
+        CLASSES,
+        tmp_path / "cal",
+        run_dir=run,
+        n_boot=0,
+    )
+    assert m2["ece"] == pytest.approx(m["ece"]) and m2["calibration"]["ece_before"] == pytest.approx(
+        cal["ece_before"]
+    )
+
+
+def test_validation_overlap_is_flagged(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path)
+    val = pd.read_csv(run / "val_predictions.csv")
+    m = evaluate_predictions(val, CLASSES, tmp_path / "e", run_dir=run, n_boot=0)
+    assert any("optimistic" in note for note in m["notes"])
+
+
+def test_multiclass_without_a_run(tmp_path: Path) -> None:
+    classes = ["nv", "mel", "bcc"]
+    df = make_predictions(150, tuple(classes), seed=8)
+    m = evaluate_predictions(df, classes, tmp_path / "e", n_boot=50)
+    assert "threshold" not in m and "sensitivity" not in m
+    assert (tmp_path / "e" / "plots" / "roc.png").is_file()
+    assert not (tmp_path / "e" / "plots" / "threshold_sweep.png").exists()
+    # a declared positive set adds the one-vs-rest operating point
+    m = evaluate_predictions(
+        df, classes, tmp_path / "f", n_boot=0, positive_class=["mel", "bcc"], threshold=0.3
+    )
+    assert m["positive_class"] == ["mel", "bcc"] and m["threshold"] == 0.3
+
+
+def test_bad_predictions_name_the_row(tmp_path: Path) -> None:
+    df = make_predictions(20)
+    df.loc[3, "label"] = "melanoma"
+    with pytest.raises(DataError, match="row 5: label 'melanoma'"):
+        evaluate_predictions(df, CLASSES, tmp_path / "e", n_boot=0)
+    with pytest.raises(DataError, match="prob_malignant"):
+        evaluate_predictions(
+            make_predictions(20).drop(columns="prob_malignant"), CLASSES, tmp_path / "e", n_boot=0
+        )

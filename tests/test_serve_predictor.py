@@ -1,0 +1,176 @@
+"""Predictor: backends agree, decisions at the operating point, refer flag (confidence and OOD), threads."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from _fixtures_serve import fusion_run, noise_image, png_bytes, synthetic_image, tiny_run  # noqa: F401
+from medclf import DISCLAIMER
+from medclf.errors import BadImageError, ConfigError
+from medclf.serve import Predictor
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def predictors(tiny_run: Path) -> dict[str, Predictor]:  # noqa: F811
+    return {b: Predictor.from_run(tiny_run, backend=b) for b in ("torch", "onnx")}
+
+
+def _split(run: Path, split: str) -> pd.DataFrame:
+    df = pd.read_csv(run / "split.csv")
+    return df[df.split == split]
+
+
+def test_backends_agree_and_match_manual_softmax(predictors, tiny_run) -> None:  # noqa: F811
+    from medclf.data.transforms import create_transform
+    from medclf.models import load_run
+
+    paths = list(_split(tiny_run, "val").path)
+    pt = predictors["torch"].predict(paths)
+    ox = predictors["onnx"].predict(paths)
+    run = load_run(tiny_run)
+    tf = create_transform(run.preprocessing)
+    x = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        ref = torch.softmax(run.model(x) / run.temperature, 1).numpy()
+    for a, b, r in zip(pt, ox, ref, strict=True):
+        pa = np.array(list(a.probabilities.values()))
+        pb = np.array(list(b.probabilities.values()))
+        np.testing.assert_allclose(pa, r, atol=1e-5)
+        np.testing.assert_allclose(pb, r, atol=1e-4)
+        assert a.decision == b.decision
+        assert a.ood_score == pytest.approx(b.ood_score, rel=1e-3, abs=1e-3)
+        assert a.disclaimer == DISCLAIMER
+
+
+def test_decision_uses_the_run_threshold(predictors) -> None:
+    p = predictors["torch"]
+    assert p.threshold == 0.4 and p.positive_class == "malignant"
+    # probability of malignant 0.45: below 0.5 (label benign) but above the 0.4 operating point
+    pred = p._decide(np.array([0.55, 0.45]), None)
+    assert pred.label == "benign" and pred.decision == "malignant"
+    assert pred.refer and "low confidence" in pred.refer_reasons[0]
+    sure = p._decide(np.array([0.95, 0.05]), None)
+    assert sure.decision == "benign" and not sure.refer
+
+
+def test_accuracy_and_referrals_in_distribution(predictors, tiny_run) -> None:  # noqa: F811
+    val = _split(tiny_run, "val")
+    preds = predictors["onnx"].predict(list(val.path))
+    acc = np.mean([p.decision == y for p, y in zip(preds, val.label, strict=True)])
+    assert acc >= 0.9
+    # OOD threshold is the 99th percentile of these very images: at most a few are flagged
+    assert np.mean([p.refer for p in preds]) <= 0.2
+
+
+def test_noise_and_foreign_images_are_referred(predictors) -> None:
+    p = predictors["onnx"]
+    noise = p.predict([noise_image(i) for i in range(4)])
+    assert all(n.refer for n in noise)
+    assert all(any("out of distribution" in r for r in n.refer_reasons) for n in noise)
+    # a grey "X-ray-like" gradient is also unlike the coloured blobs
+    grey = Image.fromarray(np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (40, 1))).convert("RGB")
+    assert p.predict(grey)[0].ood_score > p.ood_threshold
+
+
+def test_inputs_paths_bytes_pil_and_bad_bytes(predictors, tiny_run) -> None:  # noqa: F811
+    p = predictors["torch"]
+    path = _split(tiny_run, "val").path.iloc[0]
+    a = p.predict(path)[0]
+    b = p.predict(Path(path).read_bytes())[0]
+    c = p.predict(Image.open(path))[0]
+    assert a.probabilities == pytest.approx(b.probabilities) == c.probabilities
+    with pytest.raises(BadImageError, match="empty"):
+        p.predict(b"")
+    with pytest.raises(BadImageError):
+        p.predict(png_bytes(synthetic_image(0, np.random.default_rng(0)))[:50])
+    with pytest.raises(ConfigError, match="metadata rows"):
+        p.predict([path, path], [{}])
+
+
+def test_too_many_pixels_refused(tiny_run) -> None:  # noqa: F811
+    p = Predictor.from_run(tiny_run, backend="torch", max_pixels=1000)
+    with pytest.raises(BadImageError, match="too large"):
+        p.predict(png_bytes(Image.new("RGB", (100, 100))))
+
+
+def test_concurrent_predictions_equal_sequential(predictors, tiny_run) -> None:  # noqa: F811
+    paths = list(_split(tiny_run, "test").path)
+    for p in predictors.values():
+        expected = [x.probabilities for x in p.predict(paths)]
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda q, p=p: p.predict(q)[0].probabilities, paths * 3))
+        for e, g in zip(expected * 3, got, strict=True):
+            assert g == pytest.approx(e, abs=1e-6)
+        # explanations share the model's hooks: run them concurrently with predictions too
+        with ThreadPoolExecutor(4) as pool:
+            cams = list(pool.map(lambda q, p=p: p.explain(q).cam, paths[:4]))
+        assert all(c.shape == (32, 32) for c in cams)
+
+
+def test_ood_detector_is_cached_and_refit_when_weights_change(tiny_run, tmp_path) -> None:  # noqa: F811
+    import shutil
+
+    from medclf.serve.ood import FeatureOOD
+
+    cache = tiny_run / "ood.safetensors"
+    assert cache.is_file()  # written by the first Predictor.from_run
+    info = FeatureOOD.read_info(cache)
+    assert info["n_fit"] == len(_split(tiny_run, "train")) and info["calib_split"] == "val"
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    FeatureOOD.fit(np.random.default_rng(0).normal(size=(10, 16))).save(copy / "ood.safetensors")
+    # no weights digest in the stale file: it is refitted from split.csv
+    p = Predictor.from_run(copy, backend="torch")
+    assert p.ood.n_fit == info["n_fit"]
+    (copy / "split.csv").unlink()
+    (copy / "ood.safetensors").unlink()
+    bare = Predictor.from_run(copy, backend="torch")
+    assert bare.ood is None and not bare.predict(noise_image())[0].refer_reasons[1:]
+
+
+def test_fusion_run_uses_metadata(fusion_run) -> None:  # noqa: F811
+    p = Predictor.from_run(fusion_run, backend="onnx")
+    q = Predictor.from_run(fusion_run, backend="torch")
+    assert set(p.metadata_fields) == {"age", "sex"}
+    assert p.metadata_fields["sex"]["kind"] == "categorical"
+    img = png_bytes(synthetic_image(1, np.random.default_rng(5)))
+    young = p.predict(img, {"age": 20, "sex": "male"})[0]
+    old = p.predict(img, {"age": 90, "sex": "female"})[0]
+    unknown = p.predict(img)[0]
+    assert young.probabilities != old.probabilities
+    assert q.predict(img, {"age": 20, "sex": "male"})[0].probabilities == pytest.approx(
+        young.probabilities, abs=1e-4
+    )
+    assert np.isfinite(unknown.confidence)
+    ex = q.explain(img, {"age": 20, "sex": "male"}, method="gradcam++")
+    assert ex.cam.shape == (32, 32) and ex.overlay.size == (40, 40)
+
+
+def test_model_card_has_metrics_and_card(predictors) -> None:
+    card = predictors["onnx"].model_card()
+    assert card["classes"] == ["benign", "malignant"] and card["threshold"] == 0.4
+    assert card["metrics"]["val"]["n"] == 16 and 0 <= card["metrics"]["val"]["auc"] <= 1
+    assert "Model card" in card["card"] and card["ood"]["method"] == "mahalanobis"
+    assert card["disclaimer"] == DISCLAIMER
+
+
+def test_prediction_to_dict_is_json(predictors) -> None:
+    import json
+
+    d = predictors["onnx"].predict(noise_image())[0].to_dict()
+    assert json.loads(json.dumps(d))["refer"] is True
+    assert set(d) >= {"probabilities", "label", "decision", "refer", "disclaimer"}
+
+
+def test_unknown_backend(tiny_run) -> None:  # noqa: F811
+    with pytest.raises(ConfigError, match="backend"):
+        Predictor.from_run(tiny_run, backend="tensorrt")

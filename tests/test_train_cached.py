@@ -1,0 +1,143 @@
+"""The `cached` strategy end to end on synthetic data: head, top blocks from cached maps, metadata, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medclf.config import load_config
+from medclf.data import load_dataset, make_split, synth_dataset
+from medclf.errors import ConfigError, DataError
+from medclf.train.cached import train_cached
+from medclf.train.module import classification_metrics
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    synth_dataset(root, n=80, size=40, layout="csv", seed=1)
+    ds = load_dataset(root / "dataset.yaml")
+    return ds, make_split(ds.records, seed=0)
+
+
+def _cfg(tmp_path, *sets):
+    base = [
+        "model.name=tiny_cnn",
+        "model.pretrained=false",
+        "train.epochs=8",
+        "train.batch_size=16",
+        "train.lr=0.01",
+        f"train.cache_dir={tmp_path / 'cache'}",
+    ]
+    return load_config(None, [*base, *sets])
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_head_trains_and_the_model_is_complete(data, tmp_path) -> None:
+    ds, split = data
+    model, history = train_cached(_cfg(tmp_path), ds, split, tmp_path / "run", progress=False)
+    assert 1 <= len(history) <= 8 and sum(r["best"] for r in history) == 1
+    assert {"epoch", "train_loss", "val_loss", "val_acc", "val_bacc", "val_auc", "lr"} <= set(history[0])
+    assert history[-1]["train_loss"] < history[0]["train_loss"] * 1.5
+    # a full image model: raw images in, logits out, and its val score equals the best epoch's
+    from medclf.data.transforms import create_transform
+    from medclf.models import resolve_preprocessing
+
+    tf = create_transform(resolve_preprocessing(model))
+    val = split[split.split == "val"]
+    from PIL import Image
+
+    x = torch.stack([tf(Image.open(p)) for p in val.path])
+    with torch.no_grad():
+        logits = model(x).numpy()
+    y = val.label.map({c: i for i, c in enumerate(ds.classes)}).to_numpy()
+    best = next(r for r in history if r["best"])
+    assert classification_metrics(logits, y)["auc"] == pytest.approx(best["val_auc"], abs=1e-6)
+    info = json.loads((tmp_path / "run" / "logs" / "cached.json").read_text())
+    assert info["feature_seconds"] > 0 and info["bad_images"] == []
+
+
+def test_rerun_uses_the_cache_and_gives_identical_weights(data, tmp_path) -> None:
+    # what --resume relies on: features from the cache, the head re-trained from the same seed
+    ds, split = data
+    cfg = _cfg(tmp_path, "train.views=2", "train.augment=lesion_safe")
+    a, ha = train_cached(cfg, ds, split, tmp_path / "a", progress=False)
+    b, hb = train_cached(cfg, ds, split, tmp_path / "b", resume=True, progress=False)
+    assert json.loads((tmp_path / "b" / "logs" / "cached.json").read_text())["feature_seconds"] == 0
+    wa, wb = _weights(a), _weights(b)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+    assert [r["val_loss"] for r in ha] == [r["val_loss"] for r in hb]
+
+
+def test_top_blocks_train_from_cached_maps(data, tmp_path) -> None:
+    ds, split = data
+    cfg = _cfg(
+        tmp_path,
+        "model.name=mobilenetv2_050",
+        "model.input_size=32",
+        "train.finetune_blocks=2",
+        "train.epochs=2",
+    )
+    from medclf.models import create_model
+
+    torch.manual_seed(cfg.train.seed)
+    fresh = _weights(create_model("mobilenetv2_050", 2, input_size=32))
+    model, _ = train_cached(cfg, ds, split, tmp_path / "run", progress=False)
+    after = _weights(model)
+    changed = {k for k in fresh if k in after and not torch.equal(fresh[k], after[k]) and "running" not in k}
+    assert any(k.startswith("head.") for k in changed)
+    assert any(".blocks.6." in k for k in changed)  # the last flat blocks live in stage 6
+    assert not any("conv_stem" in k or ".blocks.0." in k for k in changed)  # the bottom stayed frozen
+    # batch-norm statistics stay frozen in the trained blocks
+    assert not any("running_mean" in k and not torch.equal(fresh[k], after[k]) for k in fresh)
+
+
+def test_metadata_fusion_and_metadata_only(data, tmp_path) -> None:
+    ds, split = data
+    model, _ = train_cached(
+        _cfg(tmp_path, "model.metadata=[age, sex, site]"), ds, split, tmp_path / "f", progress=False
+    )
+    enc = model.medclf_meta_encoder
+    assert enc is not None and enc.dim == model.num_meta > 0
+    meta = torch.from_numpy(enc.transform(split.iloc[:3]).astype(np.float32))
+    assert model(torch.zeros(3, 3, 32, 32), meta).shape == (3, 2)
+    only, hist = train_cached(
+        _cfg(tmp_path, "model.metadata=[age, sex, site]", "model.metadata_only=true"),
+        ds,
+        split,
+        tmp_path / "m",
+        progress=False,
+    )
+    assert hist and only.num_meta == enc.dim
+
+
+def test_focal_sgd_cosine_balanced(data, tmp_path) -> None:
+    ds, split = data
+    cfg = _cfg(
+        tmp_path,
+        "train.loss=focal",
+        "train.optimizer=sgd",
+        "train.scheduler=cosine",
+        "train.balanced_sampler=true",
+        "train.monitor=val_loss",
+        "train.patience=2",
+    )
+    _, history = train_cached(cfg, ds, split, tmp_path / "run", progress=False)
+    assert history[0]["lr"] > history[-1]["lr"] or len(history) <= 2
+
+
+def test_clear_errors(data, tmp_path) -> None:
+    ds, split = data
+    with pytest.raises(DataError, match="'val'"):
+        train_cached(_cfg(tmp_path), ds, split[split.split != "val"], tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match="views"):
+        train_cached(_cfg(tmp_path, "train.views=0"), ds, split, tmp_path / "r", progress=False)

@@ -1,0 +1,182 @@
+"""The training engine end to end on tiny synthetic data: strategies, run folder, fusion, bad images, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medclf.errors import ConfigError, DataError, MedclfError
+from medclf.models import load_run, predict_frame
+from medclf.train import train
+
+from _fixtures_train import make_folder_data, tiny_cfg
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folder_data(tmp_path_factory.mktemp("data"))
+
+
+def test_scratch_run_folder_describes_itself(data: Path, tmp_path: Path) -> None:
+    run = train(tiny_cfg(data, "train.epochs=4"), tmp_path / "run", progress=False)
+    for name in ("run.json", "model.safetensors", "config.yaml", "dataset.yaml", "split.csv", "history.csv",
+                 "val_predictions.csv", "test_predictions.csv", "training_curves.png", "checkpoints/last.ckpt",
+                 "logs/csv/metrics.csv"):
+        assert (run / name).exists(), name
+    info = json.loads((run / "run.json").read_text())
+    assert info["classes"] == ["benign", "malignant"] and info["positive_class"] == "malignant"
+    assert 0 <= info["threshold"] <= 1 and info["temperature"] > 0
+    assert len(info["data_fingerprint"]) == 64 and info["versions"]["torch"]
+    assert info["train_seconds"] > 0 and info["epochs_run"] == 4
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == [0, 1, 2, 3]
+    # a learnable task is learnt
+    test = pd.read_csv(run / "test_predictions.csv")
+    assert (test["pred"] == test["label"]).mean() >= 0.8
+    # the split is grouped: no patient in two parts
+    split = pd.read_csv(run / "split.csv")
+    assert split.groupby("group")["split"].nunique().max() == 1
+    # the saved run predicts what training wrote
+    loaded = load_run(run)
+    again = predict_frame(loaded, split[split["split"] == "test"])
+    np.testing.assert_allclose(again["prob_malignant"], test["prob_malignant"], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny_cfg(data), run, progress=False)
+
+
+def test_threshold_and_temperature_come_from_validation(data: Path, tmp_path: Path) -> None:
+    from medclf.evaluate.calibration import fit_temperature
+    from medclf.evaluate.thresholds import choose_threshold
+
+    run = train(tiny_cfg(data, "train.epochs=2", "eval.threshold=sensitivity:0.9"), tmp_path / "r", progress=False)
+    info = json.loads((run / "run.json").read_text())
+    val = pd.read_csv(run / "val_predictions.csv")
+    y = (val["label"] == "malignant").to_numpy().astype(int)
+    assert info["threshold"] == pytest.approx(choose_threshold(y, val["prob_malignant"].to_numpy(), "sensitivity:0.9"))
+    # the temperature is the one fitted on the raw validation logits (log-softmax differs by a per-row constant)
+    loaded = load_run(run)
+    loaded.temperature = 1.0
+    raw = predict_frame(loaded, pd.read_csv(run / "split.csv").query("split == 'val'"))
+    logp = np.log(raw[["prob_benign", "prob_malignant"]].to_numpy().astype(np.float64).clip(1e-30, 1))
+    assert info["temperature"] == pytest.approx(fit_temperature(logp, y), rel=1e-3)
+    assert loaded.threshold == info["threshold"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("train.strategy=finetune", "train.head_epochs=1", "train.epochs=1", "train.finetune_blocks=1",
+         "train.scheduler=cosine", "train.augment=standard"),
+        ("train.strategy=full", "train.optimizer=sgd", "train.loss=focal", "train.label_smoothing=0.1",
+         "train.balanced_sampler=true", "train.augment=lesion_safe", "train.patience=1", "train.monitor=val_auc"),
+    ],
+    ids=["finetune", "full"],
+)
+def test_other_strategies(data: Path, tmp_path: Path, overrides: tuple[str, ...]) -> None:
+    run = train(tiny_cfg(data, *overrides), tmp_path / "run", progress=False)
+    info = json.loads((run / "run.json").read_text())
+    assert info["strategy"] == overrides[0].split("=")[1]
+    history = pd.read_csv(run / "history.csv")
+    if info["strategy"] == "finetune":
+        assert list(history["phase"]) == ["head", "train"]
+        assert history["lr"].iloc[1] == pytest.approx(0.02 * 0.1)
+    load_run(run)
+
+
+def test_finetune_freezes_backbone_in_phase_one(data: Path, tmp_path: Path) -> None:
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    class Snap(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):  # type: ignore[no-untyped-def]
+            snapshots.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+
+    cfg = tiny_cfg(data, "train.strategy=finetune", "train.head_epochs=1", "train.epochs=1", "train.finetune_blocks=1")
+    init = {}
+
+    class Init(pl.Callback):
+        def on_fit_start(self, trainer, pl_module):  # type: ignore[no-untyped-def]
+            init.update({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+
+    train(cfg, tmp_path / "run", progress=False, callbacks=[Init(), Snap()])
+    first_conv, top_conv = "features.0.0.weight", "features.2.0.weight"
+    assert torch.equal(snapshots[0][first_conv], init[first_conv])  # frozen in phase 1
+    assert torch.equal(snapshots[0][top_conv], init[top_conv])
+    assert torch.equal(snapshots[0]["features.0.1.running_mean"], init["features.0.1.running_mean"])  # BN frozen too
+    assert not torch.equal(snapshots[0]["head.fc.weight"], init["head.fc.weight"])
+    assert torch.equal(snapshots[1][first_conv], init[first_conv])  # below the top block: still frozen
+    assert not torch.equal(snapshots[1][top_conv], snapshots[0][top_conv])  # top block trains in phase 2
+
+
+def test_resume_after_crash_equals_uninterrupted(data: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(data, "train.strategy=finetune", "train.head_epochs=1", "train.epochs=2",
+                   "train.finetune_blocks=1", "train.augment=standard", "model.drop_rate=0.3")
+    train(cfg, tmp_path / "a", progress=False)
+
+    class Crash(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # type: ignore[no-untyped-def]
+            if trainer.current_epoch == 2 and batch_idx == 1:
+                raise RuntimeError("simulated crash mid-epoch")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, tmp_path / "b", progress=False, callbacks=[Crash()])
+    assert not (tmp_path / "b" / "run.json").exists()
+    train(cfg, tmp_path / "b", resume=True, progress=False)
+    ha, hb = (pd.read_csv(tmp_path / r / "history.csv") for r in ("a", "b"))
+    pd.testing.assert_frame_equal(ha.drop(columns="seconds"), hb.drop(columns="seconds"))
+    last = [torch.load(tmp_path / r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for r in "ab"]
+    assert all(torch.equal(last[0][k], last[1][k]) for k in last[0])
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["resumed"] is True
+
+
+def test_fusion_with_missing_and_unknown_metadata(tmp_path: Path) -> None:
+    from medclf.data import synth_dataset
+
+    synth_dataset(tmp_path / "csvdata", layout="csv", n=40, size=24, seed=1)
+    cfg = tiny_cfg(tmp_path / "csvdata", "data.group_by=null", "model.metadata=[age, sex, site]", "train.epochs=1")
+    run = train(cfg, tmp_path / "run", progress=False)
+    loaded = load_run(run)
+    assert loaded.meta_encoder is not None and loaded.meta_encoder.columns == ["age", "sex", "site"]
+    rows = pd.read_csv(run / "split.csv").head(3)
+    rows["age"] = [np.nan, 40, 200]
+    rows["site"] = ["nowhere", None, rows["site"].iloc[2]]
+    out = predict_frame(loaded, rows)
+    assert np.isfinite(out[["prob_benign", "prob_malignant"]].to_numpy()).all()
+    assert {"age", "sex", "site"} <= set(out.columns)
+
+    meta_only = tiny_cfg(tmp_path / "csvdata", "data.group_by=null", "model.metadata=[age, sex, site]",
+                         "model.metadata_only=true", "train.epochs=1")
+    run2 = train(meta_only, tmp_path / "meta", progress=False)
+    assert load_run(run2).model.meta_only
+
+
+def test_bad_images_skipped_and_listed(tmp_path: Path) -> None:
+    data = make_folder_data(tmp_path / "d", n_per_class=12)
+    good = (data / "benign" / "P0000_0.png").read_bytes()
+    (data / "benign" / "P0999_0.png").write_bytes(good[: len(good) // 2])  # truncated: header fine, data not
+    (data / "malignant" / "P1999_0.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="skip_bad"):
+        train(tiny_cfg(data, "train.epochs=1"), tmp_path / "strict", progress=False)
+    run = train(tiny_cfg(data, "train.epochs=1", "data.skip_bad=true"), tmp_path / "run", progress=False)
+    skipped = {Path(s["path"]).name for s in json.loads((run / "run.json").read_text())["skipped_images"]}
+    assert {"P0999_0.png", "P1999_0.png"} <= skipped
+
+
+def test_cached_strategy_goes_through_the_same_run_folder(data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("medclf.train.cached")
+    cfg = tiny_cfg(data, "train.strategy=cached", "train.epochs=3", f"train.cache_dir={tmp_path / 'cache'}")
+    run = train(cfg, tmp_path / "run", progress=False)
+    info = json.loads((run / "run.json").read_text())
+    assert info["strategy"] == "cached" and info["epochs_run"] == 3
+    assert (run / "val_predictions.csv").is_file() and (run / "history.csv").is_file()
+    test = pd.read_csv(run / "test_predictions.csv")
+    again = predict_frame(load_run(run), pd.read_csv(run / "split.csv").query("split == 'test'"))
+    np.testing.assert_allclose(again["prob_malignant"], test["prob_malignant"], rtol=1e-4, atol=1e-6)

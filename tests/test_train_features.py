@@ -1,0 +1,134 @@
+"""Frozen-backbone feature cache: split equivalence, cache hits, corruption, views, bad images, backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from medclf.data.transforms import Preprocessing
+from medclf.errors import BadImageError, MedclfError
+from medclf.train import features as F
+
+torch.set_num_threads(1)
+PRE = Preprocessing(input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+@pytest.fixture(scope="module")
+def trunk() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("mobilenetv2_050", num_classes=0).eval()
+
+
+@pytest.fixture()
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        arr = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+        arr[:, : 8 * i] = 255  # images differ in a way flips can see
+        p = tmp_path / f"im{i}.jpg"
+        Image.fromarray(arr).save(p)
+        paths.append(str(p))
+    return paths
+
+
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_top_of_bottom_equals_the_model(trunk, n) -> None:
+    parts = F.split_backbone(trunk, n)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(parts.top(parts.bottom(x)), trunk(x), atol=1e-5, rtol=1e-4)
+    assert parts.finetune_blocks == n and len(parts.block_paths) == n
+
+
+def test_split_errors_say_what_to_do(trunk) -> None:
+    with pytest.raises(MedclfError, match="only 17 blocks"):
+        F.split_backbone(trunk, 40)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+    with pytest.raises(MedclfError, match="finetune_blocks=0"):
+        F.split_backbone(plain, 1)
+
+
+def test_cache_hit_returns_the_same_arrays(trunk, images, tmp_path) -> None:
+    bottom = F.split_backbone(trunk, 2).bottom
+    kw = {"cache_dir": tmp_path / "c", "backend": "torch", "progress": False, "batch_size": 4}
+    first = F.extract_features(bottom, images, PRE, views=["clean", "hflip", "aug1"], **kw)
+    assert first.seconds > 0
+    assert first.views["clean"].dtype == np.float16 and first.views["clean"].ndim == 4
+    second = F.extract_features(bottom, images, PRE, views=["clean", "hflip", "aug1"], **kw)
+    assert second.seconds == 0
+    for v in first.views:
+        np.testing.assert_array_equal(first.views[v], second.views[v])
+    # the flip view is the flipped image; augmented views differ from the image itself
+    assert not np.allclose(first.views["clean"], first.views["hflip"], atol=1e-2)
+    assert not np.allclose(first.views["clean"], first.views["aug1"], atol=1e-2)
+
+
+def test_pooled_features_match_the_model(trunk, images, tmp_path) -> None:
+    fs = F.extract_features(
+        F.split_backbone(trunk, 0).bottom, images, PRE, cache_dir=tmp_path, backend="torch", progress=False
+    )
+    from medclf.data.transforms import create_transform
+
+    tf = create_transform(PRE)
+    with torch.no_grad():
+        ref = trunk(torch.stack([tf(Image.open(p)) for p in images])).numpy()
+    assert fs.views["clean"].dtype == np.float32
+    np.testing.assert_allclose(fs.views["clean"], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_key_changes_with_preprocessing_and_weights(trunk, images, tmp_path) -> None:
+    bottom = F.split_backbone(trunk, 0).bottom
+    kw = {"cache_dir": tmp_path, "backend": "torch", "progress": False}
+    F.extract_features(bottom, images, PRE, **kw)
+    other = Preprocessing(input_size=32, mean=(0.4,) * 3, std=(0.5,) * 3)
+    assert F.extract_features(bottom, images, other, **kw).seconds > 0
+    changed = timm.create_model("mobilenetv2_050", num_classes=0).eval()
+    assert F.extract_features(F.split_backbone(changed, 0).bottom, images, PRE, **kw).seconds > 0
+    # a classifier that shares the model does not change the key: only what the bottom computes does
+    assert F.extract_features(bottom, images, PRE, **kw).seconds == 0
+
+
+def test_corrupt_cache_file_is_detected_and_rebuilt(trunk, images, tmp_path) -> None:
+    bottom = F.split_backbone(trunk, 0).bottom
+    kw = {"cache_dir": tmp_path, "backend": "torch", "progress": False}
+    ref = F.extract_features(bottom, images, PRE, **kw).views["clean"]
+    (cached,) = tmp_path.glob("*/clean.safetensors")
+    data = bytearray(cached.read_bytes())
+    data[-5] ^= 0xFF  # flip bits inside the array payload: still a loadable file, wrong numbers
+    cached.write_bytes(bytes(data))
+    again = F.extract_features(bottom, images, PRE, **kw)
+    assert again.seconds > 0
+    np.testing.assert_array_equal(again.views["clean"], ref)
+    cached.write_bytes(b"garbage")
+    assert F.extract_features(bottom, images, PRE, **kw).seconds > 0
+
+
+def test_bad_image_is_an_error_or_skipped_and_listed(trunk, images, tmp_path) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    paths = [*images[:2], str(bad), *images[2:]]
+    bottom = F.split_backbone(trunk, 0).bottom
+    with pytest.raises(BadImageError, match=r"broken\.jpg.*skip_bad"):
+        F.extract_features(bottom, paths, PRE, cache_dir=tmp_path / "a", backend="torch", progress=False)
+    fs = F.extract_features(
+        bottom, paths, PRE, cache_dir=tmp_path / "b", backend="torch", progress=False, skip_bad=True
+    )
+    assert fs.bad == [str(bad)]
+    assert fs.kept.tolist() == [0, 1, 3, 4, 5, 6]
+    assert len(fs.views["clean"]) == 6
+
+
+def test_onnx_backend_matches_torch(trunk, images, tmp_path) -> None:
+    bottom = F.split_backbone(trunk, 1).bottom
+    a = F.extract_features(bottom, images, PRE, cache_dir=tmp_path / "t", backend="torch", progress=False)
+    b = F.extract_features(bottom, images, PRE, cache_dir=tmp_path / "o", backend="onnx", progress=False)
+    np.testing.assert_allclose(
+        a.views["clean"].astype(np.float32), b.views["clean"].astype(np.float32), atol=2e-2
+    )
+    # auto measures once and remembers the choice beside the exported model
+    F.extract_features(bottom, images, PRE, cache_dir=tmp_path / "x", backend="auto", progress=False)
+    assert list((tmp_path / "x" / "onnx").glob("*.backend.json"))
