@@ -39,7 +39,9 @@ print(json.dumps({"gflops": 2 * n**3 / best / 1e9, "blas": info}))
 
 def numpy_gemm() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    out = subprocess.run([sys.executable, "-c", GEMM_CHILD], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", GEMM_CHILD], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout)
 
 
@@ -87,8 +89,10 @@ def main() -> None:
     tgemm = torch_gemm()
     limit = max(gemm["gflops"], tgemm)
     gflop = model_gflop(224)
-    print(f"numpy GEMM {gemm['gflops']:.1f} GFLOP/s, torch GEMM {tgemm:.1f} GFLOP/s, "
-          f"EfficientNet-Lite0 {gflop:.3f} GFLOP/image at 224 px")
+    print(
+        f"numpy GEMM {gemm['gflops']:.1f} GFLOP/s, torch GEMM {tgemm:.1f} GFLOP/s, "
+        f"EfficientNet-Lite0 {gflop:.3f} GFLOP/image at 224 px"
+    )
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,12 +106,16 @@ def main() -> None:
         bottom = split_backbone(model, 0).bottom
         for backend in ("onnx", "torch"):
             cache = Path(tmp) / f"cache-{backend}"
-            extract_features(bottom, paths[:8], pre, cache_dir=cache, backend=backend, progress=False)  # warm-up
+            extract_features(
+                bottom, paths[:8], pre, cache_dir=cache, backend=backend, progress=False
+            )  # warm-up
             t0 = time.perf_counter()
             fs = extract_features(bottom, paths, pre, cache_dir=cache / "x", backend=backend, progress=False)
             secs = time.perf_counter() - t0
             ips = len(fs.kept) / secs
-            rows.append((f"feature extraction ({backend}), decode included, batch 32", ips, ips * gflop / limit))
+            rows.append(
+                (f"feature extraction ({backend}), decode included, batch 32", ips, ips * gflop / limit)
+            )
 
         # 2. batch prediction and single-image latency through the serving Predictor (ONNX Runtime)
         from medclf.train import train
@@ -137,7 +145,9 @@ def main() -> None:
             pred.predict([im])
             lat.append(time.perf_counter() - t0)
         med = statistics.median(lat)
-        rows.append((f"single image (Predictor, ONNX), median {med * 1e3:.1f} ms", 1 / med, gflop / med / limit))
+        rows.append(
+            (f"single image (Predictor, ONNX), median {med * 1e3:.1f} ms", 1 / med, gflop / med / limit)
+        )
 
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}"

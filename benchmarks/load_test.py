@@ -1,6 +1,6 @@
 """Bounded load test of `medclf serve` on 127.0.0.1: mixed good and bad uploads, concurrency, memory.
 
-Starts the real server (a subprocess, so its memory can be read from /proc), sends N requests from C threads
+Starts the real server (uvicorn on a socket, in a thread of this process), sends N requests from C threads
 (80% valid JPEGs, 20% bad: empty, truncated, text, decompression bomb, over the size limit), and records status
 codes, latency percentiles and the server's resident memory along the way. Pass: zero 5xx, every bad upload a
 4xx, every good upload a 200, memory flat (growth after warm-up < 50 MB).
@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +35,6 @@ def rss_mb(pid: int) -> float:
 def payloads(limit_bytes: int) -> dict[str, tuple[bytes, str, int]]:
     """kind -> (body, content type, expected status)."""
     from PIL import Image
-
     from serve_latency import jpeg_bytes
 
     good = jpeg_bytes(224, 1)
@@ -64,41 +61,32 @@ def main() -> int:
     args = ap.parse_args()
 
     import httpx
-
-    from serve_latency import make_bench_run
+    from serve_latency import bench_predictor, make_bench_run
 
     limit_mb = 2.0
     bodies = payloads(int(limit_mb * 1024 * 1024))
     bad_kinds = [k for k in bodies if not k.startswith("good")]
     rng = np.random.default_rng(0)
     plan = [
-        (["good", "good_png"][int(rng.integers(0, 2))] if rng.random() < 0.8 else bad_kinds[int(rng.integers(len(bad_kinds)))])
+        (
+            ["good", "good_png"][int(rng.integers(0, 2))]
+            if rng.random() < 0.8
+            else bad_kinds[int(rng.integers(len(bad_kinds)))]
+        )
         for _ in range(args.requests)
     ]
+    from medclf.serve.api import ServerConfig
+    from medclf.serve.server import BackgroundServer
+
     with tempfile.TemporaryDirectory(prefix="medclf-load-") as tmp:
         run_dir = make_bench_run(Path(tmp), args.model)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "medclf", "serve", str(run_dir), "--port", str(port), "--max-upload-mb", str(limit_mb)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 120
-            while True:
-                try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.time() > deadline:
-                    raise SystemExit((Path(tmp) / "server.log").read_text())
-                time.sleep(0.3)
-            client = httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_connections=args.concurrency))
+        predictor = bench_predictor(run_dir, "onnx", 2)
+        cfg = ServerConfig(max_upload_bytes=int(limit_mb * 1024 * 1024))
+        # the server runs in this process (uvicorn in a thread): RSS covers server and client together
+        with BackgroundServer(predictor, cfg) as url:
+            client = httpx.Client(
+                base_url=url, timeout=60, limits=httpx.Limits(max_connections=args.concurrency)
+            )
 
             def send(kind: str) -> tuple[str, int, float]:
                 body, ctype, _ = bodies[kind]
@@ -112,20 +100,16 @@ def main() -> int:
 
             for k in ("good",) * 20:  # warm-up
                 send(k)
-            mem = [rss_mb(proc.pid)]
+            mem = [rss_mb(os.getpid())]
             results: list[tuple[str, int, float]] = []
             t0 = time.perf_counter()
             chunk = max(1, args.requests // 8)
             with ThreadPoolExecutor(args.concurrency) as pool:
                 for i in range(0, len(plan), chunk):
                     results += list(pool.map(send, plan[i : i + chunk]))
-                    mem.append(rss_mb(proc.pid))
+                    mem.append(rss_mb(os.getpid()))
             wall = time.perf_counter() - t0
             client.close()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            log.close()
 
     statuses = Counter(s for _, s, _ in results)
     wrong = [(k, s) for k, s, _ in results if s != bodies[k][2]]
@@ -149,7 +133,7 @@ def main() -> int:
         f"| throughput | {len(results) / wall:.1f} requests/s ({wall:.1f} s) |",
         f"| latency valid uploads p50 / p90 / p99 (ms, under load) | {q(good_ms)} |",
         f"| latency bad uploads p50 / p90 / p99 (ms, under load) | {q(bad_ms)} |",
-        f"| server RSS after warm-up → end (MB) | {mem[0]:.0f} → {mem[-1]:.0f} (max {max(mem):.0f}; growth {growth:+.0f}) |",
+        f"| process RSS (server + client) after warm-up → end (MB) | {mem[0]:.0f} → {mem[-1]:.0f} (max {max(mem):.0f}; growth {growth:+.0f}) |",
         f"| result | {'PASS' if five == 0 and not wrong and growth < 50 else 'FAIL'} |",
     ]
     print("\n".join(lines))

@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def datasets_root() -> Path:
-    return Path(os.environ.get("MEDCLF_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+    return Path(
+        os.environ.get("MEDCLF_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    )
 
 
 def main() -> int:
@@ -62,15 +64,23 @@ def main() -> int:
         # copy into a freshly built model so the saved keys are exactly what load_run rebuilds
         model = create_model("efficientnet_lite0", 2, pretrained=False).eval()
         model.load_state_dict(pretrained.state_dict(), strict=False)
-        rows = [{"path": p, "label": Path(p).parent.name, "group": Path(p).stem, "split": "train"} for p in fit]
-        rows += [{"path": p, "label": Path(p).parent.name, "group": Path(p).stem, "split": "val"} for p in val]
+        rows = [
+            {"path": p, "label": Path(p).parent.name, "group": Path(p).stem, "split": "train"} for p in fit
+        ]
+        rows += [
+            {"path": p, "label": Path(p).parent.name, "group": Path(p).stem, "split": "val"} for p in val
+        ]
         run_dir.mkdir()
         pd.DataFrame(rows).to_csv(run_dir / "split.csv", index=False)
         pre = resolve_preprocessing(model)
         save_run_model(
             run_dir,
             model,
-            {"classes": ["benign", "malignant"], "preprocessing": pre.to_dict(), "positive_class": "malignant"},
+            {
+                "classes": ["benign", "malignant"],
+                "preprocessing": pre.to_dict(),
+                "positive_class": "malignant",
+            },
         )
         pred = Predictor.from_run(run_dir, backend="onnx", max_ood_images=args.fit)
         ood = pred.ood
@@ -81,9 +91,7 @@ def main() -> int:
 
         from PIL import Image
 
-        noise = [
-            Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)) for _ in range(30)
-        ]
+        noise = [Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)) for _ in range(30)]
         groups = {
             "skin_bm held-out (in distribution)": scores(held),
             "HAM10000 dermatoscopy (skin, other source)": scores(ham) if ham else np.array([]),

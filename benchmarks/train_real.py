@@ -102,7 +102,7 @@ def grouped_split(df: pd.DataFrame, seed: int = 0, val: float = 0.15, test: floa
 PLANS = {
     "skin_bm": {"augment": "lesion_safe", "aug_views": 4, "tta": ["hflip", "vflip"]},
     "ham10000": {"augment": "lesion_safe", "aug_views": 3, "tta": ["hflip"]},
-    "cxr3": {"augment": "standard", "aug_views": 3, "tta": ["hflip"]},
+    "cxr3": {"augment": "standard", "aug_views": 1, "tta": ["hflip"]},
 }
 CUT = (
     2  # cache the input of the last 2 blocks: pooled features, and fine-tuning of 1 or 2 blocks, come from it

@@ -12,7 +12,9 @@ from medclf.config import RunConfig, load_config
 CLASSES = ("benign", "malignant")
 
 
-def make_folder_data(root: Path, n_per_class: int = 24, size: int = 24, seed: int = 0, classes=CLASSES) -> Path:
+def make_folder_data(
+    root: Path, n_per_class: int = 24, size: int = 24, seed: int = 0, classes=CLASSES
+) -> Path:
     """Class-per-folder PNGs; two images per patient (file names P<k>_<j>.png) so groups matter."""
     rng = np.random.default_rng(seed)
     for ci, c in enumerate(classes):

@@ -12,7 +12,14 @@ import torch
 from PIL import Image
 
 from medclf.errors import MedclfError
-from medclf.models import MetadataEncoder, create_model, load_run, predict_frame, resolve_preprocessing, save_run_model
+from medclf.models import (
+    MetadataEncoder,
+    create_model,
+    load_run,
+    predict_frame,
+    resolve_preprocessing,
+    save_run_model,
+)
 
 torch.set_num_threads(1)
 
@@ -27,7 +34,9 @@ def _images(folder: Path, n: int = 5) -> list[str]:
     return paths
 
 
-def _save(run: Path, *, meta: MetadataEncoder | None = None, threshold: float | None = 0.3, temperature: float = 2.0):
+def _save(
+    run: Path, *, meta: MetadataEncoder | None = None, threshold: float | None = 0.3, temperature: float = 2.0
+):
     torch.manual_seed(0)
     model = create_model("tiny_cnn", 2, num_meta=meta.dim if meta else 0)
     info = {
@@ -94,7 +103,16 @@ def test_predict_frame_threshold_temperature_and_metadata(tmp_path: Path) -> Non
     )
     loaded = load_run(tmp_path / "run")
     out = predict_frame(loaded, records, batch_size=2)
-    assert list(out.columns) == ["path", "label", "group", "prob_benign", "prob_malignant", "pred", "age", "site"]
+    assert list(out.columns) == [
+        "path",
+        "label",
+        "group",
+        "prob_benign",
+        "prob_malignant",
+        "pred",
+        "age",
+        "site",
+    ]
     np.testing.assert_allclose(out[["prob_benign", "prob_malignant"]].sum(axis=1), 1, rtol=1e-5)
     expected = np.where(out["prob_malignant"] >= 0.3, "malignant", "benign")
     assert list(out["pred"]) == list(expected)

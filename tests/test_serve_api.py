@@ -235,3 +235,16 @@ def test_uploads_never_reach_disk_or_logs(tiny_run, tmp_path) -> None:  # noqa: 
     needles = [marker.encode(), name.encode(), good[100:164]]
     for root in (home, tmpd, cwd, tiny_run, Path("/tmp"), Path("/var/tmp")):
         assert _files_containing(root, needles, start) == [], root
+
+
+def test_slow_upload_times_out(predictor) -> None:
+    cfg = ServerConfig(request_timeout_s=0.5)
+    with BackgroundServer(predictor, cfg) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 5000\r\n\r\n--b\r\n"
+            )
+            reply = s.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408")

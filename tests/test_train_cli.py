@@ -8,14 +8,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from medclf.cli import main
-
 from _fixtures_train import make_folder_data
+from medclf.cli import main
 
 torch.set_num_threads(1)
 
-TINY = ["--set", "model.name=tiny_cnn", "--set", "model.pretrained=false", "--set", "train.strategy=scratch",
-        "--set", "train.epochs=1", "--set", "train.batch_size=8", "--set", "train.augment=none", "--quiet"]
+TINY = [
+    "--set",
+    "model.name=tiny_cnn",
+    "--set",
+    "model.pretrained=false",
+    "--set",
+    "train.strategy=scratch",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "train.augment=none",
+    "--quiet",
+]
 
 
 def test_train_cli_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,3 +54,39 @@ def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for cmd in ("train", "cv", "tune", "models"):
         assert cmd in out
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize(
+    "name", ["skin_bm", "ham10000_fusion", "cxr_pneumonia3", "mpox_kfold", "skin_backbones"]
+)
+def test_recipes_load(name: str) -> None:
+    from medclf.config import load_config
+
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert cfg.name == name
+    if cfg.data.spec:
+        assert Path(str(cfg.data.spec)).is_file()
+
+
+def test_mpox_recipe_on_synthetic_fold_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medclf.data import synth_dataset
+
+    synth_dataset(tmp_path / "msld", layout="kfold", n=30, size=32, folds=3, seed=2)
+    args = [
+        "cv",
+        str(CONFIGS / "mpox_kfold.yaml"),
+        "--data",
+        str(tmp_path / "msld"),
+        "--set",
+        "train.epochs=1",
+        "--quiet",
+        "--out",
+        str(tmp_path / "cv"),
+    ]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())
+    assert len(result["folds"]) == 3 and result["premade_folds"]
+    assert json.loads((tmp_path / "cv" / "fold_0" / "run.json").read_text())["model"]["name"] == "mpox_cnn"

@@ -10,11 +10,10 @@ import pytest
 import torch
 import yaml
 
+from _fixtures_train import make_folder_data, tiny_cfg
 from medclf.config import config_to_dict, load_config
 from medclf.errors import ConfigError
 from medclf.train import run_cv, run_tune
-
-from _fixtures_train import make_folder_data, tiny_cfg
 
 torch.set_num_threads(1)
 

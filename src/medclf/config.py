@@ -93,8 +93,11 @@ class TrainConfig:
     finetune_lr_scale: float = 0.1
     """Phase-2 learning rate as a fraction of `lr`."""
     batch_size: int = 32
+    """Images per optimisation step."""
     lr: float = 1e-3
+    """Learning rate (of the head; phase 2 of `finetune` and the cached top blocks use lr × finetune_lr_scale)."""
     weight_decay: float = 1e-4
+    """Decoupled weight decay (AdamW) or L2 (SGD)."""
     optimizer: str = "adamw"
     """adamw or sgd."""
     scheduler: str = "plateau"
@@ -106,7 +109,9 @@ class TrainConfig:
     loss: str = "ce"
     """ce (cross-entropy) or focal."""
     focal_gamma: float = 2.0
+    """Focusing parameter of the focal loss (0 = cross-entropy)."""
     label_smoothing: float = 0.0
+    """Label smoothing of the loss (0.1 is a common choice)."""
     class_weights: bool = True
     """Weight the loss by inverse class frequency."""
     balanced_sampler: bool = False
@@ -120,8 +125,11 @@ class TrainConfig:
     devices: str | int = "auto"
     """Lightning devices; several GPUs train with DDP."""
     accelerator: str = "auto"
+    """Lightning accelerator: auto, cpu, gpu, mps."""
     num_workers: int = 0
+    """DataLoader worker processes (0 is fastest for small images on a 2-core CPU)."""
     seed: int = 0
+    """Seed of weight initialisation, batch order, augmentation and dropout (a resumed run replays it exactly)."""
     cache_dir: str | None = None
     """Feature cache folder for `cached` (default: ~/.cache/medclf/features)."""
 

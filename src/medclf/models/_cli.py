@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="List the registered models. Any other timm model name also works in model.name "
         "(pretrained weights for those need a download).",
     )
-    p.add_argument("--no-params", action="store_true", help="skip building each model to count its parameters")
+    p.add_argument(
+        "--no-params", action="store_true", help="skip building each model to count its parameters"
+    )
     p.set_defaults(func=_run)
 
 
@@ -29,16 +31,29 @@ def _run(args: argparse.Namespace) -> int:
         entry = get_model_entry(name)
         params = "-"
         if not args.no_params:
-            kw = {"num_meta": 4, "meta_only": True} if entry and getattr(entry.factory, "meta_only", False) else {}
+            kw = (
+                {"num_meta": 4, "meta_only": True}
+                if entry and getattr(entry.factory, "meta_only", False)
+                else {}
+            )
             model = create_model(name, 2, **kw)
             params = f"{sum(p.numel() for p in model.parameters()):,}"
         desc = entry.description if entry else "timm backbone"
         rows.append(
-            (name, f"{cfg['input_size']}", str(cfg["in_chans"]), params, "yes" if name in offline else "no", desc)
+            (
+                name,
+                f"{cfg['input_size']}",
+                str(cfg["in_chans"]),
+                params,
+                "yes" if name in offline else "no",
+                desc,
+            )
         )
     header = ("name", "input", "chans", "params", "pretrained-offline", "description")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
-    print("Any timm model name also works (e.g. resnet50, densenet201, xception41); params are for 2 classes.")
+    print(
+        "Any timm model name also works (e.g. resnet50, densenet201, xception41); params are for 2 classes."
+    )
     return 0

@@ -11,7 +11,14 @@ from torch import nn
 
 from medclf.errors import ConfigError
 
-__all__ = ["ModelEntry", "create_model", "get_model_entry", "list_models", "model_default_cfg", "register_model"]
+__all__ = [
+    "ModelEntry",
+    "create_model",
+    "get_model_entry",
+    "list_models",
+    "model_default_cfg",
+    "register_model",
+]
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
@@ -115,7 +122,9 @@ def create_model(
         from medclf.models.fusion import MetadataOnlyModel
 
         if num_meta <= 0:
-            raise ConfigError("model.metadata_only needs metadata columns: set model.metadata: [age, sex, ...]")
+            raise ConfigError(
+                "model.metadata_only needs metadata columns: set model.metadata: [age, sex, ...]"
+            )
         model: nn.Module = MetadataOnlyModel(num_classes, num_meta=num_meta, drop_rate=drop_rate, **kw)
     elif name in _REGISTRY:
         if pretrained:
@@ -144,7 +153,13 @@ def create_model(
         from medclf.models.timm_adapter import TimmClassifier
 
         model = TimmClassifier(
-            name, num_classes, pretrained=pretrained, in_chans=in_chans, drop_rate=drop_rate, num_meta=num_meta, **kw
+            name,
+            num_classes,
+            pretrained=pretrained,
+            in_chans=in_chans,
+            drop_rate=drop_rate,
+            num_meta=num_meta,
+            **kw,
         )
     model.medclf_spec = {
         "name": name,

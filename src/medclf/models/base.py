@@ -7,7 +7,7 @@ serving never ask which kind of network they hold.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -89,7 +89,7 @@ class MedclfModel(nn.Module):
       model does not look at images); ``head`` the trainable classifier; ``meta_only``.
     """
 
-    default_cfg: dict[str, Any] = {
+    default_cfg: ClassVar[dict[str, Any]] = {
         "input_size": 224,
         "in_chans": 3,
         "mean": (0.485, 0.456, 0.406),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
@@ -15,7 +17,12 @@ __all__ = ["MetadataOnlyModel"]
 class MetadataOnlyModel(MedclfModel):
     """Ignores the image: ``forward(x, meta)`` uses only ``meta``. ``num_features`` is 0, ``cam_layer`` None."""
 
-    default_cfg = {"input_size": 32, "in_chans": 3, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    default_cfg: ClassVar[dict[str, Any]] = {
+        "input_size": 32,
+        "in_chans": 3,
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+    }
     meta_only = True
 
     def __init__(

@@ -35,7 +35,9 @@ def prob_columns(classes: list[str]) -> list[str]:
     return [f"prob_{c}" for c in classes]
 
 
-def decision(probs: np.ndarray, classes: list[str], threshold: float | None, positive_class: str | None) -> list[str]:
+def decision(
+    probs: np.ndarray, classes: list[str], threshold: float | None, positive_class: str | None
+) -> list[str]:
     """Class names: the binary threshold on the positive class when there is one, else the argmax."""
     if len(classes) == 2 and threshold is not None:
         pos = classes.index(positive_class) if positive_class in classes else 1
@@ -59,7 +61,9 @@ def predict_logits(
         x = torch.stack(images[start : start + batch_size]).to(param.device) if images is not None else None
         m = torch.from_numpy(meta[start : start + batch_size]).to(param.device) if meta is not None else None
         out.append(model(x, m).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, getattr(model, "num_classes", 0)), dtype=np.float32)
+    return (
+        torch.cat(out).numpy() if out else np.zeros((0, getattr(model, "num_classes", 0)), dtype=np.float32)
+    )
 
 
 def predict_records(
@@ -100,7 +104,9 @@ def predict_records(
 def predictions_frame(loaded_run: LoadedRun, rows: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
     """The predictions.csv table for ``rows`` from raw logits, applying the run's temperature and threshold."""
     classes = loaded_run.classes
-    probs = torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)) / loaded_run.temperature, 1).numpy()
+    probs = torch.softmax(
+        torch.from_numpy(np.asarray(logits, dtype=np.float32)) / loaded_run.temperature, 1
+    ).numpy()
     out = pd.DataFrame({"path": rows["path"].astype(str).to_numpy()})
     out["label"] = rows["label"].astype(str).to_numpy() if "label" in rows else ""
     if "group" in rows:

@@ -114,7 +114,12 @@ class MetadataEncoder:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"columns": self.columns, "kinds": self.kinds, "stats": self.stats, "categories": self.categories}
+        return {
+            "columns": self.columns,
+            "kinds": self.kinds,
+            "stats": self.stats,
+            "categories": self.categories,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MetadataEncoder:

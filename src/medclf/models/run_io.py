@@ -107,7 +107,9 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     path = run_dir / "run.json"
     if not path.is_file():
-        raise MedclfError(f"{run_dir} is not a medclf run folder (no run.json); train one with `medclf train`")
+        raise MedclfError(
+            f"{run_dir} is not a medclf run folder (no run.json); train one with `medclf train`"
+        )
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -127,7 +129,11 @@ def load_run(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -
     info = read_run_info(run_dir)
     weights = info.get("weights") or {}
     fname = str(weights.get("file", WEIGHTS_FILE))
-    if Path(fname).name != fname or fname.lower().endswith(_PICKLE_SUFFIXES) or weights.get("format") != "safetensors":
+    if (
+        Path(fname).name != fname
+        or fname.lower().endswith(_PICKLE_SUFFIXES)
+        or weights.get("format") != "safetensors"
+    ):
         raise MedclfError(
             f"{run_dir / 'run.json'}: weights file {fname!r} is not a safetensors file in the run folder; "
             "medclf never loads pickled weights — retrain the run"
@@ -148,9 +154,11 @@ def load_run(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -
         spec["name"], int(spec["num_classes"]), pretrained=False, in_chans=spec.get("in_chans"), **kwargs
     )
     try:
-        missing, unexpected = load_model(model, str(wpath), strict=True, device=str(map_location))
+        load_model(model, str(wpath), strict=True, device=str(map_location))
     except Exception as exc:  # safetensors raises plain exceptions on a corrupt header or shape mismatch
-        raise MedclfError(f"{wpath}: cannot load the weights into {spec['name']} ({exc}); retrain the run") from None
+        raise MedclfError(
+            f"{wpath}: cannot load the weights into {spec['name']} ({exc}); retrain the run"
+        ) from None
     model.eval()
     classes = [str(c) for c in info["classes"]]
     pre = Preprocessing.from_dict(info["preprocessing"]) if info.get("preprocessing") else None

@@ -3,6 +3,8 @@ chest X-ray CNN and a small residual CNN."""
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
@@ -29,9 +31,11 @@ class _ConvTrunkModel(MedclfModel):
 
 @register_model(description="a few thousand parameters at 32 px: the fast test model")
 class TinyCNN(_ConvTrunkModel):
-    default_cfg = {"input_size": 32, "in_chans": 3, **_HALF}
+    default_cfg: ClassVar[dict[str, Any]] = {"input_size": 32, "in_chans": 3, **_HALF}
 
-    def __init__(self, num_classes: int, in_chans: int = 3, drop_rate: float = 0.0, num_meta: int = 0) -> None:
+    def __init__(
+        self, num_classes: int, in_chans: int = 3, drop_rate: float = 0.0, num_meta: int = 0
+    ) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True)),
@@ -43,17 +47,29 @@ class TinyCNN(_ConvTrunkModel):
         self.init_head(num_classes, drop_rate=drop_rate, num_meta=num_meta)
 
 
-@register_model(description="the mpox study's CNN: conv 20 and 50 filters 5×5 + max-pool, dense 500, dropout 0.5")
+@register_model(
+    description="the mpox study's CNN: conv 20 and 50 filters 5×5 + max-pool, dense 500, dropout 0.5"
+)
 class MpoxCNN(MedclfModel):
     """Keras ``Conv2D(20,5) MaxPool Conv2D(50,5) MaxPool Flatten Dense(500) Dropout(0.5) Dense(C)``.
 
     ``num_features`` is the 500-unit dense layer, so fusion and cached heads see the same features as the
     study's classifier."""
 
-    default_cfg = {"input_size": 32, "in_chans": 3, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    default_cfg: ClassVar[dict[str, Any]] = {
+        "input_size": 32,
+        "in_chans": 3,
+        "mean": (0.0, 0.0, 0.0),
+        "std": (1.0, 1.0, 1.0),
+    }
 
     def __init__(
-        self, num_classes: int, in_chans: int = 3, drop_rate: float = 0.5, num_meta: int = 0, input_size: int = 32
+        self,
+        num_classes: int,
+        in_chans: int = 3,
+        drop_rate: float = 0.5,
+        num_meta: int = 0,
+        input_size: int = 32,
     ) -> None:
         super().__init__()
         self.features = nn.Sequential(
@@ -74,18 +90,26 @@ class MpoxCNN(MedclfModel):
         return self.dense(self.features(x))
 
     def block_groups(self) -> list[list[nn.Parameter]]:
-        return [list(self.features[0].parameters()), list(self.features[3].parameters()), list(self.dense.parameters())]
+        return [
+            list(self.features[0].parameters()),
+            list(self.features[3].parameters()),
+            list(self.dense.parameters()),
+        ]
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 @register_model(description="custom grayscale chest X-ray CNN at 128×128 (4 conv blocks)")
 class CxrCNN(_ConvTrunkModel):
-    default_cfg = {"input_size": 128, "in_chans": 1, "mean": (0.5,), "std": (0.25,)}
+    default_cfg: ClassVar[dict[str, Any]] = {"input_size": 128, "in_chans": 1, "mean": (0.5,), "std": (0.25,)}
 
-    def __init__(self, num_classes: int, in_chans: int = 1, drop_rate: float = 0.3, num_meta: int = 0) -> None:
+    def __init__(
+        self, num_classes: int, in_chans: int = 1, drop_rate: float = 0.3, num_meta: int = 0
+    ) -> None:
         super().__init__()
         widths = (32, 64, 128, 256)
         blocks: list[nn.Module] = []
@@ -122,9 +146,16 @@ class _BasicBlock(nn.Module):
 
 @register_model(description="small residual CNN (stem + 3 stages of 2 basic blocks), 64 px")
 class ResNetSmall(_ConvTrunkModel):
-    default_cfg = {"input_size": 64, "in_chans": 3, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    default_cfg: ClassVar[dict[str, Any]] = {
+        "input_size": 64,
+        "in_chans": 3,
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+    }
 
-    def __init__(self, num_classes: int, in_chans: int = 3, drop_rate: float = 0.2, num_meta: int = 0) -> None:
+    def __init__(
+        self, num_classes: int, in_chans: int = 3, drop_rate: float = 0.2, num_meta: int = 0
+    ) -> None:
         super().__init__()
         widths = (32, 64, 128)
         stages: list[nn.Module] = [_conv_bn(in_chans, widths[0])]

@@ -47,6 +47,7 @@ class _ServingModule(nn.Module):
         self.model = model
         self.uses_images = int(getattr(model, "num_features", 0) or 0) > 0
         self.has_ood = ood is not None and self.uses_images
+        self.normalize = bool(ood is not None and ood.normalize)
         if self.has_ood:
             assert ood is not None
             self.register_buffer("ood_mean", torch.from_numpy(np.asarray(ood.mean, np.float32)))
@@ -62,7 +63,8 @@ class _ServingModule(nn.Module):
         logits = self.model.forward_head(feats, meta)
         if not self.has_ood:
             return logits, logits[:, 0] * 0.0
-        d = feats - self.ood_mean
+        f = feats / feats.norm(dim=1, keepdim=True).clamp_min(1e-12) if self.normalize else feats
+        d = f - self.ood_mean
         return logits, ((d @ self.ood_precision) * d).sum(dim=1)
 
 

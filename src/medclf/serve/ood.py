@@ -2,8 +2,10 @@
 
 A model answers every input with some class; a chest X-ray sent to a skin-lesion model, a photo of a cat or a
 blank frame must instead be referred to a person. Pooled backbone features of such inputs lie far from the
-training images' features. We fit a Gaussian (mean + Ledoit-Wolf shrunk covariance, stable when there are fewer
-images than feature dimensions) to the training split's features, and flag an input whose squared Mahalanobis
+training images' features. Features are L2-normalised first (the direction of a feature vector separates
+inputs better than its length: uniform noise has about the norm of a skin image but points elsewhere), then a
+Gaussian (mean + Ledoit-Wolf shrunk covariance, stable when there are fewer images than feature dimensions) is
+fitted to the training split's features, and flag an input whose squared Mahalanobis
 distance exceeds the 99th percentile of the validation split's distances (the training split when there is no
 validation split), so about 1% of in-distribution images are flagged by design.
 """
@@ -40,10 +42,17 @@ class FeatureOOD:
     """Images the threshold was taken from."""
     calib_split: str = "val"
     """Which split gave the threshold (val, or train when the run has no validation split)."""
+    normalize: bool = True
+    """L2-normalise features before the distance."""
 
     @classmethod
     def fit(
-        cls, train_features: np.ndarray, calib_features: np.ndarray | None = None, quantile: float = 0.99
+        cls,
+        train_features: np.ndarray,
+        calib_features: np.ndarray | None = None,
+        quantile: float = 0.99,
+        *,
+        normalize: bool = True,
     ) -> FeatureOOD:
         from sklearn.covariance import LedoitWolf
 
@@ -52,6 +61,8 @@ class FeatureOOD:
             raise DataError(
                 f"the OOD detector needs at least 2 training images' features, got shape {x.shape}"
             )
+        if normalize:
+            x = _l2(x)
         lw = LedoitWolf(assume_centered=False).fit(x)
         ood = cls(
             mean=lw.location_.astype(np.float32),
@@ -59,10 +70,12 @@ class FeatureOOD:
             threshold=float("inf"),
             quantile=quantile,
             n_fit=int(x.shape[0]),
+            normalize=normalize,
         )
-        calib, split = (
-            (x, "train") if calib_features is None or len(calib_features) == 0 else (calib_features, "val")
-        )
+        if calib_features is None or len(calib_features) == 0:
+            calib, split = np.asarray(train_features), "train"
+        else:
+            calib, split = np.asarray(calib_features), "val"
         scores = ood.score(calib)
         ood.threshold = float(np.quantile(scores, quantile))
         ood.n_calib, ood.calib_split = len(calib), split
@@ -70,7 +83,8 @@ class FeatureOOD:
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """[B, D] features -> [B] squared Mahalanobis distances."""
-        d = np.asarray(features, dtype=np.float64) - self.mean.astype(np.float64)
+        f = np.asarray(features, dtype=np.float64)
+        d = (_l2(f) if self.normalize else f) - self.mean.astype(np.float64)
         return np.einsum("bi,ij,bj->b", d, self.precision.astype(np.float64), d)
 
     def is_ood(self, scores: np.ndarray) -> np.ndarray:
@@ -85,6 +99,7 @@ class FeatureOOD:
             "n_calib": self.n_calib,
             "calib_split": self.calib_split,
             "num_features": int(self.mean.shape[0]),
+            "normalize": self.normalize,
         }
 
     def save(self, path: str | os.PathLike[str], **extra: str) -> None:
@@ -133,4 +148,9 @@ class FeatureOOD:
             n_fit=int(meta.get("n_fit", 0)),
             n_calib=int(meta.get("n_calib", 0)),
             calib_split=str(meta.get("calib_split", "val")),
+            normalize=bool(meta.get("normalize", False)),
         )
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

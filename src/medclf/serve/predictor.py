@@ -211,7 +211,29 @@ class Predictor:
 
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        run = load_run(run_dir)
+        return cls.from_loaded_run(
+            load_run(run_dir),
+            backend,
+            ood=ood,
+            max_ood_images=max_ood_images,
+            num_threads=num_threads,
+            max_pixels=max_pixels,
+        )
+
+    @classmethod
+    def from_loaded_run(
+        cls,
+        run: Any,
+        backend: str = "onnx",
+        *,
+        ood: bool = True,
+        max_ood_images: int = 400,
+        num_threads: int | None = None,
+        max_pixels: int | None = None,
+    ) -> Predictor:
+        """``from_run`` for a ``medclf.models.LoadedRun`` already in memory (e.g. right after training)."""
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         serving = serving_info_from_run(run)
         detector = load_or_fit_ood(run, max_images=max_ood_images) if ood else None
         if backend == "torch":
@@ -228,7 +250,7 @@ class Predictor:
             impl,
             ood=detector,
             torch_model=run.model,
-            run_dir=Path(run_dir),
+            run_dir=Path(run.run_dir),
             info=run.info,
             max_pixels=max_pixels,
         )

@@ -17,9 +17,15 @@ def _common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
     if config_required:
         p.add_argument("config", metavar="CONFIG", help="YAML recipe (configs/*.yaml)")
     else:
-        p.add_argument("config", metavar="CONFIG", nargs="?", help="YAML recipe (configs/*.yaml); defaults if omitted")
-    p.add_argument("--data", metavar="DATA", help="data folder or dataset spec; overrides data.root of the recipe")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
+        p.add_argument(
+            "config", metavar="CONFIG", nargs="?", help="YAML recipe (configs/*.yaml); defaults if omitted"
+        )
+    p.add_argument(
+        "--data", metavar="DATA", help="data folder or dataset spec; overrides data.root of the recipe"
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -32,7 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _common(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to create (or to resume)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN_DIR from its last checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in RUN_DIR from its last checkpoint",
+    )
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser(
@@ -69,7 +79,9 @@ def _load(args: argparse.Namespace, default: Any = None) -> Any:
     else:
         cfg = load_config(args.config, args.overrides)
     if args.data:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(Path(args.data).resolve())))
+        cfg = dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, root=str(Path(args.data).resolve()))
+        )
     return cfg
 
 
@@ -91,9 +103,13 @@ def _train(args: argparse.Namespace) -> int:
         f"  strategy {info.get('strategy')}, {info.get('epochs_run')} epochs, {info.get('train_seconds')} s; "
         f"best {info.get('monitor')} = {_fmt(info.get('best_score'))} (epoch {info.get('best_epoch')})"
     )
-    print(f"  validation: acc {_fmt(vm.get('acc'))}, balanced acc {_fmt(vm.get('bacc'))}, auc {_fmt(vm.get('auc'))}")
+    print(
+        f"  validation: acc {_fmt(vm.get('acc'))}, balanced acc {_fmt(vm.get('bacc'))}, auc {_fmt(vm.get('auc'))}"
+    )
     if info.get("threshold") is not None:
-        print(f"  threshold for {info['positive_class']}: {info['threshold']:.4f} ({info.get('threshold_rule')})")
+        print(
+            f"  threshold for {info['positive_class']}: {info['threshold']:.4f} ({info.get('threshold_rule')})"
+        )
     if info.get("skipped_images"):
         print(f"  skipped {len(info['skipped_images'])} unreadable image(s): listed in run.json")
     print(f"  next: medclf evaluate {run} --out {Path(run) / 'eval'}")

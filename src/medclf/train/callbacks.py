@@ -14,7 +14,17 @@ from medclf._atomic import atomic_path, atomic_write_text
 
 __all__ = ["BestWeights", "History", "PhaseEarlyStopping"]
 
-HISTORY_COLUMNS = ("epoch", "phase", "train_loss", "val_loss", "val_acc", "val_bacc", "val_auc", "lr", "seconds")
+HISTORY_COLUMNS = (
+    "epoch",
+    "phase",
+    "train_loss",
+    "val_loss",
+    "val_acc",
+    "val_bacc",
+    "val_auc",
+    "lr",
+    "seconds",
+)
 
 
 def _metric(trainer: pl.Trainer, key: str) -> float:

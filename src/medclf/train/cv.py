@@ -27,7 +27,9 @@ def default_cv_config() -> RunConfig:
     """The recipe `medclf cv` uses without a CONFIG: offline-pretrained EfficientNet-Lite0, cached features with
     augmented views (fast on a CPU), any class-per-folder data."""
     cfg = RunConfig(name="default-cv")
-    cfg.train = dataclasses.replace(cfg.train, strategy="cached", views=4, augment="standard", monitor="val_loss")
+    cfg.train = dataclasses.replace(
+        cfg.train, strategy="cached", views=4, augment="standard", monitor="val_loss"
+    )
     return cfg
 
 

@@ -48,7 +48,9 @@ def load_data(cfg: RunConfig, data: str | Path | None = None) -> Any:
     if isinstance(spec, dict):
         spec = DatasetSpec.from_dict(spec)
     if root is None and spec is None:
-        raise ConfigError("no data: set data.root (a folder) or data.spec (a dataset spec), or pass --data DATA")
+        raise ConfigError(
+            "no data: set data.root (a folder) or data.spec (a dataset spec), or pass --data DATA"
+        )
     resolved = resolve_spec(root, spec) if root is not None else resolve_spec(spec)
     return load_dataset(resolved, skip_bad=cfg.data.skip_bad)
 
@@ -70,7 +72,9 @@ def resolve_split(cfg: RunConfig, dataset: Any, fold: int | None = None) -> pd.D
         recs = select_fold(recs, 0 if fold is None else fold, val=d.val, seed=d.seed)
     has_val = "split" in recs.columns and (recs["split"] == "val").any()
     if not has_val and d.val <= 0:
-        raise ConfigError("data.val is 0 and the data has no val split; validation picks the epoch and threshold")
+        raise ConfigError(
+            "data.val is 0 and the data has no val split; validation picks the epoch and threshold"
+        )
     has_test = "split" in recs.columns and (recs["split"] == "test").any()
     if not (has_val and has_test and "split" in recs.columns):
         recs = make_split(recs, val=d.val, test=d.test, seed=d.seed, group_by=d.group_by)
@@ -90,7 +94,11 @@ def _check_cfg(cfg: RunConfig) -> None:
     monitor_mode(t.monitor)
     if t.augment not in AUGMENT_POLICIES:
         raise ConfigError(f"train.augment={t.augment!r}: choose one of {', '.join(AUGMENT_POLICIES)}")
-    for key, allowed in (("optimizer", ("adamw", "sgd")), ("scheduler", ("plateau", "cosine", "none")), ("loss", ("ce", "focal"))):
+    for key, allowed in (
+        ("optimizer", ("adamw", "sgd")),
+        ("scheduler", ("plateau", "cosine", "none")),
+        ("loss", ("ce", "focal")),
+    ):
         if getattr(t, key) not in allowed:
             raise ConfigError(f"train.{key}={getattr(t, key)!r}: choose one of {', '.join(allowed)}")
     if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
@@ -130,7 +138,9 @@ def train(
         _write_description(run_dir, cfg, dataset, split)
     if cfg.train.strategy == "cached":
         return _train_cached(cfg, dataset, split, run_dir, resume=resume, progress=progress, t0=t0)
-    return _train_lightning(cfg, dataset, split, run_dir, resume=resume, callbacks=callbacks, progress=progress, t0=t0)
+    return _train_lightning(
+        cfg, dataset, split, run_dir, resume=resume, callbacks=callbacks, progress=progress, t0=t0
+    )
 
 
 def _check_fresh(run_dir: Path) -> None:
@@ -153,7 +163,9 @@ def _resume_inputs(run_dir: Path) -> tuple[RunConfig, Any, pd.DataFrame]:
     from medclf.data import load_dataset, read_split_csv
 
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "split.csv").is_file():
-        raise ConfigError(f"{run_dir} is not an interrupted medclf run (no config.yaml/split.csv); train it afresh")
+        raise ConfigError(
+            f"{run_dir} is not an interrupted medclf run (no config.yaml/split.csv); train it afresh"
+        )
     cfg = load_config(run_dir / "config.yaml")
     if cfg.train.strategy != "cached" and not (run_dir / CHECKPOINTS / LAST_CKPT).is_file():
         raise ConfigError(
@@ -167,7 +179,9 @@ def _resume_inputs(run_dir: Path) -> tuple[RunConfig, Any, pd.DataFrame]:
     return cfg, dataset, split
 
 
-def _train_cached(cfg: RunConfig, dataset: Any, split: pd.DataFrame, run_dir: Path, *, t0: float, **kw: Any) -> Path:
+def _train_cached(
+    cfg: RunConfig, dataset: Any, split: pd.DataFrame, run_dir: Path, *, t0: float, **kw: Any
+) -> Path:
     """Hand the recipe to ``medclf.train.cached.train_cached`` (-> trained model + history), then finish the run
     folder exactly as for the Lightning strategies."""
     try:
@@ -208,7 +222,10 @@ def _train_cached(cfg: RunConfig, dataset: Any, split: pd.DataFrame, run_dir: Pa
             "epochs_run": len(rows),
             "resumed": bool(kw.get("resume")),
         },
-        skipped=[*getattr(dataset, "bad_files", []), *((b, "unreadable") if isinstance(b, str) else b for b in bad)],
+        skipped=[
+            *getattr(dataset, "bad_files", []),
+            *((b, "unreadable") if isinstance(b, str) else b for b in bad),
+        ],
         history_rows=history.rows,
         t0=t0,
     )
@@ -233,7 +250,6 @@ def _train_lightning(
     t0: float,
 ) -> Path:
     import lightning.pytorch as pl
-    import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader
@@ -309,14 +325,22 @@ def _train_lightning(
     cbs: list[Any] = [history, best]
     head_epochs = t.head_epochs if t.strategy == "finetune" else 0
     if t.patience > 0:
-        cbs.append(PhaseEarlyStopping(monitor=t.monitor, mode=mode, patience=t.patience, start_epoch=head_epochs))
-    cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False))
+        cbs.append(
+            PhaseEarlyStopping(monitor=t.monitor, mode=mode, patience=t.patience, start_epoch=head_epochs)
+        )
+    cbs.append(
+        ModelCheckpoint(
+            dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+        )
+    )
     cbs.extend(callbacks)
     loggers: list[Any] = [CSVLogger(run_dir / "logs", name="csv", version="")]
     try:
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(run_dir / "logs", name="tensorboard", version="", default_hp_metric=False))
+        loggers.append(
+            TensorBoardLogger(run_dir / "logs", name="tensorboard", version="", default_hp_metric=False)
+        )
     except ModuleNotFoundError:  # tensorboard is optional at run time; the CSV log is always written
         pass
     steps = max(1, len(train_loader))
@@ -337,7 +361,9 @@ def _train_lightning(
     with warnings.catch_warnings():
         for message in _QUIET:
             warnings.filterwarnings("ignore", message=message)
-        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True if resume else None)
+        trainer.fit(
+            module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True if resume else None
+        )
     if not trainer.is_global_zero:
         return run_dir
     if (ckpt_dir / BEST_WEIGHTS).is_file():
@@ -458,7 +484,9 @@ def finalize_run(
         **(extra or {}),
         "train_seconds": round(time.perf_counter() - t0, 2) if t0 is not None else None,
         "images": {s: int((split["split"] == s).sum()) for s in ("train", "val", "test")},
-        "data_fingerprint": data_fingerprint(zip(split["path"].astype(str), split["label"].astype(str), strict=True)),
+        "data_fingerprint": data_fingerprint(
+            zip(split["path"].astype(str), split["label"].astype(str), strict=True)
+        ),
         "skipped_images": [{"path": str(p), "reason": str(r)} for p, r in skipped],
         "versions": library_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -25,7 +25,9 @@ class FocalLoss(nn.Module):
     With ``gamma=0`` it equals ``F.cross_entropy`` with the same weights and label smoothing.
     """
 
-    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self, gamma: float = 2.0, weight: torch.Tensor | None = None, label_smoothing: float = 0.0
+    ) -> None:
         super().__init__()
         self.gamma = gamma
         self.label_smoothing = label_smoothing
@@ -33,7 +35,9 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        ce = F.cross_entropy(logits, target, weight=self.weight, reduction="none", label_smoothing=self.label_smoothing)
+        ce = F.cross_entropy(
+            logits, target, weight=self.weight, reduction="none", label_smoothing=self.label_smoothing
+        )
         p_t = torch.softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
         focal = (1.0 - p_t).clamp(min=0.0) ** self.gamma * ce
         # normalise like weighted cross-entropy's "mean": by the total weight of the batch

@@ -39,8 +39,8 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray, positive: int = 1)
     classes present; 0.5 when undefined)."""
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-    z = torch.from_numpy(logits).double()
-    yt = torch.from_numpy(y).long()
+    z = torch.from_numpy(np.array(logits, dtype=np.float64))
+    yt = torch.from_numpy(np.array(y, dtype=np.int64))
     loss = float(nn.functional.cross_entropy(z, yt)) if len(y) else float("nan")
     probs = torch.softmax(z, 1).numpy()
     pred = probs.argmax(1)
@@ -199,7 +199,12 @@ class ClassifierModule(pl.LightningModule):
             )
             return {
                 "optimizer": opt,
-                "lr_scheduler": {"scheduler": sched, "monitor": t.monitor, "interval": "epoch", "strict": False},
+                "lr_scheduler": {
+                    "scheduler": sched,
+                    "monitor": t.monitor,
+                    "interval": "epoch",
+                    "strict": False,
+                },
             }
         raise ConfigError(f"train.scheduler={t.scheduler!r}: choose plateau, cosine or none")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -32,10 +33,8 @@ def library_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version(), "medclf": medclf.__version__}
     for dist in ("torch", "torchvision", "timm", "lightning", "numpy", "scikit-learn", "safetensors"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

@@ -46,7 +46,9 @@ def _check_space(cfg: RunConfig) -> dict[str, dict[str, Any]]:
 
 
 def _sample_value(spec: dict[str, Any]) -> str:
-    return _yaml_value(spec["choices"][0]) if spec["type"] == "categorical" else _yaml_value(float(spec["low"]))
+    return (
+        _yaml_value(spec["choices"][0]) if spec["type"] == "categorical" else _yaml_value(float(spec["low"]))
+    )
 
 
 def _yaml_value(v: Any) -> str:
@@ -66,7 +68,9 @@ def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
         elif kind == "uniform":
             params[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]))
         elif kind == "int":
-            params[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)))
+            params[key] = trial.suggest_int(
+                key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1))
+            )
         else:
             params[key] = trial.suggest_categorical(key, spec["choices"])
     return params
@@ -119,7 +123,11 @@ def run_tune(
     dataset = load_data(cfg, data)
     split = resolve_split(cfg, dataset)  # one split for every trial: trials differ only in their parameters
     seed = cfg.train.seed
-    opt_sampler = optuna.samplers.RandomSampler(seed=seed) if sampler == "random" else optuna.samplers.TPESampler(seed=seed)
+    opt_sampler = (
+        optuna.samplers.RandomSampler(seed=seed)
+        if sampler == "random"
+        else optuna.samplers.TPESampler(seed=seed)
+    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=cfg.name,
@@ -152,7 +160,9 @@ def run_tune(
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if finished:
         best = study.best_trial
-        best_cfg = dataclasses.replace(_with_params(cfg, best.params), name=f"{cfg.name}-best", search_space={})
+        best_cfg = dataclasses.replace(
+            _with_params(cfg, best.params), name=f"{cfg.name}-best", search_space={}
+        )
         header = (
             f"# best of {len(finished)} trials by {monitor} = {best.value:.4f} (validation), "
             f"trial {best.number}: {best.user_attrs.get('run_dir', '')}\n"
@@ -190,6 +200,10 @@ def _markdown(table: pd.DataFrame, monitor: str) -> str:
         cells = []
         for c in cols:
             v = r[c]
-            cells.append(f"{v:.4g}" if isinstance(v, float) and not math.isnan(v) else ("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)))
+            cells.append(
+                f"{v:.4g}"
+                if isinstance(v, float) and not math.isnan(v)
+                else ("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
