@@ -3,7 +3,7 @@
 Starts the real server (uvicorn on a socket, in a thread of this process), sends N requests from C threads
 (80% valid JPEGs, 20% bad: empty, truncated, text, decompression bomb, over the size limit), and records status
 codes, latency percentiles and the server's resident memory along the way. Pass: zero 5xx, every bad upload a
-4xx, every good upload a 200, memory flat (growth after warm-up < 50 MB).
+4xx, every good upload a 200, memory flat (growth over the second half of the run < 20 MB).
 
     python benchmarks/load_test.py [--requests 2000] [--concurrency 8] [--model efficientnet_lite0]
 """
@@ -118,6 +118,9 @@ def main() -> int:
     bad_ms = [ms for k, s, ms in results if not k.startswith("good")]
     q = lambda v: " / ".join(f"{x:.0f}" for x in np.percentile(v, [50, 90, 99]))  # noqa: E731
     growth = mem[-1] - mem[0]
+    # allocator arenas (one per worker thread, ONNX Runtime's per-thread buffers) fill during the first
+    # requests; a leak keeps growing after that, so "flat" is judged on the second half of the run
+    late = mem[-1] - mem[len(mem) // 2]
     lines = [
         f"## Load test: {args.requests} requests, {args.concurrency} concurrent, {args.model}, ONNX backend",
         "",
@@ -133,8 +136,9 @@ def main() -> int:
         f"| throughput | {len(results) / wall:.1f} requests/s ({wall:.1f} s) |",
         f"| latency valid uploads p50 / p90 / p99 (ms, under load) | {q(good_ms)} |",
         f"| latency bad uploads p50 / p90 / p99 (ms, under load) | {q(bad_ms)} |",
-        f"| process RSS (server + client) after warm-up → end (MB) | {mem[0]:.0f} → {mem[-1]:.0f} (max {max(mem):.0f}; growth {growth:+.0f}) |",
-        f"| result | {'PASS' if five == 0 and not wrong and growth < 50 else 'FAIL'} |",
+        f"| process RSS (server + client) after warm-up → end (MB) | {mem[0]:.0f} → {mem[-1]:.0f} (growth {growth:+.0f}; second half {late:+.0f}) |",
+        f"| RSS after each eighth of the requests (MB) | {' → '.join(f'{m:.0f}' for m in mem)} |",
+        f"| result | {'PASS' if five == 0 and not wrong and late < 20 else 'FAIL'} |",
     ]
     print("\n".join(lines))
     if wrong:

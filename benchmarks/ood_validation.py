@@ -41,7 +41,6 @@ def main() -> int:
     from sklearn.metrics import roc_auc_score
 
     from medclf.models import create_model, resolve_preprocessing, save_run_model
-    from medclf.serve import Predictor
 
     torch.set_num_threads(2)
     root = datasets_root()
@@ -82,7 +81,9 @@ def main() -> int:
                 "positive_class": "malignant",
             },
         )
-        pred = Predictor.from_run(run_dir, backend="onnx", max_ood_images=args.fit)
+        from serve_latency import bench_predictor
+
+        pred = bench_predictor(run_dir, "onnx", 2)
         ood = pred.ood
         assert ood is not None
 

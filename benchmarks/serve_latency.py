@@ -67,7 +67,7 @@ def make_bench_run(root: Path, model_name: str = "efficientnet_lite0", n_images:
     return run_dir
 
 
-def bench_predictor(run_dir: Path, backend: str, threads: int):
+def bench_predictor(run_dir: Path, backend: str, threads: int, max_ood_images: int = 400):
     """Predictor.from_run, or (while load_run cannot rebuild this model) the same from the model in memory."""
     from medclf.errors import MedclfError
     from medclf.models import LoadedRun, create_model, load_run, resolve_preprocessing
@@ -93,7 +93,7 @@ def bench_predictor(run_dir: Path, backend: str, threads: int):
             run_dir=run_dir,
             positive_class=info.get("positive_class"),
         )
-    return Predictor.from_loaded_run(run, backend, num_threads=threads)
+    return Predictor.from_loaded_run(run, backend, num_threads=threads, max_ood_images=max_ood_images)
 
 
 def jpeg_bytes(size: int = 224, seed: int = 1) -> bytes:

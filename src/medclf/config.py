@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import itertools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -307,7 +308,7 @@ def field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(source.lstrip() if source.startswith(" ") else source)
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for prev, node in zip(body, body[1:], strict=False):
+    for prev, node in itertools.pairwise(body):
         if (
             isinstance(prev, ast.AnnAssign)
             and isinstance(prev.target, ast.Name)

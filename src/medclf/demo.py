@@ -42,7 +42,14 @@ def run_demo(
 ) -> DemoResult:
     """Run every step on synthetic data under ``out_dir`` and return where the results are."""
     from medclf.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
-    from medclf.data import audit_dataset, load_dataset, make_split, summarize_split, synth_dataset, write_split_csv
+    from medclf.data import (
+        audit_dataset,
+        load_dataset,
+        make_split,
+        summarize_split,
+        synth_dataset,
+        write_split_csv,
+    )
     from medclf.data.audit import write_audit
     from medclf.evaluate.pipeline import evaluate_run
     from medclf.train import train
@@ -83,7 +90,10 @@ def run_demo(
         name="demo",
         data=DataConfig(root=str(data_dir), split_csv=str(split_csv), seed=seed),
         model=ModelConfig(name=model, pretrained=True, input_size=input_size, metadata=["age", "sex", "site"]),
-        train=TrainConfig(strategy="cached", epochs=40, patience=8, seed=seed, augment="lesion_safe", views=2),
+        # head only (finetune_blocks=0) and two cached views: seconds of training on a laptop CPU
+        train=TrainConfig(
+            strategy="cached", epochs=40, patience=8, seed=seed, augment="lesion_safe", views=2, finetune_blocks=0
+        ),
         eval=EvalConfig(threshold="sensitivity:0.90", positive_class="malignant"),
     )
     run_dir = Path(train(cfg, out / "run"))
@@ -120,7 +130,7 @@ def _fmt(metrics: dict[str, Any], key: str) -> str:
 def _summary(res: DemoResult, audit: Any, log: Callable[[str], None]) -> None:
     m = res.metrics
     log("")
-    log("medclf demo finished in {:.0f} s".format(sum(res.seconds.values())))
+    log(f"medclf demo finished in {sum(res.seconds.values()):.0f} s")
     log(f"  test images         {m.get('n')}")
     for key in ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"):
         if key in m:

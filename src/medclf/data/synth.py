@@ -67,6 +67,7 @@ class _Lesion:
     blobs: np.ndarray  # colour patch centres in lesion coordinates
     softness: float
     n_images: int
+    atypia: float
 
 
 def _make_lesion(rng: np.random.Generator, idx: int, label: str) -> _Lesion:
@@ -79,17 +80,19 @@ def _make_lesion(rng: np.random.Generator, idx: int, label: str) -> _Lesion:
     if rng.random() < 0.03:
         age = float("nan")
     skin = np.array([225, 180, 150]) * rng.uniform(0.75, 1.05) + rng.normal(0, 6, 3)
+    # "atypia" drives every ABCD feature; its distributions overlap between the classes (atypical naevi,
+    # early melanomas) so the task is learnable but not trivial: a perfect score would hide a broken pipeline
+    atypia = float(rng.beta(5, 2) if malignant else rng.beta(2, 5))
     ks = np.arange(2, 9)
-    if malignant:
-        amps = rng.uniform(0.03, 0.12, len(ks)) * (1.0 / np.sqrt(ks - 1))
-        n_col = int(rng.integers(2, 5))
-        colours = _LESION_COLOURS[rng.choice(len(_LESION_COLOURS), n_col, replace=False)]
-        radius, elong, softness = rng.uniform(0.22, 0.32), rng.uniform(1.15, 1.5), rng.uniform(0.02, 0.05)
+    amps = rng.uniform(0.0, 0.02 + 0.1 * atypia, len(ks)) * (1.0 / np.sqrt(ks - 1))
+    n_col = int(np.clip(round(1 + 3 * atypia + rng.normal(0, 0.6)), 1, 4))
+    if n_col == 1:
+        colours = _LESION_COLOURS[[rng.choice([0, 4])]] * rng.uniform(0.9, 1.1)
     else:
-        amps = rng.uniform(0.0, 0.012, len(ks))
-        shade = rng.choice([0, 4])  # dark or light brown
-        colours = _LESION_COLOURS[[shade]] * rng.uniform(0.9, 1.1)
-        radius, elong, softness = rng.uniform(0.16, 0.26), rng.uniform(1.0, 1.1), rng.uniform(0.01, 0.025)
+        colours = _LESION_COLOURS[rng.choice(len(_LESION_COLOURS), n_col, replace=False)]
+    radius = rng.uniform(0.16, 0.24) + 0.08 * atypia
+    elong = rng.uniform(1.0, 1.1) + 0.35 * atypia * rng.uniform(0.5, 1.0)
+    softness = rng.uniform(0.01, 0.025) + 0.025 * atypia
     harmonics = np.stack([ks, amps, rng.uniform(0, 2 * np.pi, len(ks))], axis=1)
     blobs = rng.uniform(-0.7, 0.7, (len(colours), 2))
     n_images = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2]))
@@ -107,6 +110,7 @@ def _make_lesion(rng: np.random.Generator, idx: int, label: str) -> _Lesion:
         blobs,
         softness,
         n_images,
+        atypia,
     )
 
 
@@ -122,8 +126,8 @@ def _render(lesion: _Lesion, rng: np.random.Generator, size: int) -> np.ndarray:
     theta = np.arctan2(yr, xr)
     k, a, ph = lesion.harmonics[:, 0:1, None], lesion.harmonics[:, 1:2, None], lesion.harmonics[:, 2:3, None]
     border = lesion.radius * (1 + (a * np.sin(k * theta[None] + ph)).sum(axis=0))
-    if lesion.label == "malignant":  # asymmetry: one side bulges
-        border = border * (1 + 0.18 * np.clip(np.cos(theta - lesion.harmonics[0, 2]), 0, None))
+    # asymmetry: one side bulges, more so the more atypical the lesion
+    border = border * (1 + 0.2 * lesion.atypia * np.clip(np.cos(theta - lesion.harmonics[0, 2]), 0, None))
     inside = 1.0 / (1.0 + np.exp((dist - border) / (lesion.softness * lesion.radius + 1e-6)))
     # colour field: soft Voronoi patches of the lesion's colours
     u, v = xr / lesion.radius, yr / lesion.radius

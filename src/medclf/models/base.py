@@ -103,6 +103,14 @@ class MedclfModel(nn.Module):
     cam_layer: nn.Module | None
     head: nn.Module
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # `cam_layer` points at a module that already lives in the trunk; registering it a second time would
+        # put aliased keys in the state dict (safetensors then drops one name) and a duplicate in named_children
+        if name == "cam_layer":
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
     def init_head(self, num_classes: int, *, drop_rate: float = 0.0, num_meta: int = 0) -> None:
         self.num_classes = num_classes
         self.num_meta = num_meta
