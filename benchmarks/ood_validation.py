@@ -103,7 +103,7 @@ def main() -> int:
         "## Out-of-distribution flag (validation)",
         "",
         f"EfficientNet-Lite0 (offline ImageNet weights) as a skin_bm model; Mahalanobis detector fitted on "
-        f"{ood.n_fit} skin_bm training images (Ledoit-Wolf covariance of the 1280 pooled features), threshold "
+        f"{ood.n_fit} skin_bm training images (Ledoit-Wolf covariance of the 1280 L2-normalised pooled features), threshold "
         f"= 99th percentile of {ood.n_calib} validation skin images = {ood.threshold:.0f}.",
         "",
         "| input | n | flagged out of distribution | median score |",
