@@ -142,3 +142,28 @@ def test_explain_cli_writes_png(tiny_run, fusion_run, tmp_path) -> None:  # noqa
     assert rc == 0 and out2.is_file()
     assert main(["explain", str(tiny_run), str(image), "--out", str(out), "--target", "cat"]) == 2
     assert main(["explain", str(tiny_run), str(tmp_path / "nope.png"), "--out", str(out)]) == 2
+
+
+def test_cam_from_last_layer_only_equals_full_backward_and_restores_flags(monkeypatch):
+    import contextlib
+
+    import torch
+
+    import medclf.explain.cam as cam_mod
+    from medclf.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet_small", num_classes=3).eval()
+    model.head.requires_grad_(False)  # a frozen part must stay frozen afterwards
+    flags = [p.requires_grad for p in model.parameters()]
+    x = torch.randn(3, *(model.default_cfg["input_size"],) * 2)
+    fast = cam_mod.compute_cam(model, x, target=1)
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+    # the same map with the whole graph built and the input's gradient taken (pytorch-grad-cam's default)
+    monkeypatch.setattr(cam_mod, "_grads_from", lambda m, layer: contextlib.nullcontext())
+    monkeypatch.setattr(cam_mod.MetaBound, "forward", lambda self, x: self.model(x))
+    model.requires_grad_(True)
+    full = cam_mod.compute_cam(model, x, target=1)
+    assert np.abs(fast - full).max() < 1e-5
+    assert fast.max() > 0

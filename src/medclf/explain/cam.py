@@ -7,8 +7,9 @@ small wrapper first (and broadcast over the batches Score-CAM builds).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ class MetaBound(nn.Module):
         self.meta = meta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # pytorch-grad-cam asks for the input's gradient, which would make every CAM a full backward pass;
+        # the map needs gradients at `cam_layer` only, so the graph starts there (see `_grads_from`)
+        x = x.detach()
         if self.meta is None:
             return self.model(x)
         meta = self.meta.to(x.device)
@@ -58,6 +62,25 @@ def _cam_class(method: str) -> Callable[..., object]:
     if method not in classes:
         raise ConfigError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
     return classes[method]
+
+
+@contextlib.contextmanager
+def _grads_from(model: nn.Module, layer: nn.Module) -> Iterator[None]:
+    """Only ``layer``'s parameters require gradients while the map is computed (restored afterwards).
+
+    The layers before it then build no autograd graph, so the backward pass covers the last block and the
+    head instead of the whole network: several times faster on a CPU, the same map.
+    """
+    params = list(model.parameters())
+    saved = [p.requires_grad for p in params]
+    own = {id(p) for p in layer.parameters()}
+    try:
+        for p in params:
+            p.requires_grad_(id(p) in own)
+        yield
+    finally:
+        for p, flag in zip(params, saved, strict=True):
+            p.requires_grad_(flag)
 
 
 def compute_cam(
@@ -90,6 +113,7 @@ def compute_cam(
     # frozen backbones (cached / fine-tune strategies) still need activation gradients: enable them locally
     with (
         torch.enable_grad(),
+        _grads_from(model, layer),
         cam_cls(model=bound, target_layers=[layer], reshape_transform=_tokens_to_map) as cam,
     ):
         if method == "scorecam":
