@@ -1,18 +1,23 @@
 """Bounded load test of `medclf serve` on 127.0.0.1: mixed good and bad uploads, concurrency, memory.
 
-Starts the real server (uvicorn on a socket, in a thread of this process), sends N requests from C threads
-(80% valid JPEGs, 20% bad: empty, truncated, text, decompression bomb, over the size limit), and records status
-codes, latency percentiles and the server's resident memory along the way. Pass: zero 5xx, every bad upload a
-4xx, every good upload a 200, memory flat (growth over the second half of the run < 20 MB).
+Starts the real server — by default the `medclf serve RUN --port P` command in its own process (``--server
+inprocess``: uvicorn in a thread of this process instead) — sends N requests from C threads (80% valid JPEGs, 20%
+bad: empty, truncated, text, decompression bomb, over the size limit), and records status codes, latency
+percentiles and the server's resident memory along the way. Pass: zero 5xx, every bad upload a 4xx, every good
+upload a 200, memory flat (growth over the second half of the run < 20 MB).
 
     python benchmarks/load_test.py [--requests 2000] [--concurrency 8] [--model efficientnet_lite0]
+        [--server subprocess|inprocess] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,11 +62,19 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--model", default="efficientnet_lite0")
-    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument(
+        "--server",
+        choices=("subprocess", "inprocess"),
+        default="subprocess",
+        help="subprocess: the real `medclf serve` command (default); inprocess: uvicorn in a thread here",
+    )
+    ap.add_argument(
+        "--no-write", action="store_true", help="print only; leave docs/benchmarks-serving.md alone"
+    )
     args = ap.parse_args()
 
     import httpx
-    from serve_latency import bench_predictor, make_bench_run
+    from serve_latency import make_bench_run
 
     limit_mb = 2.0
     bodies = payloads(int(limit_mb * 1024 * 1024))
@@ -75,15 +88,13 @@ def main() -> int:
         )
         for _ in range(args.requests)
     ]
-    from medclf.serve.api import ServerConfig
-    from medclf.serve.server import BackgroundServer
-
     with tempfile.TemporaryDirectory(prefix="medclf-load-") as tmp:
         run_dir = make_bench_run(Path(tmp), args.model)
-        predictor = bench_predictor(run_dir, "onnx", 2)
-        cfg = ServerConfig(max_upload_bytes=int(limit_mb * 1024 * 1024))
-        # the server runs in this process (uvicorn in a thread): RSS covers server and client together
-        with BackgroundServer(predictor, cfg) as url:
+        if args.server == "subprocess":
+            server = serve_subprocess(run_dir, limit_mb, Path(tmp))
+        else:
+            server = serve_inprocess(run_dir, limit_mb)
+        with server as (url, server_pid):
             client = httpx.Client(
                 base_url=url, timeout=60, limits=httpx.Limits(max_connections=args.concurrency)
             )
@@ -100,14 +111,14 @@ def main() -> int:
 
             for k in ("good",) * 20:  # warm-up
                 send(k)
-            mem = [rss_mb(os.getpid())]
+            mem = [rss_mb(server_pid)]
             results: list[tuple[str, int, float]] = []
             t0 = time.perf_counter()
             chunk = max(1, args.requests // 8)
             with ThreadPoolExecutor(args.concurrency) as pool:
                 for i in range(0, len(plan), chunk):
                     results += list(pool.map(send, plan[i : i + chunk]))
-                    mem.append(rss_mb(os.getpid()))
+                    mem.append(rss_mb(server_pid))
             wall = time.perf_counter() - t0
             client.close()
 
@@ -121,12 +132,18 @@ def main() -> int:
     # allocator arenas (one per worker thread, ONNX Runtime's per-thread buffers) fill during the first
     # requests; a leak keeps growing after that, so "flat" is judged on the second half of the run
     late = mem[-1] - mem[len(mem) // 2]
+    where = (
+        "`medclf serve` in its own process"
+        if args.server == "subprocess"
+        else "the server in a thread of the client's process"
+    )
+    rss_what = "server process RSS" if args.server == "subprocess" else "process RSS (server + client)"
     lines = [
         f"## Load test: {args.requests} requests, {args.concurrency} concurrent, {args.model}, ONNX backend",
         "",
         f"{len(good_ms)} valid JPEG uploads and {len(bad_ms)} bad ones "
-        f"({', '.join(bad_kinds)}), upload limit {limit_mb:g} MiB, pixel limit 50 Mpx; client and server on "
-        f"127.0.0.1 sharing the 2 cores.",
+        f"({', '.join(bad_kinds)}), upload limit {limit_mb:g} MiB, pixel limit 50 Mpx; {where}, client and "
+        f"server on 127.0.0.1 sharing the {os.cpu_count()} cores.",
         "",
         "| measure | value |",
         "|---|---|",
@@ -136,7 +153,7 @@ def main() -> int:
         f"| throughput | {len(results) / wall:.1f} requests/s ({wall:.1f} s) |",
         f"| latency valid uploads p50 / p90 / p99 (ms, under load) | {q(good_ms)} |",
         f"| latency bad uploads p50 / p90 / p99 (ms, under load) | {q(bad_ms)} |",
-        f"| process RSS (server + client) after warm-up → end (MB) | {mem[0]:.0f} → {mem[-1]:.0f} (growth {growth:+.0f}; second half {late:+.0f}) |",
+        f"| {rss_what} after warm-up → end (MB) | {mem[0]:.0f} → {mem[-1]:.0f} (growth {growth:+.0f}; second half {late:+.0f}) |",
         f"| RSS after each eighth of the requests (MB) | {' → '.join(f'{m:.0f}' for m in mem)} |",
         f"| result | {'PASS' if five == 0 and not wrong and late < 20 else 'FAIL'} |",
     ]
@@ -148,6 +165,61 @@ def main() -> int:
 
         write_section("load", "\n".join(lines))
     return 0 if five == 0 and not wrong else 1
+
+
+@contextlib.contextmanager
+def serve_inprocess(run_dir: Path, limit_mb: float):
+    """uvicorn in a thread of this process: the RSS then covers server and client together."""
+    from serve_latency import bench_predictor
+
+    from medclf.serve.api import ServerConfig
+    from medclf.serve.server import BackgroundServer
+
+    predictor = bench_predictor(run_dir, "onnx", 2)
+    cfg = ServerConfig(max_upload_bytes=int(limit_mb * 1024 * 1024))
+    with BackgroundServer(predictor, cfg) as url:
+        yield url, os.getpid()
+
+
+@contextlib.contextmanager
+def serve_subprocess(run_dir: Path, limit_mb: float, tmp: Path, start_timeout: float = 300):
+    """`python -m medclf serve RUN` on a free 127.0.0.1 port; yields (url, server pid) once /health answers."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    # the ONNX export and the OOD detector land in a throw-away cache, not ~/.cache
+    env = {**os.environ, "MEDCLF_CACHE_DIR": str(tmp / "cache"), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "medclf", "serve", str(run_dir), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--backend", "onnx", "--max-upload-mb", str(limit_mb)]
+    log = open(tmp / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"medclf serve exited with {proc.returncode}:\n{(tmp / 'server.log').read_text()}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"medclf serve did not answer /health within {start_timeout:.0f} s")
+            time.sleep(0.5)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        text = (tmp / "server.log").read_text(errors="replace")
+        if "Traceback" in text:
+            print("server log has a traceback:\n" + text[-3000:], file=sys.stderr)
 
 
 if __name__ == "__main__":

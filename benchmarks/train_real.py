@@ -108,6 +108,7 @@ CUT = (
     2  # cache the input of the last 2 blocks: pooled features, and fine-tuning of 1 or 2 blocks, come from it
 )
 MODEL = "efficientnet_lite0"
+MONITOR = "val_auc"  # --monitor
 
 
 def make_cfg(name: str, **train: object):
@@ -115,6 +116,7 @@ def make_cfg(name: str, **train: object):
     from medclf.config import load_config
 
     sets = [f"model.name={MODEL}", "train.epochs=30", "train.patience=6", "train.label_smoothing=0.1"]
+    sets += [f"train.monitor={MONITOR}"]
     sets += [f"train.{k}={v}" for k, v in train.items()]
     return load_config(None, sets)
 
@@ -228,7 +230,9 @@ def logistic_probe(feats, y, classes) -> tuple[dict, dict]:
     return test_metrics(pt, y["test"], classes), best[0]
 
 
-def run_dataset(name: str, extract_only: bool = False, quick: bool = False) -> list[dict]:
+def run_dataset(
+    name: str, extract_only: bool = False, quick: bool = False, skip_blocks: bool = False
+) -> list[dict]:
     from medclf.train.features import split_backbone
 
     df, classes, meta_cols = load_records(name)
@@ -269,7 +273,8 @@ def run_dataset(name: str, extract_only: bool = False, quick: bool = False) -> l
         print(f"   {lever:<48} test {test}  val {val}  head {secs:.0f}s {epochs} ep", flush=True)
 
     t0 = time.perf_counter()
-    report("linear probe (logreg, clean)", *logistic_probe(pooled, y, classes), time.perf_counter() - t0)
+    if MONITOR == "val_auc":  # the probe does not depend on the monitor: run it once
+        report("linear probe (logreg, clean)", *logistic_probe(pooled, y, classes), time.perf_counter() - t0)
     if quick:
         r = train_head(name, pooled, y, classes, tta=tta)
         report(f"head, 1 view + TTA {'/'.join(tta[1:])}", *r[:4])
@@ -283,6 +288,8 @@ def run_dataset(name: str, extract_only: bool = False, quick: bool = False) -> l
     if meta is not None:
         r = train_head(name, pooled, y, classes, meta=meta, tta=tta)
         report(f"fusion head (+{','.join(meta_cols)}), 1 view + TTA", *r[:4])
+    if skip_blocks:
+        return results
     t0 = time.perf_counter()
     cut1 = run_frozen(parts.top.blocks[0], maps)  # maps at the input of the last block
     print(f"   maps moved to the last block: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -331,16 +338,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("datasets", nargs="+", choices=["skin_bm", "ham10000", "cxr3"])
     ap.add_argument("--extract-only", action="store_true")
     ap.add_argument(
+        "--monitor", default="val_auc", help="early-stopping metric of the heads (val_auc, val_bacc, ...)"
+    )
+    ap.add_argument("--skip-blocks", action="store_true", help="no fine-tuning of blocks (the slow lever)")
+    ap.add_argument(
         "--quick", action="store_true", help="only the decisive levers (probe, head+TTA, fusion, 1 block)"
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="append JSON lines of results here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    global MONITOR
+    MONITOR = args.monitor
     print(header(), flush=True)
     for name in args.datasets:
         t0 = time.perf_counter()
-        results = run_dataset(name, extract_only=args.extract_only, quick=args.quick)
+        results = run_dataset(
+            name, extract_only=args.extract_only, quick=args.quick, skip_blocks=args.skip_blocks
+        )
         wall = time.perf_counter() - t0
         print(f"## {name}: wall {wall:.0f} s, peak RSS {peak_rss_gb():.2f} GB", flush=True)
         if args.out:

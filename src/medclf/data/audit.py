@@ -31,6 +31,7 @@ NEAR_DUPLICATE_THRESHOLD = 20
 sets here distinct chest X-rays are >= 38 apart and resized/re-encoded copies <= 20."""
 
 _HASH_SIZE = 16  # 16x16 = 256-bit pHash: 64 bits put distinct chest X-rays only ~4 bits apart
+_SHOW_BAD = 20  # bad files named in the printed summary; audit.json lists them all
 
 
 @dataclass
@@ -47,14 +48,15 @@ class _ImageFacts:
 def _examine(path: str) -> _ImageFacts:
     import imagehash
 
-    from medclf.data.images import describe_image_bytes, load_image_bytes
+    from medclf.data.images import _read_error, describe_image_bytes, load_image_bytes
     from medclf.errors import BadImageError
 
     facts = _ImageFacts(path)
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        facts.error = f"cannot be read ({exc.strerror or exc})"
+        # the same reason + fix as load_image gives (e.g. "symbolic link loop; replace the link ...")
+        facts.error = _read_error(Path(path), exc).reason
         return facts
     facts.sha = hashlib.blake2b(data, digest_size=16).hexdigest()
     info = describe_image_bytes(data)
@@ -360,8 +362,10 @@ def format_audit(r: dict[str, Any]) -> str:
         lines.append("  duplicate: " + " = ".join(group))
     if len(r["exact_duplicates"]) > 5:
         lines.append(f"  ... {len(r['exact_duplicates']) - 5} more in audit.json")
-    for b in r["bad_files"][:5]:
+    for b in r["bad_files"][:_SHOW_BAD]:
         lines.append(f"  bad: {b['path']}: {b['reason']}")
+    if len(r["bad_files"]) > _SHOW_BAD:
+        lines.append(f"  ... {len(r['bad_files']) - _SHOW_BAD} more bad files in audit.json")
     if r["metadata"]:
         lines.append(
             "metadata missing: " + ", ".join(f"{c} {m['missing']}" for c, m in r["metadata"].items())

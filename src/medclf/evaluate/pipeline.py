@@ -505,7 +505,7 @@ def evaluate_run(
     if split not in ("test", "val", "all"):
         raise MedclfError(f"--split {split!r}: choose test, val or all")
     loaded = load_run(run_dir)
-    records, evaluated_on = _records(run_dir, data, split, skip_bad)
+    records, evaluated_on, unreadable = _records(run_dir, data, split, skip_bad)
     if records.empty:
         raise DataError(f"no images to evaluate ({evaluated_on}); check --split and --data")
     start = time.perf_counter()
@@ -520,7 +520,8 @@ def evaluate_run(
         "device": str(param.device) if param is not None else "cpu",
         "includes": "image decoding and preprocessing",
     }
-    skipped = pred_df.attrs.get("skipped") or []
+    # files the dataset loader already refused (header checks) and those that failed to decode while predicting
+    skipped = [*unreadable, *(pred_df.attrs.get("skipped") or [])]
     audit = _read_json(Path(audit_path)) if audit_path else None
     if audit_path and audit is None:
         raise DataError(f"--audit {audit_path}: file not found; write one with `medclf data audit`")
@@ -547,7 +548,9 @@ def evaluate_run(
     return metrics
 
 
-def _records(run_dir: Path, data: str | Path | None, split: str, skip_bad: bool) -> tuple[pd.DataFrame, str]:
+def _records(
+    run_dir: Path, data: str | Path | None, split: str, skip_bad: bool
+) -> tuple[pd.DataFrame, str, list[tuple[str, str]]]:
     if data is None:
         from medclf.data import read_split_csv
 
@@ -565,7 +568,7 @@ def _records(run_dir: Path, data: str | Path | None, split: str, skip_bad: bool)
             records = records[records["split"] == split]
         if "augmented" in records.columns:
             records = records[~records["augmented"].fillna(False).astype(bool)]
-        return records.reset_index(drop=True), f"split={split} of the run's split.csv"
+        return records.reset_index(drop=True), f"split={split} of the run's split.csv", []
     from medclf.data import DatasetSpec, load_dataset
 
     spec_path = run_dir / "dataset.yaml"
@@ -585,4 +588,4 @@ def _records(run_dir: Path, data: str | Path | None, split: str, skip_bad: bool)
         where = f"all images of {data_path.name}"
     if "augmented" in records.columns:
         records = records[~records["augmented"].fillna(False).astype(bool)]
-    return records.reset_index(drop=True), where
+    return records.reset_index(drop=True), where, list(ds.bad_files)
