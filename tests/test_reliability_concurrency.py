@@ -34,7 +34,8 @@ def _requests() -> list[tuple[str, Any, Any]]:
     reqs.append(("bad", good[2][: len(good[2]) // 2], None))  # truncated
     reqs.append(("bad", b"", None))
     reqs.append(("bad", b"plain text, not an image" * 4, None))
-    reqs.append(("explain", good[3], {"age": 60, "sex": "male"}))
+    # explanations interleaved with predictions: Grad-CAM hooks must not see other threads' forward passes
+    reqs += [("explain", good[k], {"age": 30 + 10 * k, "sex": "male"}) for k in (0, 3, 4, 5)]
     return reqs
 
 

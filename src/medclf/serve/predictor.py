@@ -189,6 +189,7 @@ class Predictor:
             self._encoder = MetadataEncoder.from_dict(serving.metadata_encoder)
         # Grad-CAM hooks the shared torch model, so explanations run one at a time
         self._cam_lock = threading.Lock()
+        self._cam_model: torch.nn.Module | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -431,7 +432,7 @@ class Predictor:
         assert self.torch_model is not None
         with self._cam_lock:
             cam = compute_cam(
-                self.torch_model,
+                self._model_for_cam(),
                 torch.from_numpy(x),
                 meta=None if meta is None else torch.from_numpy(meta),
                 method=method,
@@ -439,6 +440,22 @@ class Predictor:
             )
         overlay = overlay_cam(pil, cam, alpha, resize=self.serving.preprocessing.resize)
         return Explanation(cam=cam, overlay=overlay, target=target_name, method=method, prediction=pred)
+
+    def _model_for_cam(self) -> torch.nn.Module:
+        """The model Grad-CAM may hook (call under ``_cam_lock``).
+
+        Grad-CAM registers hooks on ``cam_layer`` and toggles ``requires_grad``; when the torch backend predicts
+        with the same module in other threads, their forward passes would feed the hooks and corrupt the map,
+        so explanations then use a private copy of the model (made once).
+        """
+        assert self.torch_model is not None
+        if getattr(self.backend, "model", None) is not self.torch_model:
+            return self.torch_model  # ONNX backend: nothing else runs this module
+        if self._cam_model is None:
+            import copy
+
+            self._cam_model = copy.deepcopy(self.torch_model).eval()
+        return self._cam_model
 
     # ------------------------------------------------------------------ description
     def model_card(self) -> dict[str, Any]:
