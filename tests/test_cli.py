@@ -13,5 +13,7 @@ def test_help_lists_commands(capsys):
 
 
 def test_console_script_runs_as_module():
-    res = subprocess.run([sys.executable, "-m", "medclf", "--version"], capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "medclf", "--version"], capture_output=True, text=True, check=True
+    )
     assert res.stdout.startswith("medclf ")

@@ -71,3 +71,32 @@ def test_shared_predictor_threads_equal_sequential(fusion_run, backend: str) -> 
             assert len(result) == len(exp)
             for r, e in zip(result, exp, strict=True):
                 assert r == pytest.approx(e, abs=1e-6), (i, reqs[i][0])
+
+
+def test_gradcam_while_other_threads_predict(fusion_run) -> None:  # noqa: F811
+    """Grad-CAM hooks the CAM layer; torch-backend predictions running meanwhile must not feed those hooks."""
+    import threading
+
+    p = Predictor.from_run(fusion_run, backend="torch")
+    rng = np.random.default_rng(3)
+    imgs = [png_bytes(synthetic_image(i % 2, rng)) for i in range(4)]
+    expected = [p.explain(im, {"age": 50}).cam for im in imgs]
+    stop = threading.Event()
+    x = np.stack([p.preprocess(p.load(im)) for im in imgs]).astype(np.float32)
+    meta = p.encode_metadata([{"age": 20}] * len(imgs), len(imgs))
+
+    def hammer() -> None:  # forward passes back to back: the widest window for a stray hook call
+        while not stop.is_set():
+            p.predict_arrays(x, meta)
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        got = [p.explain(im, {"age": 50}).cam for _ in range(8) for im in imgs]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    for k, cam in enumerate(got):
+        np.testing.assert_allclose(cam, expected[k % len(imgs)], atol=1e-5)

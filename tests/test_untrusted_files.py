@@ -25,12 +25,18 @@ def _sources() -> list[Path]:
 
 @pytest.mark.parametrize(("pattern", "what"), FORBIDDEN, ids=[w for _, w in FORBIDDEN])
 def test_no_unsafe_deserialisation(pattern: re.Pattern[str], what: str) -> None:
-    hits = [f"{p.relative_to(SRC)}:{m.group(0)!r}" for p in _sources() for m in pattern.finditer(p.read_text())]
+    hits = [
+        f"{p.relative_to(SRC)}:{m.group(0)!r}" for p in _sources() for m in pattern.finditer(p.read_text())
+    ]
     assert not hits, f"{what}: {hits}"
 
 
 def test_every_torch_load_is_weights_only() -> None:
-    calls = [(p, m) for p in _sources() for m in re.finditer(r"torch\.load\((?:[^()]|\([^()]*\))*\)", p.read_text())]
+    calls = [
+        (p, m)
+        for p in _sources()
+        for m in re.finditer(r"torch\.load\((?:[^()]|\([^()]*\))*\)", p.read_text())
+    ]
     bad = [f"{p.relative_to(SRC)}: {m.group(0)}" for p, m in calls if "weights_only=True" not in m.group(0)]
     assert not bad, f"torch.load without weights_only=True unpickles arbitrary objects: {bad}"
 

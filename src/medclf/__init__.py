@@ -7,8 +7,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-DISCLAIMER = (
-    "Research use only: this is not a diagnosis. A qualified clinician must review every case."
-)
+DISCLAIMER = "Research use only: this is not a diagnosis. A qualified clinician must review every case."
 
 __all__ = ["DISCLAIMER", "__version__"]

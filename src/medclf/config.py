@@ -264,7 +264,9 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | None) -> RunConfig:
         node = data
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
-                raise ConfigError(f"--set {item!r}: {p!r} is not a config section; sections: data, model, train, eval")
+                raise ConfigError(
+                    f"--set {item!r}: {p!r} is not a config section; sections: data, model, train, eval"
+                )
             node = node[p]
         node[parts[-1]] = _parse_value(value)
     return config_from_dict(RunConfig, data)
@@ -276,7 +278,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; recipes are in configs/ (e.g. configs/skin_bm.yaml)")
+            raise ConfigError(
+                f"config file {path} does not exist; recipes are in configs/ (e.g. configs/skin_bm.yaml)"
+            )
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:

@@ -52,6 +52,7 @@ def run_demo(
     )
     from medclf.data.audit import write_audit
     from medclf.evaluate.pipeline import evaluate_run
+    from medclf.explain.gallery import run_explainer
     from medclf.train import train
 
     out = Path(out_dir).resolve()
@@ -89,19 +90,35 @@ def run_demo(
     cfg = RunConfig(
         name="demo",
         data=DataConfig(root=str(data_dir), split_csv=str(split_csv), seed=seed),
-        model=ModelConfig(name=model, pretrained=True, input_size=input_size, metadata=["age", "sex", "site"]),
+        model=ModelConfig(
+            name=model, pretrained=True, input_size=input_size, metadata=["age", "sex", "site"]
+        ),
         # head only (finetune_blocks=0) and two cached views: seconds of training on a laptop CPU
         train=TrainConfig(
-            strategy="cached", epochs=40, patience=8, seed=seed, augment="lesion_safe", views=2, finetune_blocks=0
+            strategy="cached",
+            epochs=40,
+            patience=8,
+            seed=seed,
+            augment="lesion_safe",
+            views=2,
+            finetune_blocks=0,
         ),
         eval=EvalConfig(threshold="sensitivity:0.90", positive_class="malignant"),
     )
     run_dir = Path(train(cfg, out / "run"))
     done()
 
-    done = step("evaluate", "evaluate on the held-out test split (95% bootstrap intervals, calibration, report)")
+    done = step(
+        "evaluate", "evaluate on the held-out test split (95% bootstrap intervals, calibration, report)"
+    )
     eval_dir = out / "eval"
-    metrics = evaluate_run(run_dir, eval_dir, split="test", audit_path=out / "audit" / "audit.json")
+    metrics = evaluate_run(
+        run_dir,
+        eval_dir,
+        split="test",
+        audit_path=out / "audit" / "audit.json",
+        explain=run_explainer(run_dir),
+    )
     done()
 
     onnx_path = None

@@ -27,6 +27,11 @@ def _run(args: argparse.Namespace) -> int:
     from medclf.demo import run_demo
 
     run_demo(
-        args.out, n=args.n, seed=args.seed, model=args.model, input_size=args.input_size, export=not args.no_export
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        model=args.model,
+        input_size=args.input_size,
+        export=not args.no_export,
     )
     return 0

@@ -40,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--audit", metavar="FILE", help="audit.json of the dataset (`medclf data audit`) for the report"
     )
     p.add_argument("--pdf", action="store_true", help="also write report.pdf (headline numbers + plots)")
+    p.add_argument(
+        "--no-gradcam",
+        action="store_true",
+        help="leave the Grad-CAM overlays out of the report's gallery of confident errors",
+    )
     p.set_defaults(func=_evaluate)
 
     c = subparsers.add_parser(
@@ -63,6 +68,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from medclf.errors import ConfigError
     from medclf.evaluate.pipeline import evaluate_run, read_run_context
+    from medclf.explain.gallery import run_explainer
 
     n_boot = args.bootstrap
     if n_boot is None:
@@ -82,6 +88,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         audit_path=args.audit,
         pdf=args.pdf,
+        explain=None if args.no_gradcam else run_explainer(args.run_dir),
     )
     _print_summary(metrics)
     print(f"wrote {Path(args.out) / 'report.html'}")
