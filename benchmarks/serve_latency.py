@@ -68,32 +68,10 @@ def make_bench_run(root: Path, model_name: str = "efficientnet_lite0", n_images:
 
 
 def bench_predictor(run_dir: Path, backend: str, threads: int, max_ood_images: int = 400):
-    """Predictor.from_run, or (while load_run cannot rebuild this model) the same from the model in memory."""
-    from medclf.errors import MedclfError
-    from medclf.models import LoadedRun, create_model, load_run, resolve_preprocessing
-    from medclf.models.run_io import read_run_info
+    """The served path: Predictor.from_run on the run folder."""
     from medclf.serve import Predictor
 
-    try:
-        run = load_run(run_dir)
-    except MedclfError as exc:
-        print(f"note: load_run failed ({str(exc)[:120]}...); using the in-memory model", file=sys.stderr)
-        from safetensors.torch import load_file
-
-        info = read_run_info(run_dir)
-        model = create_model(info["model"]["name"], 2).eval()
-        model.load_state_dict(load_file(str(run_dir / "model.safetensors")), strict=False)
-        run = LoadedRun(
-            model=model,
-            info=info,
-            preprocessing=resolve_preprocessing(model),
-            classes=info["classes"],
-            meta_encoder=None,
-            threshold=info.get("threshold"),
-            run_dir=run_dir,
-            positive_class=info.get("positive_class"),
-        )
-    return Predictor.from_loaded_run(run, backend, num_threads=threads, max_ood_images=max_ood_images)
+    return Predictor.from_run(run_dir, backend, num_threads=threads, max_ood_images=max_ood_images)
 
 
 def jpeg_bytes(size: int = 224, seed: int = 1) -> bytes:

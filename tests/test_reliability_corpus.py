@@ -123,3 +123,7 @@ def test_evaluate_skip_bad_on_the_corpus(corpus, run: Path, tmp_path: Path, caps
     skipped = pd.read_csv(out / "skipped.csv")
     assert {Path(p).relative_to(root).as_posix() for p in preds["path"]} == good
     assert {Path(p).relative_to(root).as_posix() for p in skipped["path"]} == set(bad)
+    # the report and metrics.json both say images were left out
+    note = f"{len(bad)} unreadable images were skipped"
+    assert note in (out / "report.html").read_text()
+    assert any(note in n for n in json.loads((out / "metrics.json").read_text())["notes"])

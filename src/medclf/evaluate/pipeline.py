@@ -267,6 +267,7 @@ def evaluate_predictions(
     title: str | None = None,
     pdf: bool = False,
     gallery_size: int = 12,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write predictions.csv, metrics.json, plots/*.png and report.html (and report.pdf) to ``out_dir``.
 
@@ -282,7 +283,7 @@ def evaluate_predictions(
     eval_cfg = cfg.get("eval") or {}
     if val_pred_df is None:
         val_pred_df = ctx["val"]
-    notes: list[str] = []
+    notes = list(notes)  # the caller's (e.g. skipped images) first, so the report shows them too
 
     y, p_in = prediction_arrays(pred_df, classes, "predictions")
     val = None
@@ -537,14 +538,13 @@ def evaluate_run(
         evaluated_on=evaluated_on,
         pdf=pdf,
         explain=explain,
+        notes=[f"{len(skipped)} unreadable images were skipped (listed in skipped.csv)"] if skipped else [],
     )
     if skipped:
-        metrics["notes"].append(f"{len(skipped)} unreadable images were skipped (listed in skipped.csv)")
         atomic_write_text(
             Path(out_dir) / "skipped.csv",
             pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(index=False),
         )
-        atomic_write_json(Path(out_dir) / "metrics.json", json_safe(metrics))
     return metrics
 
 
