@@ -121,3 +121,58 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fusion_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)
     return make_run(tmp_path_factory.mktemp("serve_fusion"), fusion=True)
+
+
+GROUP_CLASSES = ["nv", "mel", "bcc"]
+
+
+def make_group_run(root: Path, *, n: int = 12) -> Path:
+    """An (untrained) 3-class tiny_cnn run whose operating point is P(mel+bcc) >= 0.3, with val/test predictions."""
+    import pandas as pd
+
+    from medclf.data.transforms import create_transform
+    from medclf.models import create_model, resolve_preprocessing, save_run_model
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    img_dir = root / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        p = img_dir / f"g_{i:03d}.png"
+        synthetic_image(i % 2, rng).save(p)
+        split = ("train", "val", "test")[i % 3]
+        rows.append({"path": str(p), "label": GROUP_CLASSES[(i // 3) % 3], "group": p.stem, "split": split})
+    df = pd.DataFrame(rows)
+    run_dir = root / "run_group"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(run_dir / "split.csv", index=False)
+    model = create_model("tiny_cnn", num_classes=3).eval()
+    pre = resolve_preprocessing(model)
+    tf = create_transform(pre)
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.stack([tf(Image.open(p).convert("RGB")) for p in df.path])), 1)
+    for split in ("val", "test"):
+        m = (df.split == split).to_numpy()
+        pred = df.loc[m, ["path", "label", "group"]].copy()
+        for j, c in enumerate(GROUP_CLASSES):
+            pred[f"prob_{c}"] = probs.numpy()[m, j]
+        pred.to_csv(run_dir / f"{split}_predictions.csv", index=False)
+    info = {
+        "classes": GROUP_CLASSES,
+        "task": "multiclass",
+        "preprocessing": pre.to_dict(),
+        "positive_class": None,
+        "positive_classes": ["mel", "bcc"],
+        "threshold": 0.3,
+        "threshold_rule": "0.3",
+        "temperature": 1.0,
+    }
+    save_run_model(run_dir, model, info)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def group_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    return make_group_run(tmp_path_factory.mktemp("serve_group"))

@@ -56,7 +56,8 @@ def test_evaluate_command(
     monkeypatch.setattr(medclf.models, "load_run", lambda run_dir: fake_run)
     monkeypatch.setattr(medclf.models.inference, "predict_frame", fake_predict)
     out = tmp_path / "eval"
-    rc = main(["evaluate", str(run_with_images), "--out", str(out), "--bootstrap", "100"])
+    # --no-gradcam: the fake run has no model to explain (the gallery is tested in test_explain_*)
+    rc = main(["evaluate", str(run_with_images), "--out", str(out), "--bootstrap", "100", "--no-gradcam"])
     assert rc == 0
     assert len(seen[0]) == 12 and set(seen[0]["split"]) == {"test"}  # test rows of the run's split.csv only
     m = json.loads((out / "metrics.json").read_text())

@@ -108,7 +108,13 @@ def test_multiclass_positive_set_adds_screening_metrics() -> None:
     assert m["positive_class"] == ["mel", "bcc"]
     assert m["sensitivity"] == pytest.approx((score[y_bin] >= 0.3).mean())
     assert m["auc"] == pytest.approx(skm.roc_auc_score(y_bin, score))
-    assert m["accuracy"] == pytest.approx((p.argmax(1) == y).mean())  # arg-max decisions unchanged
+    # decisions follow the group rule: the best of mel/bcc when P(mel+bcc) >= 0.3, else the best of nv/bkl
+    pred = np.where(
+        score >= 0.3, np.array([1, 2])[p[:, [1, 2]].argmax(1)], np.array([0, 3])[p[:, [0, 3]].argmax(1)]
+    )
+    assert (pred != p.argmax(1)).any()  # the rule matters on this data
+    assert m["accuracy"] == pytest.approx((pred == y).mean())
+    assert np.array(m["confusion_matrix"]).trace() == (pred == y).sum()
     assert "sensitivity" in m["ci95"]
 
 

@@ -145,3 +145,30 @@ def test_bad_predictions_name_the_row(tmp_path: Path) -> None:
         evaluate_predictions(
             make_predictions(20).drop(columns="prob_malignant"), CLASSES, tmp_path / "e", n_boot=0
         )
+
+
+def test_multiclass_run_with_a_positive_group(tmp_path: Path) -> None:
+    classes = ("nv", "mel", "bcc", "akiec")
+    group = ["mel", "bcc", "akiec"]
+    run = make_run_dir(tmp_path, classes, threshold=0.35, temperature=None, positive_class=None)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "positive_classes": group}))
+    df = make_predictions(300, classes, seed=4)
+    m = evaluate_predictions(df, list(classes), tmp_path / "e", run_dir=run, n_boot=50)
+    assert m["positive_class"] == group and m["threshold"] == 0.35
+    assert m["threshold_source"].startswith("run.json")
+    # the calibrated probabilities (temperature fitted on the run's validation predictions) as written
+    out = pd.read_csv(tmp_path / "e" / "predictions.csv")
+    probs = out[[f"prob_{c}" for c in classes]].to_numpy()
+    score, y_in = probs[:, 1:].sum(1), out["label"].isin(group).to_numpy()
+    assert m["sensitivity"] == pytest.approx((score[y_in] >= 0.35).mean())
+    assert m["specificity"] == pytest.approx((score[~y_in] < 0.35).mean())
+    assert 0 < m["sensitivity"] < 1 and "sensitivity" in m["ci95"]
+    # predictions.csv decides by the group rule; the report names the operating point and sweeps the group
+    best_in = np.array(group)[probs[:, 1:].argmax(1)]
+    np.testing.assert_array_equal(out["pred"], np.where(score >= 0.35, best_in, "nv"))
+    html = (tmp_path / "e" / "report.html").read_text(encoding="utf-8")
+    assert "P(mel+bcc+akiec) ≥ 0.35" in html and "Sensitivity (mel+bcc+akiec)" in html
+    sweep = pd.read_csv(tmp_path / "e" / "threshold_sweep.csv")
+    row = sweep.iloc[(sweep["threshold"] - 0.35).abs().argmin()]
+    assert row["sensitivity"] == pytest.approx(m["sensitivity"])

@@ -10,8 +10,10 @@ from medclf.errors import ConfigError, DataError
 from medclf.evaluate.thresholds import (
     choose_threshold,
     choose_threshold_ovr,
+    decide,
     parse_rule,
     positive_scores,
+    resolve_positive_classes,
     threshold_sweep,
 )
 
@@ -111,3 +113,44 @@ def test_threshold_sweep_counts_match_brute_force() -> None:
     assert len(threshold_sweep(y, p)["threshold"]) == 101
     # nothing called positive at t > max(p): PPV undefined, not a crash
     assert np.isnan(threshold_sweep(y, p, np.array([1.1]))["ppv"][0])
+
+
+def test_decide_group_rule() -> None:
+    classes = ["nv", "mel", "bcc", "akiec"]
+    probs = np.array(
+        [
+            [0.50, 0.20, 0.25, 0.05],  # P(group) = 0.5 >= 0.4: best of the group (bcc), not the arg-max nv
+            [0.70, 0.10, 0.15, 0.05],  # P(group) = 0.3 < 0.4: best of the rest (nv)
+            [0.10, 0.05, 0.05, 0.80],  # akiec is not in the group: P(group) = 0.1 -> the rest's best is akiec
+            [0.30, 0.40, 0.00, 0.30],  # exactly at the threshold counts as positive
+        ]
+    )
+    got = decide(probs, classes, 0.4, ["mel", "bcc"])
+    assert [classes[i] for i in got] == ["bcc", "nv", "akiec", "mel"]
+    # no threshold or no group: the arg-max
+    np.testing.assert_array_equal(decide(probs, classes, None, ["mel", "bcc"]), probs.argmax(1))
+    np.testing.assert_array_equal(decide(probs, classes, 0.4, []), probs.argmax(1))
+    # the whole set positive: always the best of it
+    np.testing.assert_array_equal(decide(probs, classes, 0.99, classes), probs.argmax(1))
+    # binary is the special case p_pos >= t
+    p2 = np.array([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4]])
+    assert decide(p2, ["benign", "malignant"], 0.35, "malignant").tolist() == [0, 1, 1]
+    assert decide(p2, ["benign", "malignant"], 0.35, ["benign"]).tolist() == [0, 1, 0]
+    # decided positive is exactly score >= threshold, on random data
+    rng = np.random.default_rng(3)
+    pr = rng.dirichlet(np.ones(4), 500)
+    score = positive_scores(pr, classes, ["mel", "bcc", "akiec"])
+    d = decide(pr, classes, 0.6, ["mel", "bcc", "akiec"])
+    np.testing.assert_array_equal(d != 0, score >= 0.6)
+    with pytest.raises(ConfigError, match="scc"):
+        decide(probs, classes, 0.4, ["scc"])
+    with pytest.raises(DataError, match="do not match"):
+        decide(probs[:, :3], classes, 0.4, ["mel"])
+
+
+def test_resolve_positive_classes_reads_old_and_new_runs() -> None:
+    assert resolve_positive_classes(["b", "m"], "m") == ["m"]
+    assert resolve_positive_classes(["b", "m"], None) == ["m"]  # default: the second class
+    assert resolve_positive_classes(["b", "m"], "b", ["b"]) == ["b"]
+    assert resolve_positive_classes(["nv", "mel", "bcc"], None) == []  # arg-max
+    assert resolve_positive_classes(["nv", "mel", "bcc"], None, ["mel", "bcc"]) == ["mel", "bcc"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from _fixtures_serve import fusion_run, tiny_run  # noqa: F401
+from _fixtures_serve import fusion_run, group_run, tiny_run  # noqa: F401
 from medclf.serve.server import APP_SCRIPT, app_command, app_env
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -57,6 +57,19 @@ def test_app_metadata_inputs_for_fusion_models(fusion_run, monkeypatch) -> None:
     at.number_input(key="meta_age").set_value(70).run()
     assert not at.exception
     assert any(m.value.startswith("**Decision") for m in at.markdown)
+
+
+def test_app_threshold_for_a_multiclass_positive_group(group_run, monkeypatch) -> None:  # noqa: F811
+    at = _app(group_run, monkeypatch)
+    at.selectbox(key="sample").select_index(1).run()
+    assert not at.exception, at.exception
+    slider = at.slider(key="threshold")
+    assert slider.label == "Decision threshold on P(mel+bcc)" and slider.value == pytest.approx(0.3)
+    slider.set_value(1.0).run()  # nothing reaches P(mel+bcc) >= 1: the best class outside the group
+    assert [m.value for m in at.markdown if m.value.startswith("**Decision")] == ["**Decision: nv**"]
+    at.slider(key="threshold").set_value(0.0).run()
+    decision = [m.value for m in at.markdown if m.value.startswith("**Decision")]
+    assert decision in (["**Decision: mel**"], ["**Decision: bcc**"])
 
 
 def test_app_without_run_dir(monkeypatch, tmp_path) -> None:

@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from _fixtures_serve import fusion_run, noise_image, tiny_run  # noqa: F401
+from _fixtures_serve import fusion_run, group_run, noise_image, tiny_run  # noqa: F401
 from medclf.errors import MedclfError
 from medclf.serve import Predictor
 from medclf.serve.export import PARITY_TOLERANCE, export_onnx, onnx_session, read_onnx
@@ -52,6 +52,27 @@ def test_from_onnx_matches_run(exported, tiny_run) -> None:  # noqa: F811
     assert not a.can_explain
     with pytest.raises(MedclfError, match="PyTorch model"):
         a.explain(img)
+
+
+def test_export_round_trips_the_positive_group(group_run, tiny_run, exported, tmp_path) -> None:  # noqa: F811
+    rep = export_onnx(group_run, tmp_path / "g.onnx", ood=False)
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(rep.path)).metadata_props}
+    assert props["medclf.positive_classes"] == ["mel", "bcc"] and props["medclf.threshold"] == 0.3
+    _, serving, _ = read_onnx(rep.path)
+    assert serving.positive_classes == ["mel", "bcc"] and serving.threshold == 0.3
+    a, b = Predictor.from_onnx(rep.path), Predictor.from_run(group_run, backend="torch", ood=False)
+    assert a.positive_classes == ["mel", "bcc"]
+    assert a._decide(np.array([0.6, 0.25, 0.15]), None).decision == "mel"
+    paths = [str(p) for p in sorted((group_run.parent / "images").glob("*.png"))]
+    assert [r.decision for r in a.predict(paths)] == [r.decision for r in b.predict(paths)]
+    # the binary export carries its one positive class; files without the key read back the same way
+    assert read_onnx(exported.path)[1].positive_classes == ["malignant"]
+    proto = onnx.load(str(exported.path))
+    keep = [p for p in proto.metadata_props if p.key != "medclf.positive_classes"]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    onnx.save(proto, str(tmp_path / "old.onnx"))
+    assert read_onnx(tmp_path / "old.onnx")[1].positive_classes == ["malignant"]
 
 
 def test_int8_copy_and_its_cost(exported) -> None:

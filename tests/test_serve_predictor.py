@@ -11,7 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from _fixtures_serve import fusion_run, noise_image, png_bytes, synthetic_image, tiny_run  # noqa: F401
+from _fixtures_serve import (  # noqa: F401
+    fusion_run,
+    group_run,
+    noise_image,
+    png_bytes,
+    synthetic_image,
+    tiny_run,
+)
 from medclf import DISCLAIMER
 from medclf.errors import BadImageError, ConfigError
 from medclf.serve import Predictor
@@ -174,3 +181,28 @@ def test_prediction_to_dict_is_json(predictors) -> None:
 def test_unknown_backend(tiny_run) -> None:  # noqa: F811
     with pytest.raises(ConfigError, match="backend"):
         Predictor.from_run(tiny_run, backend="tensorrt")
+
+
+def test_multiclass_decision_follows_the_positive_group(group_run: Path) -> None:  # noqa: F811
+    from medclf.serve.predictor import run_metrics
+
+    p = Predictor.from_run(group_run, backend="torch", ood=False)
+    assert p.positive_classes == ["mel", "bcc"] and p.threshold == 0.3 and p.positive_class is None
+    # P(mel+bcc) = 0.4 >= 0.3: the more probable of mel/bcc, although nv is the most probable class
+    pred = p._decide(np.array([0.6, 0.25, 0.15]), None)
+    assert pred.label == "nv" and pred.decision == "mel"
+    assert p._decide(np.array([0.6, 0.1, 0.3]), None).decision == "bcc"
+    assert p._decide(np.array([0.75, 0.1, 0.15]), None).decision == "nv"  # 0.25 < 0.3
+    # real images: the same rule on the returned probabilities
+    for r in p.predict(list(_split(group_run, "val").path)):
+        pm, pb = r.probabilities["mel"], r.probabilities["bcc"]
+        want = ("mel" if pm >= pb else "bcc") if pm + pb >= 0.3 else "nv"
+        assert r.decision == want
+    card = p.model_card()
+    assert card["positive_classes"] == ["mel", "bcc"] and card["task"] == "multiclass"
+    # metrics from the prediction files use the same decisions
+    val = pd.read_csv(group_run / "val_predictions.csv")
+    pm, pb = val["prob_mel"].to_numpy(), val["prob_bcc"].to_numpy()
+    want = np.where(pm + pb >= 0.3, np.where(pm >= pb, "mel", "bcc"), "nv")
+    m = run_metrics(group_run, p.classes, p.positive_classes, p.threshold)
+    assert m["val"]["accuracy"] == pytest.approx((want == val["label"].to_numpy()).mean())

@@ -266,3 +266,56 @@ def test_real_skin_images_through_the_engine(tmp_path: Path) -> None:
     info = json.loads((run / "run.json").read_text())
     assert info["classes"] == ["benign", "malignant"] and info["images"]["train"] > 0
     assert len(pd.read_csv(run / "test_predictions.csv")) == info["images"]["test"]
+
+
+def test_multiclass_positive_group_threshold_from_validation_only(tmp_path: Path) -> None:
+    from medclf.evaluate.thresholds import choose_threshold
+    from medclf.train.engine import finalize_run
+
+    classes = ("nv", "mel", "bcc")
+    data = make_folder_data(tmp_path / "d3", n_per_class=16, classes=classes)
+    cfg = tiny_cfg(
+        data, "train.epochs=1", "eval.positive_classes=[mel, bcc]", "eval.threshold=sensitivity:0.9"
+    )
+    run = train(cfg, tmp_path / "r3", progress=False)
+    info = json.loads((run / "run.json").read_text())
+    assert info["task"] == "multiclass" and info["positive_classes"] == ["mel", "bcc"]
+    assert info["threshold_rule"] == "sensitivity:0.9" and info["positive_class"] is None
+    # the rule applied to P(mel) + P(bcc) of the validation predictions (temperature-scaled, as written)
+    val = pd.read_csv(run / "val_predictions.csv")
+    score = (val["prob_mel"] + val["prob_bcc"]).to_numpy()
+    y_in = val["label"].isin(["mel", "bcc"]).to_numpy().astype(int)
+    assert info["threshold"] == pytest.approx(choose_threshold(y_in, score, "sensitivity:0.9"), rel=1e-5)
+    # the decisions written follow the group rule
+    in_group = val["pred"].isin(["mel", "bcc"]).to_numpy()
+    np.testing.assert_array_equal(in_group, score >= info["threshold"])
+
+    # perturbed test labels leave the operating point unchanged: the test split is never looked at
+    loaded = load_run(run)
+    assert loaded.positive_classes == ["mel", "bcc"] and loaded.threshold == info["threshold"]
+    split = pd.read_csv(run / "split.csv")
+    val_df, test_df = split[split["split"] == "val"], split[split["split"] == "test"].copy()
+    rotate = {"nv": "mel", "mel": "bcc", "bcc": "nv"}
+    test_df["label"] = test_df["label"].map(rotate)
+    again = finalize_run(
+        cfg,
+        tmp_path / "r3b",
+        model=loaded.model,
+        preprocessing=loaded.preprocessing,
+        classes=loaded.classes,
+        meta_encoder=None,
+        val_df=val_df,
+        test_df=test_df,
+        split=split,
+    )
+    info2 = json.loads((again / "run.json").read_text())
+    assert info2["threshold"] == info["threshold"] and info2["temperature"] == info["temperature"]
+    assert set(pd.read_csv(again / "test_predictions.csv")["label"]) <= set(classes)
+
+
+def test_unknown_positive_classes_fail_before_training(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'melanoma' not a class; classes: benign, malignant"):
+        train(tiny_cfg(data, "eval.positive_classes=[melanoma]"), tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad" / "run.json").exists()
+    with pytest.raises(ConfigError, match="one positive class"):
+        train(tiny_cfg(data, "eval.positive_classes=[benign, malignant]"), tmp_path / "bad2", progress=False)

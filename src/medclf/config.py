@@ -140,9 +140,13 @@ class EvalConfig:
     """How predictions become decisions and how they are judged."""
 
     threshold: str = "youden"
-    """Binary operating point chosen on validation data: youden, sensitivity:0.95, specificity:0.9, or a number."""
+    """Operating point chosen on validation data (binary, or the positive_classes group): youden,
+    sensitivity:0.95, specificity:0.9, or a number."""
     positive_class: str | None = None
     """Binary tasks: the class that counts as positive (default: the second class, e.g. malignant)."""
+    positive_classes: list[str] = field(default_factory=list)
+    """Multiclass tasks: classes that together count as positive (e.g. [mel, bcc, akiec]); the threshold rule is
+    applied on validation data to their summed probability."""
     calibrate: bool = True
     """Fit temperature scaling on validation data."""
     bootstrap: int = 1000

@@ -142,15 +142,16 @@ def load_entry(path: str | Path, *, n_boot: int = 1000, seed: int = 0) -> Entry:
             train_seconds=info.get("train_seconds"),
             classes=classes,
             threshold=info.get("threshold"),
-            positive_class=info.get("positive_class"),
+            positive_class=info.get("positive_class") or info.get("positive_classes") or None,
         )
         test_csv = path / "test_predictions.csv"
         if test_csv.is_file():
             preds = pd.read_csv(test_csv)
             y, probs = prediction_arrays(preds, classes, str(test_csv))
-            positive = (
-                [classes.index(info["positive_class"])] if info.get("positive_class") in classes else None
+            names = info.get("positive_classes") or (
+                [info["positive_class"]] if info.get("positive_class") else []
             )
+            positive = [classes.index(c) for c in names if c in classes] or None
             groups = preds["group"].astype(str).to_numpy() if "group" in preds.columns else None
             entry.metrics = compute_metrics(
                 y,
@@ -233,7 +234,8 @@ def _paired_test(a: Entry, b: Entry, n_boot: int, seed: int) -> dict[str, Any]:
     pb = joined[[f"prob_{c}_b" for c in classes]].to_numpy(dtype=np.float64)
     groups = joined["group"].astype(str).to_numpy() if "group" in joined.columns else None
     pos = a.positive_class
-    positive = [classes.index(pos)] if isinstance(pos, str) and pos in classes else None
+    names = [pos] if isinstance(pos, str) else list(pos or [])
+    positive = [classes.index(c) for c in names if c in classes] or None
     result = paired_bootstrap(
         y,
         pa,

@@ -16,6 +16,7 @@ import numpy as np
 from medclf.errors import DataError
 from medclf.evaluate.bootstrap import percentile_interval, resample_weights
 from medclf.evaluate.calibration import bin_index
+from medclf.evaluate.thresholds import decide
 
 __all__ = [
     "BINARY_METRICS",
@@ -236,7 +237,9 @@ def compute_metrics(
     ``p_pos >= threshold`` (default 0.5); the confusion matrix and all label-based metrics use that decision.
     Multiclass: label-based metrics use the arg-max; giving ``positive_index`` (one index or a set of indices,
     e.g. all malignant classes) adds the same screening block (sensitivity, specificity, ... of "any positive
-    class" vs the rest at ``threshold``) without changing the arg-max.
+    class" vs the rest at ``threshold``, default 0.5) and the label-based metrics then use the run's decision
+    rule (``thresholds.decide``): the most probable positive class when the group's summed probability reaches
+    the threshold, else the most probable other class.
 
     ``groups`` (patient/lesion id per image) makes the bootstrap resample whole groups. ``n_boot=0`` skips
     intervals. Undefined values (e.g. the AUC of a class absent from ``y_true``) are NaN and listed in ``notes``.
@@ -258,11 +261,11 @@ def compute_metrics(
                 f"{groups.size} group ids for {y.size} images; pass one group per image (or none)"
             )
 
-    if k == 2 and positive is not None:
-        score = p[:, positive].sum(axis=1)
+    if positive is not None:
+        # the operating point's decisions: "decided positive" is exactly score >= threshold, so accuracy and the
+        # confusion matrix describe the same decisions as sensitivity/specificity (thresholds.decide)
         thr = 0.5 if threshold is None else float(threshold)
-        neg = 1 - positive[0]
-        pred = np.where(score >= thr, positive[0], neg)
+        pred = decide(p, list(classes), thr, [classes[i] for i in positive])
     else:
         pred = p.argmax(axis=1)
     inp = _Inputs(y, p, pred, k, positive, threshold)
@@ -384,8 +387,8 @@ def paired_bootstrap(
         positive = [int(positive_index)] if np.isscalar(positive_index) else [int(i) for i in positive_index]  # type: ignore[arg-type]
 
     def inputs(p: np.ndarray, thr: float | None) -> _Inputs:
-        if k == 2 and positive is not None:
-            pred = np.where(p[:, positive[0]] >= (0.5 if thr is None else thr), positive[0], 1 - positive[0])
+        if positive is not None:
+            pred = decide(p, list(classes), 0.5 if thr is None else thr, [classes[i] for i in positive])
         else:
             pred = p.argmax(axis=1)
         return _Inputs(y, p, pred, k, positive, thr)

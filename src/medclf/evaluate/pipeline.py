@@ -29,7 +29,7 @@ from medclf.evaluate.calibration import (
     reliability_curve,
 )
 from medclf.evaluate.metrics import compute_metrics, json_safe
-from medclf.evaluate.thresholds import choose_threshold, positive_scores, threshold_sweep
+from medclf.evaluate.thresholds import choose_threshold, decide, positive_scores, threshold_sweep
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -118,7 +118,7 @@ def _positive_indices(classes: Sequence[str], positive: str | Sequence[str] | No
     unknown = [n for n in names if n not in classes]
     if unknown:
         raise DataError(
-            f"positive class {unknown[0]!r} is not one of the classes {list(classes)}; fix eval.positive_class"
+            f"positive class {unknown[0]!r} is not one of the classes {list(classes)}; fix eval.positive_class(es)"
         )
     return [list(classes).index(n) for n in names]
 
@@ -319,7 +319,10 @@ def evaluate_predictions(
     positive_names = (
         positive_class
         if positive_class is not None
-        else info.get("positive_class") or eval_cfg.get("positive_class")
+        else info.get("positive_classes")
+        or info.get("positive_class")
+        or eval_cfg.get("positive_classes")
+        or eval_cfg.get("positive_class")
     )
     positive = _positive_indices(classes, positive_names)
     thr: float | None = None
@@ -371,11 +374,8 @@ def evaluate_predictions(
     out = pred_df.copy()
     for j, c in enumerate(classes):
         out[f"prob_{c}"] = probs[:, j]
-    if len(classes) == 2 and positive is not None:
-        neg = 1 - positive[0]
-        out["pred"] = np.where(probs[:, positive[0]] >= thr, classes[positive[0]], classes[neg])
-    else:
-        out["pred"] = [classes[i] for i in probs.argmax(axis=1)]
+    pos_list = [classes[i] for i in positive] if positive is not None else []
+    out["pred"] = [classes[i] for i in decide(probs, classes, thr, pos_list)]
     first = [c for c in ("path", "label", "group") if c in out.columns]
     prob_cols = [f"prob_{c}" for c in classes]
     rest = [c for c in out.columns if c not in (*first, *prob_cols, "pred")]

@@ -191,8 +191,16 @@ def _headline_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
     if "auc" not in metrics:
         names.append("macro_auc")
     names += ["macro_f1", "weighted_f1", "cohen_kappa", "mcc", "ece", "brier"]
+    positive = metrics.get("positive_class")
+    group = "+".join(positive) if isinstance(positive, list) and len(positive) > 1 else ""
+    screening = ("sensitivity", "specificity", "ppv", "npv", "auc", "average_precision")
+
+    def label(m: str) -> str:  # a positive group's block says which group it is about
+        text = _HEADLINE_LABELS.get(m, m)
+        return f"{text} ({group})" if group and m in screening else text
+
     return [
-        {"label": _HEADLINE_LABELS.get(m, m), "value": _fmt(metrics.get(m)), "ci": _fmt_ci(ci.get(m))}
+        {"label": label(m), "value": _fmt(metrics.get(m)), "ci": _fmt_ci(ci.get(m))}
         for m in names
         if m in metrics
     ]
@@ -230,9 +238,20 @@ def _operating_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     if "threshold" in metrics:
         positive = metrics.get("positive_class")
-        positive = ", ".join(positive) if isinstance(positive, list) else positive
-        rows.append(("positive class", str(positive)))
-        rows.append(("decision", f"positive when P({positive}) ≥ {_fmt(metrics['threshold'])}"))
+        thr = _fmt(metrics["threshold"])
+        if isinstance(positive, list) and len(positive) > 1:
+            rows.append(("positive classes", ", ".join(positive)))
+            rows.append(
+                (
+                    "decision",
+                    f"positive when P({'+'.join(positive)}) ≥ {thr}: then the most probable of "
+                    f"{', '.join(positive)}, otherwise the most probable other class",
+                )
+            )
+        else:
+            positive = positive[0] if isinstance(positive, list) else positive
+            rows.append(("positive class", str(positive)))
+            rows.append(("decision", f"positive when P({positive}) ≥ {thr}"))
         rows.append(("threshold from", str(metrics.get("threshold_source", "given"))))
     else:
         rows.append(("decision", "the class with the highest probability"))

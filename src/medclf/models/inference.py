@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,6 +11,7 @@ import torch
 
 from medclf.data.transforms import create_transform
 from medclf.errors import BadImageError
+from medclf.evaluate.thresholds import decide, resolve_positive_classes
 from medclf.models.run_io import LoadedRun
 
 __all__ = [
@@ -36,14 +37,16 @@ def prob_columns(classes: list[str]) -> list[str]:
 
 
 def decision(
-    probs: np.ndarray, classes: list[str], threshold: float | None, positive_class: str | None
+    probs: np.ndarray,
+    classes: list[str],
+    threshold: float | None,
+    positive_class: str | Sequence[str] | None,
 ) -> list[str]:
-    """Class names: the binary threshold on the positive class when there is one, else the argmax."""
-    if len(classes) == 2 and threshold is not None:
-        pos = classes.index(positive_class) if positive_class in classes else 1
-        neg = 1 - pos
-        return [classes[pos] if p >= threshold else classes[neg] for p in probs[:, pos]]
-    return [classes[i] for i in probs.argmax(axis=1)]
+    """Class names at the run's operating point (``medclf.evaluate.thresholds.decide``): the threshold on the
+    summed probability of the positive class(es) when there is one, else the arg-max."""
+    if isinstance(positive_class, str) or positive_class is None:
+        positive_class = resolve_positive_classes(classes, positive_class)
+    return [classes[i] for i in decide(probs, classes, threshold, positive_class)]
 
 
 @torch.no_grad()
@@ -102,10 +105,11 @@ def predict_records(
 
 
 def predictions_frame(loaded_run: LoadedRun, rows: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
-    """The predictions.csv table for ``rows`` from raw logits, applying the run's temperature and threshold."""
+    """The predictions.csv table for ``rows`` from raw logits, applying the run's temperature and operating point."""
     classes = loaded_run.classes
+    # float64 as in train.engine's threshold choice: the validation image the threshold sits on stays at it
     probs = torch.softmax(
-        torch.from_numpy(np.asarray(logits, dtype=np.float32)) / loaded_run.temperature, 1
+        torch.from_numpy(np.asarray(logits, dtype=np.float32)).double() / loaded_run.temperature, 1
     ).numpy()
     out = pd.DataFrame({"path": rows["path"].astype(str).to_numpy()})
     out["label"] = rows["label"].astype(str).to_numpy() if "label" in rows else ""
@@ -115,7 +119,8 @@ def predictions_frame(loaded_run: LoadedRun, rows: pd.DataFrame, logits: np.ndar
         out["group"] = [p.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0] for p in out["path"]]
     for j, col in enumerate(prob_columns(classes)):
         out[col] = probs[:, j]
-    out["pred"] = decision(probs, classes, loaded_run.threshold, loaded_run.positive_class)
+    positive = loaded_run.positive_classes or resolve_positive_classes(classes, loaded_run.positive_class)
+    out["pred"] = decision(probs, classes, loaded_run.threshold, positive)
     for col in loaded_run.metadata_columns:
         if col in rows:
             out[col] = rows[col].to_numpy()
@@ -133,7 +138,7 @@ def predict_frame(
     """Predict every row of ``records`` (needs ``path``; ``label``, ``group`` and metadata columns are kept).
 
     Returns ``path,label,group,prob_<class>...,pred`` + metadata columns, with the run's temperature applied and
-    the binary threshold used for ``pred``. With ``skip_bad`` unreadable images are left out and listed in
+    the operating point (``decide``) used for ``pred``. With ``skip_bad`` unreadable images are left out and listed in
     ``result.attrs["skipped"]`` as (path, reason); otherwise the first one raises ``BadImageError``.
     """
     rows, logits, skipped = predict_records(loaded_run, records, batch_size, skip_bad, loader=loader)

@@ -19,6 +19,7 @@ from torch import nn
 from medclf._atomic import atomic_path, atomic_write_json
 from medclf.data.transforms import Preprocessing
 from medclf.errors import MedclfError
+from medclf.evaluate.thresholds import resolve_positive_classes
 from medclf.models.metadata import MetadataEncoder
 
 __all__ = ["RUN_FORMAT", "WEIGHTS_FILE", "LoadedRun", "load_run", "save_run_model", "sha256_file"]
@@ -40,11 +41,14 @@ class LoadedRun:
     classes: list[str]
     meta_encoder: MetadataEncoder | None
     threshold: float | None
-    """Binary tasks: probability of ``positive_class`` at or above which the prediction is positive."""
+    """Summed probability of ``positive_classes`` at or above which the decision is a positive class."""
     temperature: float = 1.0
     """Logits are divided by this before the softmax (1.0 = uncalibrated)."""
     run_dir: Path = field(default_factory=Path)
     positive_class: str | None = None
+    positive_classes: list[str] = field(default_factory=list)
+    """The classes the threshold applies to (binary: ``[positive_class]``; multiclass: the declared group or
+    ``[]`` for arg-max decisions). See ``medclf.evaluate.thresholds.decide``."""
 
     @property
     def metadata_columns(self) -> list[str]:
@@ -179,4 +183,7 @@ def load_run(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -
         temperature=float(temperature),
         run_dir=run_dir,
         positive_class=info.get("positive_class"),
+        positive_classes=resolve_positive_classes(
+            classes, info.get("positive_class"), info.get("positive_classes")
+        ),
     )

@@ -256,6 +256,7 @@ def create_app(predictor: Any, config: ServerConfig | None = None) -> FastAPI:
         out = pred.to_dict()
         out["threshold"] = predictor.threshold
         out["positive_class"] = predictor.positive_class
+        out["positive_classes"] = predictor.positive_classes
         return out
 
     @app.post(

@@ -75,12 +75,14 @@ def _metadata_inputs(predictor: Any) -> dict[str, Any] | None:
 
 
 def _decision(predictor: Any, probs: dict[str, float], threshold: float | None) -> str:
+    """The decision at ``threshold`` by the same rule as the Predictor (``thresholds.decide``)."""
+    import numpy as np
+
+    from medclf.evaluate.thresholds import decide
+
     classes = predictor.classes
-    if len(classes) == 2 and threshold is not None:
-        pos = predictor.positive_class or classes[1]
-        neg = classes[1 - classes.index(pos)]
-        return pos if probs[pos] >= threshold else neg
-    return max(probs, key=probs.__getitem__)
+    p = np.array([[probs[c] for c in classes]], dtype=np.float64)
+    return classes[int(decide(p, classes, threshold, predictor.positive_classes)[0])]
 
 
 def _predict_page(predictor: Any, run_dir: str) -> None:
@@ -115,8 +117,8 @@ def _predict_page(predictor: Any, run_dir: str) -> None:
     with right:
         st.subheader("Prediction")
         threshold = predictor.threshold
-        if len(predictor.classes) == 2:
-            pos = predictor.positive_class or predictor.classes[1]
+        if predictor.positive_classes:  # binary, or a multiclass run with a declared positive group
+            pos = "+".join(predictor.positive_classes)
             threshold = st.slider(
                 f"Decision threshold on P({pos})",
                 0.0,
@@ -165,7 +167,9 @@ def _model_page(predictor: Any) -> None:
         {
             "model": card["model"],
             "classes": card["classes"],
-            "positive class": card["positive_class"],
+            "positive class": " + ".join(card.get("positive_classes") or [])
+            or card["positive_class"]
+            or "none (most probable class)",
             "operating threshold": card["threshold"],
             "temperature": card["temperature"],
             "refer below confidence": card["refer_below"],

@@ -22,6 +22,7 @@ from PIL import Image
 from medclf import DISCLAIMER
 from medclf.data.transforms import Preprocessing, create_transform
 from medclf.errors import BadImageError, ConfigError, MedclfError
+from medclf.evaluate.thresholds import decide, resolve_positive_classes
 from medclf.serve.ood import FeatureOOD
 
 __all__ = ["BACKENDS", "DEFAULT_REFER_BELOW", "Explanation", "ImageInput", "Prediction", "Predictor"]
@@ -88,6 +89,14 @@ class _ServingInfo:
     metadata_encoder: dict[str, Any] | None = None
     model_name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    positive_classes: list[str] = field(default_factory=list)
+    """The classes the threshold applies to (binary: ``[positive_class]``); see ``thresholds.decide``."""
+
+    def __post_init__(self) -> None:
+        # exports and callers from before positive_classes existed give only the binary positive_class
+        self.positive_classes = resolve_positive_classes(
+            self.classes, self.positive_class, self.positive_classes
+        )
 
 
 class _TorchBackend:
@@ -284,6 +293,11 @@ class Predictor:
         return self.serving.positive_class
 
     @property
+    def positive_classes(self) -> list[str]:
+        """The classes the operating threshold applies to, summed (binary: the positive class)."""
+        return list(self.serving.positive_classes)
+
+    @property
     def metadata_columns(self) -> list[str]:
         return list(self._encoder.columns) if self._encoder else []
 
@@ -370,11 +384,7 @@ class Predictor:
         s = self.serving
         classes = s.classes
         top = int(np.argmax(p))
-        decision = classes[top]
-        if len(classes) == 2 and s.threshold is not None:
-            pos = s.positive_class if s.positive_class in classes else classes[1]
-            ipos = classes.index(pos)
-            decision = pos if p[ipos] >= s.threshold else classes[1 - ipos]
+        decision = classes[int(decide(p[None], classes, s.threshold, s.positive_classes)[0])]
         confidence = float(p[top])
         reasons = []
         if confidence < s.refer_below:
@@ -466,6 +476,7 @@ class Predictor:
             "classes": s.classes,
             "task": "binary" if len(s.classes) == 2 else "multiclass",
             "positive_class": s.positive_class,
+            "positive_classes": list(s.positive_classes),
             "threshold": s.threshold,
             "temperature": s.temperature,
             "refer_below": s.refer_below,
@@ -475,7 +486,7 @@ class Predictor:
             "ood": self.ood.info()
             if self.ood
             else ({"threshold": self.ood_threshold} if self.ood_threshold else None),
-            "metrics": run_metrics(self.run_dir, s.classes, s.positive_class, s.threshold)
+            "metrics": run_metrics(self.run_dir, s.classes, s.positive_classes, s.threshold)
             if self.run_dir
             else {},
             "card": _card_text(self.run_dir),
@@ -509,6 +520,7 @@ def serving_info_from_run(run: Any) -> _ServingInfo:
         refer_below=_refer_below_from_run(Path(run.run_dir), info),
         metadata_encoder=enc,
         model_name=str((info.get("model") or {}).get("name", "")),
+        positive_classes=list(getattr(run, "positive_classes", None) or []),
     )
 
 
@@ -614,7 +626,10 @@ def _card_text(run_dir: Path | None) -> str | None:
 
 
 def run_metrics(
-    run_dir: Path | None, classes: list[str], positive_class: str | None, threshold: float | None
+    run_dir: Path | None,
+    classes: list[str],
+    positive_class: str | Sequence[str] | None,
+    threshold: float | None,
 ) -> dict[str, Any]:
     """Validation/test metrics: the run's metrics JSON when evaluation wrote one, else computed from
     ``val_predictions.csv`` / ``test_predictions.csv`` (accuracy, balanced accuracy, AUC, n)."""
@@ -639,7 +654,7 @@ def run_metrics(
 
 
 def _metrics_from_predictions(
-    path: Path, classes: list[str], positive_class: str | None, threshold: float | None
+    path: Path, classes: list[str], positive_class: str | Sequence[str] | None, threshold: float | None
 ) -> dict[str, Any]:
     import pandas as pd
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
@@ -649,11 +664,9 @@ def _metrics_from_predictions(
     df = df[df["label"].astype(str).isin(classes)]
     probs = df[cols].to_numpy(float)
     y = df["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
-    if len(classes) == 2 and threshold is not None:
-        ipos = classes.index(positive_class) if positive_class in classes else 1
-        pred = np.where(probs[:, ipos] >= threshold, ipos, 1 - ipos)
-    else:
-        pred = probs.argmax(1)
+    if isinstance(positive_class, str) or positive_class is None:
+        positive_class = resolve_positive_classes(classes, positive_class)
+    pred = decide(probs, classes, threshold, positive_class)
     m: dict[str, Any] = {
         "n": len(df),
         "accuracy": float(accuracy_score(y, pred)),

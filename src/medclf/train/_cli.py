@@ -108,7 +108,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     if info.get("threshold") is not None:
         print(
-            f"  threshold for {info['positive_class']}: {info['threshold']:.4f} ({info.get('threshold_rule')})"
+            f"  threshold on P({'+'.join(info.get('positive_classes') or [str(info.get('positive_class'))])}): "
+            f"{info['threshold']:.4f} ({info.get('threshold_rule')})"
         )
     if info.get("skipped_images"):
         print(f"  skipped {len(info['skipped_images'])} unreadable image(s): listed in run.json")

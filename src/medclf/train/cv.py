@@ -33,15 +33,23 @@ def default_cv_config() -> RunConfig:
     return cfg
 
 
-def fold_metrics(pred: pd.DataFrame, classes: list[str], threshold: float | None) -> dict[str, float]:
-    """accuracy, balanced_accuracy, macro_f1, macro_auc (one-vs-rest) and, for binary tasks, auc."""
+def fold_metrics(
+    pred: pd.DataFrame,
+    classes: list[str],
+    threshold: float | None,
+    positive_classes: list[str] | None = None,
+) -> dict[str, float]:
+    """accuracy, balanced_accuracy, macro_f1, macro_auc (one-vs-rest) and, for binary tasks, auc.
+
+    ``positive_classes`` (run.json): decisions by the run's operating point (``thresholds.decide``)."""
     from medclf.evaluate import compute_metrics
 
     index = {c: i for i, c in enumerate(classes)}
     y = pred["label"].map(index).to_numpy()
     probs = pred[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
     probs = probs / probs.sum(axis=1, keepdims=True)
-    m = compute_metrics(y, probs, classes, threshold=threshold, n_boot=0)
+    positive = [index[c] for c in positive_classes or [] if c in index] or None
+    m = compute_metrics(y, probs, classes, threshold=threshold, positive_index=positive, n_boot=0)
     return {k: float(m[k]) for k in CV_METRICS if k in m and m[k] is not None}
 
 
@@ -85,7 +93,13 @@ def run_cv(
         pred = pd.read_csv(run_dir / "test_predictions.csv")
         pred.insert(0, "fold", k)
         oof.append(pred)
-        rows.append({"fold": k, "n": len(pred), **fold_metrics(pred, dataset.classes, info.get("threshold"))})
+        rows.append(
+            {
+                "fold": k,
+                "n": len(pred),
+                **fold_metrics(pred, dataset.classes, info.get("threshold"), info.get("positive_classes")),
+            }
+        )
     oof_df = pd.concat(oof, ignore_index=True)
     with atomic_path(out / "oof_predictions.csv", suffix=".csv") as tmp:
         oof_df.to_csv(tmp, index=False)

@@ -2,7 +2,8 @@
 
 Strategies `scratch`, `finetune` and `full` train here with PyTorch Lightning; `cached` is handed to
 ``medclf.train.cached.train_cached``. Whatever the strategy, the run ends the same way: best weights, validation
-predictions -> temperature and binary threshold (validation only), val/test prediction tables, run.json.
+predictions -> temperature and threshold (binary, or the eval.positive_classes group; validation only), val/test
+prediction tables, run.json.
 """
 
 from __future__ import annotations
@@ -135,6 +136,9 @@ def train(
             dataset = load_data(cfg)
         if split is None:
             split = resolve_split(cfg, dataset, fold)
+        # the operating point's classes are checked now, not after hours of training
+        classes = list(dataset.classes)
+        _positive_classes(cfg, classes, _positive_index(cfg, classes))
         _write_description(run_dir, cfg, dataset, split)
     if cfg.train.strategy == "cached":
         return _train_cached(cfg, dataset, split, run_dir, resume=resume, progress=progress, t0=t0)
@@ -405,6 +409,25 @@ def _positive_index(cfg: RunConfig, classes: list[str]) -> int:
     return classes.index(pc)
 
 
+def _positive_classes(cfg: RunConfig, classes: list[str], positive: int) -> list[str]:
+    """The classes whose summed probability the threshold applies to: binary ``[positive class]``, multiclass
+    ``eval.positive_classes`` (validated) or ``[]`` (arg-max decisions, no threshold)."""
+    names = [str(c) for c in cfg.eval.positive_classes]
+    unknown = [c for c in names if c not in classes]
+    if unknown:
+        raise ConfigError(
+            f"eval.positive_classes: {', '.join(map(repr, unknown))} not a class; classes: {', '.join(classes)}"
+        )
+    if len(classes) != 2:
+        return list(dict.fromkeys(names))
+    if len(names) > 1 or (names and cfg.eval.positive_class not in (None, names[0])):
+        raise ConfigError(
+            f"eval.positive_classes={names}: a binary task has one positive class; "
+            "set eval.positive_class instead and leave eval.positive_classes empty"
+        )
+    return names or [classes[positive]]
+
+
 def finalize_run(
     cfg: RunConfig,
     run_dir: Path,
@@ -435,6 +458,9 @@ def finalize_run(
 
     binary = len(classes) == 2
     positive = _positive_index(cfg, classes)
+    positive_set = _positive_classes(cfg, classes, positive)
+    if binary:
+        positive = classes.index(positive_set[0])
     loaded = LoadedRun(
         model=model,
         info={},
@@ -445,6 +471,7 @@ def finalize_run(
         temperature=1.0,
         run_dir=run_dir,
         positive_class=classes[positive] if binary else None,
+        positive_classes=positive_set,
     )
     skipped = list(skipped)
     val_rows, val_logits, bad = predict_records(loaded, val_df, skip_bad=cfg.data.skip_bad)
@@ -457,11 +484,12 @@ def finalize_run(
 
         temperature = float(fit_temperature(val_logits, y_val))
     threshold = None
-    if binary:
-        from medclf.evaluate.thresholds import choose_threshold
+    if positive_set:
+        from medclf.evaluate.thresholds import choose_threshold_ovr
 
-        p_pos = torch.softmax(torch.from_numpy(val_logits).double() / temperature, 1)[:, positive].numpy()
-        threshold = float(choose_threshold((y_val == positive).astype(int), p_pos, cfg.eval.threshold))
+        # validation predictions only: the test split never sees the operating point being chosen
+        val_probs = torch.softmax(torch.from_numpy(val_logits).double() / temperature, 1).numpy()
+        threshold = float(choose_threshold_ovr(y_val, val_probs, classes, positive_set, cfg.eval.threshold))
     loaded.temperature, loaded.threshold = temperature, threshold
     _write_csv(predictions_frame(loaded, val_rows, val_logits), run_dir / "val_predictions.csv")
     if not test_df.empty:
@@ -478,7 +506,8 @@ def finalize_run(
         "metadata_encoder": meta_encoder.to_dict() if meta_encoder else None,
         "positive_class": classes[positive] if binary else None,
         "threshold": threshold,
-        "threshold_rule": str(cfg.eval.threshold) if binary else None,
+        "positive_classes": positive_set,
+        "threshold_rule": str(cfg.eval.threshold) if positive_set else None,
         "temperature": temperature,
         "val_metrics": classification_metrics(val_logits, y_val, positive),
         **(extra or {}),
