@@ -319,3 +319,15 @@ def test_unknown_positive_classes_fail_before_training(data: Path, tmp_path: Pat
     assert not (tmp_path / "bad" / "run.json").exists()
     with pytest.raises(ConfigError, match="one positive class"):
         train(tiny_cfg(data, "eval.positive_classes=[benign, malignant]"), tmp_path / "bad2", progress=False)
+
+
+def test_resumed_run_reports_the_time_of_every_session():
+    import time as _time
+
+    from medclf.train.engine import _train_seconds
+
+    t0 = _time.perf_counter()
+    rows = [{"epoch": 0, "seconds": 100.0}, {"epoch": 1, "seconds": 50.5}]
+    assert _train_seconds(t0, rows, resumed=True) >= 150.5
+    assert _train_seconds(t0, rows, resumed=False) < 10
+    assert _train_seconds(None, rows, resumed=True) is None

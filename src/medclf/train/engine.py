@@ -511,7 +511,7 @@ def finalize_run(
         "temperature": temperature,
         "val_metrics": classification_metrics(val_logits, y_val, positive),
         **(extra or {}),
-        "train_seconds": round(time.perf_counter() - t0, 2) if t0 is not None else None,
+        "train_seconds": _train_seconds(t0, history_rows, bool((extra or {}).get("resumed"))),
         "images": {s: int((split["split"] == s).sum()) for s in ("train", "val", "test")},
         "data_fingerprint": data_fingerprint(
             zip(split["path"].astype(str), split["label"].astype(str), strict=True)
@@ -523,6 +523,17 @@ def finalize_run(
     }
     save_run_model(run_dir, model, info)
     return run_dir
+
+
+def _train_seconds(t0: float | None, history_rows: list[dict[str, Any]] | None, resumed: bool) -> float | None:
+    """Wall time of this process; for a resumed run, at least the epochs' own times from every session, so a
+    run finished after a crash does not report only its last minutes."""
+    if t0 is None:
+        return None
+    elapsed = time.perf_counter() - t0
+    if resumed and history_rows:
+        elapsed = max(elapsed, sum(float(r.get("seconds") or 0.0) for r in history_rows))
+    return round(elapsed, 2)
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
