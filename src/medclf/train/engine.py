@@ -525,7 +525,9 @@ def finalize_run(
     return run_dir
 
 
-def _train_seconds(t0: float | None, history_rows: list[dict[str, Any]] | None, resumed: bool) -> float | None:
+def _train_seconds(
+    t0: float | None, history_rows: list[dict[str, Any]] | None, resumed: bool
+) -> float | None:
     """Wall time of this process; for a resumed run, at least the epochs' own times from every session, so a
     run finished after a crash does not report only its last minutes."""
     if t0 is None:
