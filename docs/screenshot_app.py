@@ -58,7 +58,10 @@ def main() -> None:
                         raise SystemExit("the app did not start") from None
                     time.sleep(0.5)
             expect(page.get_by_text("Research use only").first).to_be_visible(timeout=120_000)
-            page.locator("input[type=file]").first.set_input_files(args.image)
+            upload = page.locator("input[type=file]").first
+            # the first start fits the run's out-of-distribution detector before the page is ready
+            upload.wait_for(state="attached", timeout=300_000)
+            upload.set_input_files(args.image)
             expect(page.get_by_text("Decision:")).to_be_visible(timeout=120_000)
             expect(page.get_by_text("Grad-CAM (gradcam)")).to_be_visible(timeout=120_000)
             page.wait_for_timeout(1000)
