@@ -7,6 +7,7 @@ Two classes that a 32-px CNN separates in a few dozen steps: ``benign`` images a
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,21 @@ def make_group_run(root: Path, *, n: int = 12) -> Path:
 def group_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)
     return make_group_run(tmp_path_factory.mktemp("serve_group"))
+
+
+def files_containing(root: Path, needles: list[bytes], since: float, skip: tuple[str, ...] = ()) -> list[str]:
+    """Files under ``root`` modified since ``since`` whose bytes or name contain any needle (privacy tests)."""
+    hits = []
+    for dirpath, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not (skip and d.startswith(skip))]
+        for n in names:
+            p = Path(dirpath) / n
+            try:
+                if p.is_symlink() or p.stat().st_mtime < since or p.stat().st_size > 50_000_000:
+                    continue
+                data = p.read_bytes()
+            except OSError:
+                continue
+            if any(x in data for x in needles) or any(x in n.encode() for x in needles):
+                hits.append(str(p))
+    return hits

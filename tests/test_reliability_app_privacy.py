@@ -10,7 +10,6 @@ the client side) and the app's log are searched for the marker, the name and a s
 from __future__ import annotations
 
 import io
-import os
 import socket
 import subprocess
 import time
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import PngImagePlugin
 
-from _fixtures_serve import synthetic_image, tiny_run  # noqa: F401
+from _fixtures_serve import files_containing, synthetic_image, tiny_run  # noqa: F401
 from medclf.serve.server import app_command, app_env
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -31,23 +30,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _files_containing(root: Path, needles: list[bytes], since: float, skip: tuple[str, ...]) -> list[str]:
-    hits = []
-    for dirpath, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(skip)]
-        for n in names:
-            p = Path(dirpath) / n
-            try:
-                if p.is_symlink() or p.stat().st_mtime < since or p.stat().st_size > 50_000_000:
-                    continue
-                data = p.read_bytes()
-            except OSError:
-                continue
-            if any(x in data for x in needles) or any(x in n.encode() for x in needles):
-                hits.append(str(p))
-    return hits
 
 
 @pytest.mark.browser
@@ -108,5 +90,5 @@ def test_app_uploads_never_reach_disk_or_logs(tiny_run, tmp_path: Path) -> None:
     needles = [marker.encode(), name.encode(), buf.getvalue()[100:164]]
     for root in (home, tmpd, cwd, tiny_run, Path("/tmp"), Path("/var/tmp")):
         # skipped: the browser's profile and the uploaded original ("client side"): both are the user's side
-        hits = _files_containing(root, needles, start, skip=("playwright", ".org.chromium", "client side"))
+        hits = files_containing(root, needles, start, skip=("playwright", ".org.chromium", "client side"))
         assert hits == [], root

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from _fixtures_serve import fusion_run, noise_image, png_bytes, synthetic_image, tiny_run  # noqa: F401
+from _fixtures_serve import files_containing, fusion_run, noise_image, png_bytes, synthetic_image, tiny_run  # noqa: F401
 from medclf import DISCLAIMER
 from medclf.serve import Predictor
 from medclf.serve.api import ServerConfig
@@ -159,22 +159,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _files_containing(root: Path, needles: list[bytes], since: float) -> list[str]:
-    hits = []
-    for dirpath, _, names in os.walk(root):
-        for n in names:
-            p = Path(dirpath) / n
-            try:
-                if p.is_symlink() or p.stat().st_mtime < since or p.stat().st_size > 50_000_000:
-                    continue
-                data = p.read_bytes()
-            except OSError:
-                continue
-            if any(x in data for x in needles) or any(x in n.encode() for x in needles):
-                hits.append(str(p))
-    return hits
-
-
 def test_uploads_never_reach_disk_or_logs(tiny_run, tmp_path) -> None:  # noqa: F811
     """Run `medclf serve` with its own HOME/TMPDIR/cwd, upload marked files, then search disk and logs."""
     marker = f"MARKER-{uuid.uuid4().hex}"
@@ -234,7 +218,7 @@ def test_uploads_never_reach_disk_or_logs(tiny_run, tmp_path) -> None:  # noqa: 
     assert marker not in text and name not in text
     needles = [marker.encode(), name.encode(), good[100:164]]
     for root in (home, tmpd, cwd, tiny_run, Path("/tmp"), Path("/var/tmp")):
-        assert _files_containing(root, needles, start) == [], root
+        assert files_containing(root, needles, start) == [], root
 
 
 def test_slow_upload_times_out(predictor) -> None:
