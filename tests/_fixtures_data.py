@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -95,16 +97,35 @@ def cxr_tree(root: Path) -> Path:
     return root
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A ~100-byte PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's shape)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
 def dicom_bytes(
-    arr: np.ndarray,
+    arr: np.ndarray | None,
     *,
     photometric: str = "MONOCHROME2",
     slope: float = 1.0,
     intercept: float = 0.0,
     window: tuple[float, float] | None = None,
     pixel_data: bool = True,
+    tags: dict[str, str] | None = None,
 ) -> bytes:
-    """A minimal valid DICOM file (Secondary Capture, explicit VR little endian) written with pydicom."""
+    """A minimal valid DICOM file (Secondary Capture, explicit VR little endian) written with pydicom.
+
+    ``arr=None`` writes no image attributes at all (a report-only object); ``tags`` sets or overrides elements
+    by keyword (e.g. identifiers for the privacy tests)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -118,6 +139,12 @@ def dicom_bytes(
     ds.PatientName = "Test^Patient"
     ds.PatientID = "SECRET-ID-123"
     ds.Modality = "OT"
+    for keyword, value in (tags or {}).items():
+        setattr(ds, keyword, value)
+    if arr is None:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
     ds.Rows, ds.Columns = arr.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric

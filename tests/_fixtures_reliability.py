@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from _fixtures_data import dicom_bytes, png_header_only
 from _fixtures_serve import synthetic_image
 
 # identifiers written into test DICOMs; none may ever appear in an output, a log or a message
@@ -28,49 +27,15 @@ PATIENT_BIRTH_DATE = "19380217"
 IDENTIFIERS = (PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH_DATE, "Doe^Jane", "Jane")
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A ~100-byte PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's shape)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 def dicom_with_identifiers(arr: np.ndarray | None, *, photometric: str = "MONOCHROME2") -> bytes:
     """A DICOM (Secondary Capture) carrying PatientName/PatientID/PatientBirthDate; no pixels when ``arr`` is None."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientName = PATIENT_NAME
-    ds.PatientID = PATIENT_ID
-    ds.PatientBirthDate = PATIENT_BIRTH_DATE
-    ds.InstitutionName = "St Elsewhere " + PATIENT_ID
-    ds.Modality = "OT"
-    if arr is not None:
-        arr = np.ascontiguousarray(arr.astype(np.uint16))
-        ds.Rows, ds.Columns = arr.shape
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = photometric
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-        ds.PixelRepresentation = 0
-        ds.PixelData = arr.tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    tags = {
+        "PatientName": PATIENT_NAME,
+        "PatientID": PATIENT_ID,
+        "PatientBirthDate": PATIENT_BIRTH_DATE,
+        "InstitutionName": "St Elsewhere " + PATIENT_ID,
+    }
+    return dicom_bytes(arr, photometric=photometric, tags=tags)
 
 
 def _save(im: Image.Image, path: Path, **kw: object) -> Path:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from _fixtures_data import dicom_bytes, image_bytes, write_image
+from _fixtures_data import dicom_bytes, image_bytes, png_header_only, write_image
 from medclf.data.images import MAX_PIXELS, check_image_header, load_image, load_image_bytes
 from medclf.errors import BadImageError, DataError
 
@@ -74,22 +72,9 @@ def test_wrong_extension_still_decodes(tmp_path: Path) -> None:
     assert load_image(p).size == (24, 20)
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
     p = tmp_path / "bomb.png"
-    p.write_bytes(_png_header_only(30_000, 30_000))  # 900 megapixels in ~100 bytes
+    p.write_bytes(png_header_only(30_000, 30_000))  # 900 megapixels in ~100 bytes
     assert p.stat().st_size < 200
     err = _bad(p, "too large")
     assert "decompression-bomb" in err.reason
@@ -97,7 +82,7 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
         check_image_header(p)
     # our own documented limit applies below Pillow's
     q = tmp_path / "big.png"
-    q.write_bytes(_png_header_only(8_000, 8_000))  # 64 MP > MAX_PIXELS (50 MP)
+    q.write_bytes(png_header_only(8_000, 8_000))  # 64 MP > MAX_PIXELS (50 MP)
     assert MAX_PIXELS < 8_000 * 8_000
     _bad(q, f"limit {MAX_PIXELS:,}")
     _bad(write_image(tmp_path / "s.png"), "too large", max_pixels=100)
