@@ -31,9 +31,10 @@ def machine() -> str:
     import onnxruntime
     import torch
 
+    # the 1-minute load average says whether other work shared the CPU while this ran
     return (
-        f"{cpu}, {os.cpu_count()} logical CPUs (shared with other work), Python {sys.version.split()[0]}, "
-        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+        f"{cpu}, {os.cpu_count()} logical CPUs (load average {os.getloadavg()[0]:.1f} at the end), "
+        f"Python {sys.version.split()[0]}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
     )
 
 
@@ -41,7 +42,10 @@ def write_section(name: str, body: str) -> None:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = DOC.read_text(encoding="utf-8") if DOC.is_file() else _HEADER
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = "python " + " ".join([Path(sys.argv[0]).as_posix().split("/work/main/")[-1], *sys.argv[1:]])
+    script = Path(sys.argv[0]).resolve()
+    root = DOC.parents[1]
+    shown = script.relative_to(root).as_posix() if script.is_relative_to(root) else script.name
+    cmd = "python " + " ".join([shown, *sys.argv[1:]])
     block = f"{start}\n{body.rstrip()}\n\n_Machine: {machine()}. Date: {stamp}. Command: `{cmd}`._\n{end}"
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
