@@ -114,7 +114,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     """Label smoothing of the loss (0.1 is a common choice)."""
     class_weights: bool = True
-    """Weight the loss by inverse class frequency."""
+    """Weight the loss by inverse class frequency (to the power `class_weight_power`)."""
+    class_weight_power: float = 1.0
+    """Exponent of the inverse-frequency class weights: 1 = N / (C n_c), 0.5 = its square root (softer)."""
     balanced_sampler: bool = False
     """Draw balanced batches instead of (or as well as) weighting the loss."""
     augment: str = "standard"

@@ -126,7 +126,7 @@ class CachedTrainer:
 
         t = self.t
         seed_all(t.seed)
-        weight = class_weights(train_y, self.num_classes) if t.class_weights else None
+        weight = class_weights(train_y, self.num_classes, t.class_weight_power) if t.class_weights else None
         loss_fn = create_loss(t.loss, weight=weight, label_smoothing=t.label_smoothing, gamma=t.focal_gamma)
         opt = self._optimizer()
         sched = self._scheduler(opt)

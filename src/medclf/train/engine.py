@@ -319,7 +319,7 @@ def _train_lightning(
         **loader_kw,
     )
     val_loader = DataLoader(val_ds, shuffle=False, **loader_kw)
-    weight = class_weights(train_ds.labels, len(classes)) if t.class_weights else None
+    weight = class_weights(train_ds.labels, len(classes), t.class_weight_power) if t.class_weights else None
     module = ClassifierModule(model, t, class_weight=weight, positive_index=positive)
 
     ckpt_dir = run_dir / CHECKPOINTS
