@@ -1,4 +1,4 @@
-"""Write one benchmark's section into docs/benchmarks-serving.md (between its own marker comments)."""
+"""Write one benchmark's section into a docs page (default docs/benchmarks-serving.md), between its own markers."""
 
 from __future__ import annotations
 
@@ -38,12 +38,13 @@ def machine() -> str:
     )
 
 
-def write_section(name: str, body: str) -> None:
+def write_section(name: str, body: str, doc: Path = DOC, header: str = _HEADER) -> None:
+    """Replace (or append) the section ``name`` of ``doc``; the page starts with ``header`` when it is new."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = DOC.read_text(encoding="utf-8") if DOC.is_file() else _HEADER
+    text = doc.read_text(encoding="utf-8") if doc.is_file() else header
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     script = Path(sys.argv[0]).resolve()
-    root = DOC.parents[1]
+    root = Path(__file__).resolve().parents[1]
     shown = script.relative_to(root).as_posix() if script.is_relative_to(root) else script.name
     cmd = "python " + " ".join([shown, *sys.argv[1:]])
     block = f"{start}\n{body.rstrip()}\n\n_Machine: {machine()}. Date: {stamp}. Command: `{cmd}`._\n{end}"
@@ -53,8 +54,8 @@ def write_section(name: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     from medclf._atomic import atomic_write_text
 
-    atomic_write_text(DOC, text)
-    print(f"updated {DOC}")
+    atomic_write_text(doc, text)
+    print(f"updated {doc}")
 
 
 def git_rev() -> str:
