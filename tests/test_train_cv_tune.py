@@ -82,3 +82,50 @@ def test_tune_two_trials_writes_table_and_best_recipe(tmp_path: Path) -> None:
 def test_tune_needs_a_search_space(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="search_space"):
         run_tune(tiny_cfg(tmp_path), tmp_path / "t", trials=1)
+
+
+def test_cv_fold_ensemble_is_a_run_that_predicts_explains_and_exports(tmp_path: Path) -> None:
+    from medclf.errors import MedclfError
+    from medclf.evaluate.pipeline import evaluate_run
+    from medclf.models import load_run
+    from medclf.serve import Predictor
+    from medclf.serve.export import export_onnx
+
+    data = make_folder_data(tmp_path / "d", n_per_class=12)
+    cfg = tiny_cfg(data, "train.epochs=2", "data.val=0.2", "eval.calibrate=true")
+    out = tmp_path / "cv"
+    result = run_cv(cfg, out, folds=3, progress=False, ensemble=True)
+    ens = Path(result["ensemble"])
+    assert ens == out / "ensemble" and json.loads((out / "cv_metrics.json").read_text())["ensemble"] == str(
+        ens
+    )
+
+    # the ensemble's probabilities are the mean of the members' calibrated probabilities
+    run = load_run(ens)
+    members = [load_run(out / f"fold_{k}") for k in range(3)]
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        got = torch.softmax(run.model(x) / run.temperature, 1)
+        want = torch.stack([torch.softmax(m.model(x) / m.temperature, 1) for m in members]).mean(0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert run.temperature == 1.0 and len(run.info["ensemble"]["members"]) == 3
+
+    # the operating point comes from the out-of-fold predictions (no held-out split of its own)
+    from medclf.evaluate.thresholds import choose_threshold_ovr
+
+    oof = pd.read_csv(out / "oof_predictions.csv")
+    y = oof["label"].map({c: i for i, c in enumerate(run.classes)}).to_numpy()
+    probs = oof[[f"prob_{c}" for c in run.classes]].to_numpy()
+    expected = choose_threshold_ovr(y, probs, run.classes, run.positive_classes, "youden")
+    assert run.threshold == pytest.approx(expected)
+    with pytest.raises(MedclfError, match="fold ensemble"):
+        evaluate_run(ens, tmp_path / "ev")
+
+    image = next(iter(sorted(data.rglob("*.png"))))
+    pred = Predictor.from_run(ens, backend="torch", ood=False)
+    (p,) = pred.predict(image)
+    assert p.decision in run.classes and sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    heat = pred.explain(image).cam  # every member's CAM layer is hooked
+    assert heat.shape == (32, 32) and 0.0 <= float(heat.min()) <= float(heat.max()) <= 1.0
+    report = export_onnx(ens, tmp_path / "ens.onnx", ood=False)
+    assert report.max_abs_diff_probs < 1e-4

@@ -548,6 +548,11 @@ def evaluate_run(
     return metrics
 
 
+def _is_ensemble(run_dir: Path) -> bool:
+    info = _read_json(run_dir / "run.json") or {}
+    return bool(info.get("ensemble"))
+
+
 def _records(
     run_dir: Path, data: str | Path | None, split: str, skip_bad: bool
 ) -> tuple[pd.DataFrame, str, list[tuple[str, str]]]:
@@ -560,6 +565,12 @@ def _records(
                 f"{path} is missing; pass --data DIR to evaluate other images with the run's dataset spec"
             )
         records = read_split_csv(path)
+        if split != "all" and (records.get("split") == "train").all() and _is_ensemble(run_dir):
+            raise MedclfError(
+                f"{run_dir} is a fold ensemble: every image trained one of its members, so it has no {split} "
+                "split; its estimate is the cross-validation's (cv_metrics.json); evaluate it on external "
+                "images with --data DIR"
+            )
         if "split" not in records.columns:
             raise DataError(
                 f"{path} has no split column (a fold file); pass --data DIR or evaluate the cv folds"

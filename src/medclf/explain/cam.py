@@ -65,15 +65,15 @@ def _cam_class(method: str) -> Callable[..., object]:
 
 
 @contextlib.contextmanager
-def _grads_from(model: nn.Module, layer: nn.Module) -> Iterator[None]:
-    """Only ``layer``'s parameters require gradients while the map is computed (restored afterwards).
+def _grads_from(model: nn.Module, layers: list[nn.Module]) -> Iterator[None]:
+    """Only the ``layers``' parameters require gradients while the map is computed (restored afterwards).
 
     The layers before it then build no autograd graph, so the backward pass covers the last block and the
     head instead of the whole network: several times faster on a CPU, the same map.
     """
     params = list(model.parameters())
     saved = [p.requires_grad for p in params]
-    own = {id(p) for p in layer.parameters()}
+    own = {id(p) for layer in layers for p in layer.parameters()}
     try:
         for p in params:
             p.requires_grad_(id(p) in own)
@@ -95,7 +95,8 @@ def compute_cam(
     """Heat map in [0, 1] of shape [H, W] (the input's size) for one preprocessed image.
 
     ``image`` is [C, H, W] or [1, C, H, W]; ``target`` is a class index (default: the predicted class).
-    The model is used in eval mode; its weights are not changed.
+    The model is used in eval mode; its weights are not changed. A model with several CAM layers (``cam_layers``,
+    a fold ensemble) gets the average of their maps.
     """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -104,6 +105,9 @@ def compute_cam(
         raise ConfigError(
             f"{type(model).__name__} has no `cam_layer`; create it with medclf.models.create_model so it has one"
         )
+    layers = [layer]
+    if cam_layer is None and getattr(model, "cam_layers", None):
+        layers = list(model.cam_layers)
     x = image.unsqueeze(0) if image.ndim == 3 else image[:1]
     if meta is not None and meta.ndim == 1:
         meta = meta.unsqueeze(0)
@@ -113,8 +117,8 @@ def compute_cam(
     # frozen backbones (cached / fine-tune strategies) still need activation gradients: enable them locally
     with (
         torch.enable_grad(),
-        _grads_from(model, layer),
-        cam_cls(model=bound, target_layers=[layer], reshape_transform=_tokens_to_map) as cam,
+        _grads_from(model, layers),
+        cam_cls(model=bound, target_layers=layers, reshape_transform=_tokens_to_map) as cam,
     ):
         if method == "scorecam":
             cam.batch_size = 32

@@ -70,7 +70,7 @@ def register_model(
 
 def _ensure_builtin() -> None:
     # importing the modules registers their models
-    from medclf.models import fusion, small_cnn  # noqa: F401
+    from medclf.models import ensemble, fusion, small_cnn  # noqa: F401
 
 
 def get_model_entry(name: str) -> ModelEntry | None:

@@ -55,6 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--folds", type=int, default=5, metavar="K", help="number of folds to make (default 5)")
     p.add_argument("--group-by", metavar="RULE", help="group column or 'regex:PATTERN' on file names")
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="also write DIR/ensemble: the fold models averaged as one final model (image-only recipes)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (DIR/fold_k, cv_metrics.json)")
     p.set_defaults(func=_cv)
 
@@ -96,6 +101,8 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = _load(args)
     run = train(cfg, args.out, resume=args.resume, progress=not args.quiet)  # type: ignore[arg-type]
+    if _ddp_rank() != 0:
+        return 0  # a DDP worker process: global rank 0 writes run.json and reports the run
     info = json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))
     vm = info.get("val_metrics", {})
     print(f"run folder: {run}")
@@ -118,6 +125,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ddp_rank() -> int:
+    """Global rank of this process: Lightning's DDP launcher (and torchrun) start `medclf train` once per device."""
+    import sys
+
+    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")  # loaded only by the Lightning strategies
+    return int(getattr(getattr(rank_zero, "rank_zero_only", None), "rank", 0) or 0)
+
+
 def _cv(args: argparse.Namespace) -> int:
     import medclf
     from medclf.errors import ConfigError
@@ -126,10 +141,22 @@ def _cv(args: argparse.Namespace) -> int:
     if args.config is None and not args.data:
         raise ConfigError("medclf cv without CONFIG needs --data DATA (a class-per-folder image folder)")
     cfg = _load(args, default=default_cv_config())
-    result = run_cv(cfg, args.out, folds=args.folds, group_by=args.group_by, progress=not args.quiet)
+    result = run_cv(
+        cfg,
+        args.out,
+        folds=args.folds,
+        group_by=args.group_by,
+        progress=not args.quiet,
+        ensemble=args.ensemble,
+    )
     print(f"{len(result['folds'])} folds -> {Path(args.out) / 'cv_metrics.json'}")
     for k, v in result["mean"].items():
         print(f"  {k:18s} {v:.4f} ± {result['std'].get(k, float('nan')):.4f}")
+    if result.get("ensemble"):
+        print(
+            f"fold ensemble -> {result['ensemble']} (no held-out split of its own: the cv numbers above are its "
+            f"estimate; evaluate it on external data with medclf evaluate {result['ensemble']} --data DIR)"
+        )
     print(medclf.DISCLAIMER)
     return 0
 

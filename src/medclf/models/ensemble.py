@@ -1,0 +1,92 @@
+"""A fold ensemble: the K models of a cross-validation as one model with the medclf surface.
+
+``medclf cv --ensemble`` builds it from the fold runs. Each member keeps its own validation-fitted temperature,
+and the ensemble averages the members' calibrated probabilities. ``forward`` returns ``log(mean p)``, so a softmax
+downstream (evaluation, the Predictor, the exported ONNX graph) gives back exactly the averaged probabilities, and
+the ensemble run stores temperature 1.
+
+Pooled features are the members' features side by side (used for the out-of-distribution score), and Grad-CAM
+hooks every member's CAM layer (``cam_layers``): the map is the average over members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from medclf.errors import ConfigError
+from medclf.models._registry import register_model
+from medclf.models.base import MedclfModel
+
+__all__ = ["FoldEnsemble"]
+
+
+@register_model(name="fold_ensemble", description="average of the fold models of `medclf cv --ensemble`")
+class FoldEnsemble(MedclfModel):
+    """Average of calibrated member probabilities; members are rebuilt from their run.json model specs."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        members: Sequence[dict[str, Any]] = (),
+        temperatures: Sequence[float] | None = None,
+        drop_rate: float = 0.0,
+        num_meta: int = 0,
+        in_chans: int | None = None,
+    ) -> None:
+        super().__init__()
+        from medclf.models._registry import create_model
+
+        if len(members) < 2:
+            raise ConfigError("a fold ensemble needs at least 2 member models (the cv folds)")
+        temps = list(temperatures) if temperatures is not None else [1.0] * len(members)
+        if len(temps) != len(members) or any(float(t) <= 0 for t in temps):
+            raise ConfigError("fold ensemble: one positive temperature per member is needed")
+        built = []
+        for spec in members:
+            kwargs = dict(spec.get("kwargs") or {})
+            if kwargs.get("num_meta") or kwargs.get("meta_only"):
+                raise ConfigError(
+                    "a fold ensemble of metadata-fusion models is not supported (each fold fits its own metadata "
+                    "encoder); use one fold's run, or cross-validate an image-only recipe"
+                )
+            if int(spec["num_classes"]) != num_classes:
+                raise ConfigError("fold ensemble: every member must have the same classes")
+            built.append(create_model(spec["name"], num_classes, in_chans=spec.get("in_chans"), **kwargs))
+        self.members = nn.ModuleList(built)
+        self.register_buffer("temperatures", torch.tensor([float(t) for t in temps]))
+        self.num_classes = num_classes
+        self.num_meta = 0
+        self.splits = [int(m.num_features) for m in built]
+        self.num_features = sum(self.splits)
+        self.default_cfg = dict(getattr(built[0], "default_cfg", {}) or {})
+        self.cam_layer = getattr(built[0], "cam_layer", None)
+        self.cam_layers = [m.cam_layer for m in built if getattr(m, "cam_layer", None) is not None]
+        # no trainable head of its own: the members' heads combine in forward_head
+        self.head = nn.Identity()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # like `cam_layer`: aliases of modules that live inside the members, not submodules of their own
+        if name == "cam_layers":
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m.forward_features(x) for m in self.members], dim=1)
+
+    def forward_head(self, features: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        parts = torch.split(features, self.splits, dim=1)
+        probs = torch.stack(
+            [
+                torch.softmax(m.forward_head(f, meta).float() / t, dim=1)
+                for m, f, t in zip(self.members, parts, self.temperatures, strict=True)
+            ]
+        ).mean(0)
+        return torch.log(probs.clamp_min(1e-12))
+
+    def block_groups(self) -> list[list[nn.Parameter]]:
+        return []
