@@ -55,7 +55,13 @@ def render() -> str:
     return "\n".join(lines)
 
 
+OUT = Path(__file__).resolve().parent / "config-reference.md"
+
+
+def main() -> None:
+    OUT.write_text(render(), encoding="utf-8")
+    print(f"wrote {OUT}")
+
+
 if __name__ == "__main__":
-    out = Path(__file__).resolve().parent / "config-reference.md"
-    out.write_text(render(), encoding="utf-8")
-    print(f"wrote {out}")
+    main()

@@ -129,6 +129,8 @@ class TrainConfig:
     """Lightning devices; several GPUs train with DDP."""
     accelerator: str = "auto"
     """Lightning accelerator: auto, cpu, gpu, mps."""
+    num_nodes: int = 1
+    """Machines in a multi-node DDP run (each runs `devices` processes); see docs/scaling.md."""
     num_workers: int = 0
     """DataLoader worker processes (0 is fastest for small images on a 2-core CPU)."""
     seed: int = 0

@@ -129,7 +129,8 @@ def _ddp_rank() -> int:
     """Global rank of this process: Lightning's DDP launcher (and torchrun) start `medclf train` once per device."""
     import sys
 
-    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")  # loaded only by the Lightning strategies
+    # the module is loaded only by the Lightning strategies; without it this process is the only one
+    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
     return int(getattr(getattr(rank_zero, "rank_zero_only", None), "rank", 0) or 0)
 
 

@@ -104,6 +104,8 @@ def _check_cfg(cfg: RunConfig) -> None:
             raise ConfigError(f"train.{key}={getattr(t, key)!r}: choose one of {', '.join(allowed)}")
     if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
         raise ConfigError("train.epochs and train.batch_size must be at least 1 and train.lr positive")
+    if t.num_nodes < 1:
+        raise ConfigError(f"train.num_nodes={t.num_nodes}: must be at least 1 (the number of machines)")
     if cfg.model.metadata_only and not cfg.model.metadata:
         raise ConfigError("model.metadata_only needs model.metadata columns (e.g. [age, sex, localization])")
 
@@ -254,6 +256,7 @@ def _train_lightning(
     t0: float,
 ) -> Path:
     import lightning.pytorch as pl
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader
@@ -348,19 +351,27 @@ def _train_lightning(
     except ModuleNotFoundError:  # tensorboard is optional at run time; the CSV log is always written
         pass
     steps = max(1, len(train_loader))
-    trainer = pl.Trainer(
-        max_epochs=head_epochs + t.epochs,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        precision=t.precision,
-        callbacks=cbs,
-        logger=loggers,
-        default_root_dir=run_dir,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=min(50, steps),
-    )
+    try:
+        trainer = pl.Trainer(
+            max_epochs=head_epochs + t.epochs,
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            precision=t.precision,
+            callbacks=cbs,
+            logger=loggers,
+            default_root_dir=run_dir,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=min(50, steps),
+        )
+    except MisconfigurationException as exc:  # e.g. accelerator=gpu on a machine without a GPU
+        raise ConfigError(
+            f"train.accelerator={t.accelerator!r}, train.devices={t.devices!r}, train.num_nodes={t.num_nodes}, "
+            f"train.precision={t.precision!r}: Lightning refused them ({exc}); without a GPU use "
+            "--set train.accelerator=cpu (see docs/scaling.md)"
+        ) from None
     ckpt_path = ckpt_dir / LAST_CKPT if resume else None
     with warnings.catch_warnings():
         for message in _QUIET:
