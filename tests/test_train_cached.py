@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -43,7 +44,9 @@ def _weights(model):
 
 def test_head_trains_and_the_model_is_complete(data, tmp_path) -> None:
     ds, split = data
+    started = time.time()
     model, history = train_cached(_cfg(tmp_path), ds, split, tmp_path / "run", progress=False)
+    ended = time.time()
     assert 1 <= len(history) <= 8 and sum(r["best"] for r in history) == 1
     assert {"epoch", "train_loss", "val_loss", "val_acc", "val_bacc", "val_auc", "lr"} <= set(history[0])
     assert history[-1]["train_loss"] < history[0]["train_loss"] * 1.5
@@ -63,6 +66,10 @@ def test_head_trains_and_the_model_is_complete(data, tmp_path) -> None:
     assert classification_metrics(logits, y)["auc"] == pytest.approx(best["val_auc"], abs=1e-6)
     info = json.loads((tmp_path / "run" / "logs" / "cached.json").read_text())
     assert info["feature_seconds"] > 0 and info["bad_images"] == []
+    # one end-of-epoch UNIX stamp per history row, in order, within the call (benchmarks time epochs with it)
+    stamps = info["epoch_wall_times"]
+    assert stamps == [round(r["wall_time"], 3) for r in history]
+    assert started <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= ended + 1e-3
 
 
 def test_rerun_uses_the_cache_and_gives_identical_weights(data, tmp_path) -> None:
