@@ -587,6 +587,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--timeout-min", type=float, default=90, help="kill a contender after this long (default 90)"
     )
+    p.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        metavar="JSONL",
+        help="take the contenders not run now from an earlier run's --out file (same split: seed 0)",
+    )
+    p.add_argument("--section", default="peer_fastai_skin_bm", help="name of the page section to (re)write")
     p.add_argument("--smoke", action="store_true", help="~40 images per class, 1 epoch each, 1-minute budget")
     p.add_argument("--smoke-per-class", type=int, default=40)
     p.add_argument("--fastai-worker", metavar="SPEC", help=argparse.SUPPRESS)
@@ -612,6 +620,13 @@ def main(argv: list[str] | None = None) -> int:
     split_csv, data = make_split(a.config, work, a.smoke, a.smoke_per_class)
     warm_os_cache(data["paths"])
     results: dict[str, dict[str, Any]] = {}
+    reused: list[str] = []
+    if a.reuse:
+        for line in a.reuse.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row.get("contender") in CONTENDERS and row["contender"] not in names:
+                results[row["contender"]] = row
+                reused.append(row["contender"])
     for name in names:
         if name == "fastai":
             results[name] = run_fastai(a, split_csv, work, data)
@@ -629,9 +644,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"wrote {out}")
     body = markdown(results, s, a, data)
+    if reused:
+        body += (
+            f"\n\nReused from `{a.reuse}` (measured earlier by this script on the same split): "
+            f"{', '.join(SHORT[n] for n in reused)}; run now: {', '.join(SHORT[n] for n in names)}."
+        )
     from _results import write_section
 
-    write_section("peer_fastai_skin_bm" + ("_smoke" if a.smoke else ""), body, doc=doc, header=HEADER)
+    write_section(a.section + ("_smoke" if a.smoke else ""), body, doc=doc, header=HEADER)
     print(body)
     return 0 if all(r["rc"] == 0 for r in results.values()) else 1
 
