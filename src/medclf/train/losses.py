@@ -20,7 +20,9 @@ def class_weights(labels: np.ndarray, num_classes: int, power: float = 1.0) -> t
     accuracy, while the square root weighs it about 8x.
     """
     if power < 0:
-        raise ConfigError(f"train.class_weight_power must be >= 0, got {power}; use 1 (inverse frequency) or 0.5")
+        raise ConfigError(
+            f"train.class_weight_power must be >= 0, got {power}; use 1 (inverse frequency) or 0.5"
+        )
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     w = (len(labels) / (num_classes * np.maximum(counts, 1.0))) ** power
     return torch.tensor(w, dtype=torch.float32)
