@@ -50,7 +50,7 @@ def _call(p: Predictor, req: tuple[str, Any, Any]) -> Any:
         return ("error", exc.reason)
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
 def test_shared_predictor_threads_equal_sequential(fusion_run, backend: str) -> None:  # noqa: F811
     p = Predictor.from_run(fusion_run, backend=backend)
     reqs = [r for r in _requests() if backend == "torch" or r[0] != "explain"]

@@ -76,3 +76,13 @@ def test_predict_cli_all_good_and_nothing_to_do(tiny_run, inputs, capsys) -> Non
     assert main(["predict", str(tiny_run), str(inputs / "*.gif")]) == 2
     assert "no image files" in capsys.readouterr().err
     assert main(["predict", str(inputs), str(inputs / "a.png")]) == 2  # not a run folder
+
+
+def test_predict_cli_openvino_bf16_agrees_with_onnx(tiny_run, inputs, tmp_path) -> None:  # noqa: F811
+    a, b = tmp_path / "onnx.csv", tmp_path / "bf16.csv"
+    files = [str(inputs / "a.png"), str(inputs / "sub" / "b.jpg"), str(inputs / "c.dcm")]
+    assert main(["predict", str(tiny_run), *files, "--csv", str(a)]) == 0
+    assert main(["predict", str(tiny_run), *files, "--csv", str(b), "--backend", "openvino", "--bf16"]) == 0
+    pa, pb = pd.read_csv(a), pd.read_csv(b)
+    np.testing.assert_allclose(pa.prob_malignant, pb.prob_malignant, atol=0.1)
+    assert main(["predict", str(tiny_run), *files, "--bf16"]) == 2  # bf16 needs --backend openvino

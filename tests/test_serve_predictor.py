@@ -28,7 +28,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def predictors(tiny_run: Path) -> dict[str, Predictor]:  # noqa: F811
-    return {b: Predictor.from_run(tiny_run, backend=b) for b in ("torch", "onnx")}
+    return {b: Predictor.from_run(tiny_run, backend=b) for b in ("torch", "onnx", "openvino")}
 
 
 def _split(run: Path, split: str) -> pd.DataFrame:
@@ -42,20 +42,23 @@ def test_backends_agree_and_match_manual_softmax(predictors, tiny_run) -> None: 
 
     paths = list(_split(tiny_run, "val").path)
     pt = predictors["torch"].predict(paths)
-    ox = predictors["onnx"].predict(paths)
     run = load_run(tiny_run)
     tf = create_transform(run.preprocessing)
     x = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])
     with torch.no_grad():
         ref = torch.softmax(run.model(x) / run.temperature, 1).numpy()
-    for a, b, r in zip(pt, ox, ref, strict=True):
-        pa = np.array(list(a.probabilities.values()))
-        pb = np.array(list(b.probabilities.values()))
-        np.testing.assert_allclose(pa, r, atol=1e-5)
-        np.testing.assert_allclose(pb, r, atol=1e-4)
-        assert a.decision == b.decision
-        assert a.ood_score == pytest.approx(b.ood_score, rel=1e-3, abs=1e-3)
-        assert a.disclaimer == DISCLAIMER
+    for engine in ("onnx", "openvino"):
+        assert predictors[engine].backend.name == engine
+        for a, b, r in zip(pt, predictors[engine].predict(paths), ref, strict=True):
+            pa = np.array(list(a.probabilities.values()))
+            pb = np.array(list(b.probabilities.values()))
+            np.testing.assert_allclose(pa, r, atol=1e-5)
+            np.testing.assert_allclose(pb, r, atol=1e-4)  # OpenVINO compiles at fp32, not bf16
+            assert a.decision == b.decision
+            # the graph's Mahalanobis distance sums in float32 (torch's in float64); OpenVINO orders it differently
+            tol = 1e-3 if engine == "onnx" else 5e-3
+            assert a.ood_score == pytest.approx(b.ood_score, rel=tol, abs=tol)
+            assert a.disclaimer == b.disclaimer == DISCLAIMER
 
 
 def test_decision_uses_the_run_threshold(predictors) -> None:
@@ -181,6 +184,41 @@ def test_prediction_to_dict_is_json(predictors) -> None:
 def test_unknown_backend(tiny_run) -> None:  # noqa: F811
     with pytest.raises(ConfigError, match="backend"):
         Predictor.from_run(tiny_run, backend="tensorrt")
+
+
+def test_openvino_missing_or_misused_is_a_clear_error(tiny_run, monkeypatch) -> None:  # noqa: F811
+    import medclf._openvino as ovmod
+
+    with pytest.raises(ConfigError, match="openvino only"):
+        Predictor.from_run(tiny_run, backend="onnx", precision="bf16")
+    monkeypatch.setattr(ovmod, "available", lambda: False)
+    with pytest.raises(ConfigError, match=r"medclf\[openvino\]"):
+        Predictor.from_run(tiny_run, backend="openvino", ood=False)
+
+
+def test_openvino_bf16_is_opt_in_and_close(tiny_run) -> None:  # noqa: F811
+    from medclf._openvino import OpenVinoSession
+    from medclf.models import load_run
+    from medclf.serve.export import build_onnx
+    from medclf.serve.predictor import serving_info_from_run
+
+    run = load_run(tiny_run)
+    graph = build_onnx(run.model, serving_info_from_run(run), None).SerializeToString()
+    pre = run.preprocessing
+    shape = (4, pre.in_chans, pre.input_size, pre.input_size)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    f32 = OpenVinoSession(graph, precision="f32")
+    assert f32.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
+    a = f32.run(["logits"], {"image": x})[0]
+    b = OpenVinoSession(graph, precision="bf16").run(["logits"], {"image": x})[0]
+    np.testing.assert_allclose(b, a, atol=0.1)
+    fast = Predictor.from_run(tiny_run, backend="openvino", precision="bf16", ood=False)
+    exact = Predictor.from_run(tiny_run, backend="onnx", ood=False)
+    paths = list(_split(tiny_run, "val").path)
+    for p, q in zip(fast.predict(paths), exact.predict(paths), strict=True):
+        assert max(abs(p.probabilities[c] - q.probabilities[c]) for c in p.probabilities) < 0.1
+    with pytest.raises(ConfigError, match="precision"):
+        OpenVinoSession(graph, precision="int4")
 
 
 def test_multiclass_decision_follows_the_positive_group(group_run: Path) -> None:  # noqa: F811

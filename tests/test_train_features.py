@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import timm
@@ -129,6 +131,11 @@ def test_onnx_backend_matches_torch(trunk, images, tmp_path) -> None:
     np.testing.assert_allclose(
         a.views["clean"].astype(np.float32), b.views["clean"].astype(np.float32), atol=2e-2
     )
-    # auto measures once and remembers the choice beside the exported model
+    c = F.extract_features(bottom, images, PRE, cache_dir=tmp_path / "v", backend="openvino", progress=False)
+    np.testing.assert_allclose(
+        a.views["clean"].astype(np.float32), c.views["clean"].astype(np.float32), atol=2e-2
+    )
+    # auto measures every engine once and remembers the choice beside the exported model
     F.extract_features(bottom, images, PRE, cache_dir=tmp_path / "x", backend="auto", progress=False)
-    assert list((tmp_path / "x" / "onnx").glob("*.backend.json"))
+    (choice,) = (tmp_path / "x" / "onnx").glob("*.backend.json")
+    assert set(json.loads(choice.read_text())) == {"torch", "onnx", "openvino"}

@@ -10,6 +10,15 @@ from pathlib import Path
 
 __all__ = ["expand_inputs", "register"]
 
+_BACKENDS = ("onnx", "openvino", "torch")
+_BACKEND_HELP = (
+    "inference engine: onnx (ONNX Runtime, default), openvino (pip install 'medclf[openvino]') or torch "
+    "(eager PyTorch; an exported .onnx file runs on onnx instead)"
+)
+_BF16_HELP = (
+    "with --backend openvino: bfloat16 arithmetic on CPUs with AMX or AVX512-BF16 (about 2.5x faster; "
+    "probabilities move by a few hundredths)"
+)
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom")
 
 
@@ -23,9 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="run folder written by `medclf train`")
     p.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--csv", help="also write the predictions to this CSV file")
-    p.add_argument(
-        "--backend", choices=("onnx", "torch"), default="onnx", help="inference engine (default: onnx)"
-    )
+    p.add_argument("--backend", choices=_BACKENDS, default="onnx", help=_BACKEND_HELP)
+    p.add_argument("--bf16", action="store_true", help=_BF16_HELP)
     p.add_argument(
         "--no-ood", action="store_true", help="skip the out-of-distribution check (refer on confidence only)"
     )
@@ -58,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--api-key", default=None, help="require header X-API-Key (default: $MEDCLF_API_KEY if set)"
     )
-    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
+    p.add_argument("--backend", choices=_BACKENDS, default="onnx", help=_BACKEND_HELP)
+    p.add_argument("--bf16", action="store_true", help=_BF16_HELP)
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MiB (default 20)")
     p.add_argument("--workers-threads", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_serve)
@@ -117,7 +126,7 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"skipped: {m}", file=sys.stderr)
     if not files:
         raise MedclfError("no image files to predict; pass image files, folders or quoted glob patterns")
-    predictor = _load_predictor(args.run_dir, args.backend, ood=not args.no_ood)
+    predictor = _load_predictor(args.run_dir, args.backend, ood=not args.no_ood, bf16=args.bf16)
     rows: list[dict[str, object]] = []
     bad: list[str] = []
     batch_x: list[np.ndarray] = []
@@ -176,12 +185,15 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if bad or missing else 0
 
 
-def _load_predictor(run: str, backend: str, ood: bool = True):
+def _load_predictor(run: str, backend: str, ood: bool = True, bf16: bool = False):
     from medclf.serve.predictor import Predictor
 
+    precision = "bf16" if bf16 else "f32"
     if run.endswith(".onnx") and Path(run).is_file():
-        return Predictor.from_onnx(run)
-    return Predictor.from_run(run, backend=backend, ood=ood)
+        return Predictor.from_onnx(
+            run, backend="onnx" if backend == "torch" else backend, precision=precision
+        )
+    return Predictor.from_run(run, backend=backend, ood=ood, precision=precision)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -200,7 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
     from medclf.serve.server import run_server
 
     api_key = args.api_key or os.environ.get("MEDCLF_API_KEY") or None
-    predictor = _load_predictor(args.run_dir, args.backend)
+    predictor = _load_predictor(args.run_dir, args.backend, bf16=args.bf16)
     cfg = ServerConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), api_key=api_key)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(

@@ -124,7 +124,15 @@ def build_onnx(model: nn.Module, serving: _ServingInfo, ood: FeatureOOD | None =
     return proto
 
 
-def onnx_session(model_bytes: bytes, num_threads: int | None = None) -> Any:
+def onnx_session(
+    model_bytes: bytes, num_threads: int | None = None, engine: str = "onnx", precision: str = "f32"
+) -> Any:
+    """A session on an ONNX graph: ONNX Runtime (``engine="onnx"``) or OpenVINO (``"openvino"``; ``precision``
+    f32, or bf16 on CPUs with bf16 units)."""
+    if engine == "openvino":
+        from medclf._openvino import OpenVinoSession
+
+        return OpenVinoSession(model_bytes, num_threads=num_threads, precision=precision)
     import onnxruntime as ort
 
     so = ort.SessionOptions()
