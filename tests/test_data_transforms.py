@@ -1,0 +1,51 @@
+"""The evaluation transform's table lookup gives exactly what torchvision's ToDtype + Normalize give."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from medclf.data.transforms import Preprocessing, _ConvertMode, create_transform
+
+
+def _reference(pre: Preprocessing) -> v2.Compose:
+    size = pre.input_size
+    if pre.resize == "squash":
+        resize = [v2.Resize((size, size), antialias=True)]
+    else:
+        resize = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    return v2.Compose(
+        [
+            _ConvertMode("L" if pre.in_chans == 1 else "RGB"),
+            v2.PILToTensor(),
+            *resize,
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(pre.mean), std=list(pre.std)),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "pre",
+    [
+        Preprocessing(input_size=32),
+        Preprocessing(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        Preprocessing(input_size=24, in_chans=1, resize="center_crop"),
+    ],
+    ids=["imagenet", "half", "gray-crop"],
+)
+def test_eval_transform_is_bit_identical_to_torchvision(pre: Preprocessing) -> None:
+    rng = np.random.default_rng(0)
+    new, ref = create_transform(pre), _reference(pre)
+    for shape in ((32, 32, 3), (45, 60, 3), (40, 30), (32, 32, 4)):  # exact size, resized, grey, RGBA
+        im = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+        a, b = ref(im), new(im)
+        assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape == (
+            pre.in_chans,
+            pre.input_size,
+            pre.input_size,
+        )
+        assert torch.equal(a, b), shape
