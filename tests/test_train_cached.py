@@ -142,9 +142,26 @@ def test_focal_sgd_cosine_balanced(data, tmp_path) -> None:
     assert history[0]["lr"] > history[-1]["lr"] or len(history) <= 2
 
 
+def test_bf16_mixed_trains_the_top_blocks_close_to_fp32(data, tmp_path) -> None:
+    ds, split = data
+    sets = ["model.name=mobilenetv2_050", "model.input_size=32", "train.finetune_blocks=2", "train.epochs=2"]
+    a, hist_a = train_cached(_cfg(tmp_path, *sets), ds, split, tmp_path / "a", progress=False)
+    b, hist_b = train_cached(
+        _cfg(tmp_path, *sets, "train.precision=bf16-mixed"), ds, split, tmp_path / "b", progress=False
+    )
+    wa, wb = _weights(a), _weights(b)
+    trained = [k for k in wa if (k.startswith("head.") or ".blocks.6." in k) and "num_batches" not in k]
+    assert any(not torch.equal(wa[k], wb[k]) for k in trained)  # bf16 really ran: the steps differ
+    assert all(wb[k].dtype == wa[k].dtype == torch.float32 for k in trained)  # weights stay fp32
+    for ra, rb in zip(hist_a, hist_b, strict=True):
+        assert abs(ra["train_loss"] - rb["train_loss"]) < 0.1 * max(ra["train_loss"], 0.1)
+
+
 def test_clear_errors(data, tmp_path) -> None:
     ds, split = data
     with pytest.raises(DataError, match="'val'"):
         train_cached(_cfg(tmp_path), ds, split[split.split != "val"], tmp_path / "r", progress=False)
     with pytest.raises(ConfigError, match="views"):
         train_cached(_cfg(tmp_path, "train.views=0"), ds, split, tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match="32-true or bf16-mixed"):
+        train_cached(_cfg(tmp_path, "train.precision=16-mixed"), ds, split, tmp_path / "r", progress=False)

@@ -49,6 +49,18 @@ def _set_bn_eval(module: nn.Module) -> None:
             m.eval()
 
 
+def cached_bf16(precision: str) -> bool:
+    """``train.precision`` for the cached strategy: ``32-true`` (default) or ``bf16-mixed``, the training steps in
+    bfloat16 autocast on the CPU (faster on CPUs with AMX or AVX512-BF16; validation stays fp32)."""
+    if precision in ("32-true", "32"):
+        return False
+    if precision == "bf16-mixed":
+        return True
+    raise ConfigError(
+        f"train.precision={precision!r}: the cached strategy trains on the CPU with 32-true or bf16-mixed"
+    )
+
+
 class CachedTrainer:
     """Trains the head (and the top blocks) of ``model`` on cached bottom outputs.
 
@@ -125,6 +137,7 @@ class CachedTrainer:
         from tqdm.auto import tqdm
 
         t = self.t
+        bf16 = cached_bf16(t.precision)
         seed_all(t.seed)
         weight = class_weights(train_y, self.num_classes, t.class_weight_power) if t.class_weights else None
         loss_fn = create_loss(t.loss, weight=weight, label_smoothing=t.label_smoothing, gamma=t.focal_gamma)
@@ -154,9 +167,10 @@ class CachedTrainer:
                     continue
                 views = view_of[i : i + t.batch_size].numpy()
                 xb = np.stack([train_x[v][j] for v, j in zip(views, idx, strict=True)])
-                feats = self._features(torch.from_numpy(xb))
                 meta = torch.from_numpy(train_meta[idx]) if train_meta is not None else None
-                loss = loss_fn(self.model.forward_head(feats, meta), torch.from_numpy(train_y[idx]).long())
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    logits = self.model.forward_head(self._features(torch.from_numpy(xb)), meta)
+                loss = loss_fn(logits.float(), torch.from_numpy(train_y[idx]).long())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -236,6 +250,7 @@ def train_cached(
     from medclf.models import create_model, resolve_preprocessing
 
     t = cfg.train
+    cached_bf16(t.precision)  # a wrong value fails now, not after the feature extraction
     run_dir = Path(run_dir)
     classes = list(dataset.classes)
     if "split" not in split_df.columns:
