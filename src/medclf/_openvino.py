@@ -67,16 +67,16 @@ class OpenVinoSession:
         else:
             graph = core.read_model(os.fspath(model))
         config: dict[str, Any] = {
-            # one stream, all threads on each request: the lowest latency, and for the batches medclf sends
-            # (16-32 images) also the highest throughput measured on 2 cores
+            # one stream, all threads on each request: the lowest single-image latency; for batches of 16-32,
+            # several streams measured no better on 2 cores (within the machine's run-to-run noise)
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": precision,
         }
         if num_threads:
             config["INFERENCE_NUM_THREADS"] = int(num_threads)
         self.compiled = core.compile_model(graph, "CPU", config)
-        self.precision = precision
         self._inputs = [_Input(_name(p)) for p in self.compiled.inputs]
+        self._input_names = {i.name for i in self._inputs}
         self._outputs = {_name(p): p for p in self.compiled.outputs}
         self._local = threading.local()
 
@@ -91,9 +91,10 @@ class OpenVinoSession:
 
     def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         names = list(self._outputs) if output_names is None else output_names
-        expected = {i.name for i in self._inputs}
-        if set(feed) != expected:  # an input left out would silently keep the previous call's values
-            raise ValueError(f"feed {sorted(feed)} does not match the graph's inputs {sorted(expected)}")
+        if set(feed) != self._input_names:  # an input left out would silently keep the previous call's values
+            raise ValueError(
+                f"feed {sorted(feed)} does not match the graph's inputs {sorted(self._input_names)}"
+            )
         result = self._request().infer(feed)
         # the request reuses its output buffers on the next call: hand back copies
         return [np.array(result[self._outputs[n]], copy=True) for n in names]

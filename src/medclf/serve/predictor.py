@@ -126,8 +126,10 @@ class _TorchBackend:
 def _check_backend(backend: str, precision: str) -> None:
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if precision not in ("f32", "bf16"):
-        raise ConfigError(f"precision={precision!r}: choose f32 or bf16")
+    from medclf._openvino import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r}: choose {' or '.join(PRECISIONS)}")
     if precision == "bf16" and backend != "openvino":
         raise ConfigError(f"precision=bf16 runs on backend openvino only (got backend {backend!r})")
 
@@ -225,7 +227,7 @@ class Predictor:
     ) -> Predictor:
         """Load a run folder. ``backend``: ``onnx`` (default) / ``openvino`` export the model in memory and run it
         with ONNX Runtime / OpenVINO (``pip install 'medclf[openvino]'``); ``torch`` runs it eagerly.
-        ``precision="bf16"`` (OpenVINO only): bfloat16 arithmetic on CPUs with AMX or AVX512-BF16, about 2.5x
+        ``precision="bf16"`` (OpenVINO only): bfloat16 arithmetic on CPUs with AMX or AVX512-BF16, about 2x
         faster, with probabilities that move by a few hundredths (docs/benchmarks-cpu.md).
 
         ``ood``: fit (first use; cached as ``ood.safetensors`` in the run folder) or load the

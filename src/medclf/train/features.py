@@ -342,9 +342,8 @@ def _make_runner(
         makers["openvino"] = lambda: _OpenVinoRunner(onnx_path)
     choice_file = cache_dir / "onnx" / f"{key}.backend.json"
     choice = json.loads(choice_file.read_text()) if choice_file.is_file() else {}
-    if set(makers) <= set(
-        choice
-    ):  # measured before, for this backbone and these engines: build the winner only
+    if set(makers) <= set(choice):
+        # measured before, for this backbone and these engines: build the winner only
         best = max(makers, key=lambda name: choice[name])
         log.info("feature backend %s (measured before: %s)", best, choice)
         return makers[best]()
@@ -435,7 +434,8 @@ def extract_features(
 ) -> FeatureSet:
     """Run the frozen ``bottom`` over ``paths`` once per view, reading and writing the disk cache.
 
-    ``batch_size`` 16: measured faster than 32 with OpenVINO on a 2-core CPU (smaller activations stay in cache). ``half`` stores float16 (default: for feature maps, which are large; pooled features stay float32).
+    ``batch_size`` 16: measured faster than 32 with OpenVINO on a 2-core CPU (smaller activations stay in
+    cache). ``half`` stores float16 (default: for feature maps, which are large; pooled features stay float32).
     Raises BadImageError for the first unreadable image unless ``skip_bad``, which skips and lists them.
     """
     paths = [str(p) for p in paths]
