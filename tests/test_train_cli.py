@@ -56,6 +56,17 @@ def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
         assert cmd in out
 
 
+def test_models_lists_every_registered_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from medclf.models import list_models
+
+    assert main(["models"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:-1]}
+    assert set(list_models()) <= set(rows)
+    # built models report their size; the fold ensemble exists only as a cv result, so it has none
+    assert rows["tiny_cnn"][3].replace(",", "").isdigit() and rows["fold_ensemble"][3] == "-"
+    assert rows["efficientnet_lite0"][4] == "yes"
+
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 

@@ -158,6 +158,10 @@ class EvalConfig:
     """Bootstrap resamples for the 95% confidence intervals."""
     refer_below: float = 0.6
     """Predictions whose top probability is below this are flagged 'refer to a clinician'."""
+    tta: list[str] = field(default_factory=list)
+    """Test-time augmentation: extra views (hflip, vflip, rot90, rot180, rot270) whose image features are averaged
+    with the original's for every prediction the run makes (validation, evaluate, predict, serve, export). Costs
+    one forward pass per view; e.g. [hflip, vflip] for lesion photos. Empty = off."""
 
 
 @dataclass

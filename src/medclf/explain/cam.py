@@ -96,10 +96,14 @@ def compute_cam(
 
     ``image`` is [C, H, W] or [1, C, H, W]; ``target`` is a class index (default: the predicted class).
     The model is used in eval mode; its weights are not changed. A model with several CAM layers (``cam_layers``,
-    a fold ensemble) gets the average of their maps.
+    a fold ensemble) gets the average of their maps. A test-time-augmented model is explained on the original
+    view only.
     """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    from medclf.models.tta import unwrap_tta
+
+    model = unwrap_tta(model)  # the map explains the original view, not the average over TTA views
     layer = cam_layer if cam_layer is not None else getattr(model, "cam_layer", None)
     if not isinstance(layer, nn.Module):
         raise ConfigError(

@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from medclf.errors import ConfigError
     from medclf.models import create_model, get_model_entry, list_models, model_default_cfg
     from medclf.models.timm_adapter import offline_pretrained_names
 
@@ -36,8 +37,11 @@ def _run(args: argparse.Namespace) -> int:
                 if entry and getattr(entry.factory, "meta_only", False)
                 else {}
             )
-            model = create_model(name, 2, **kw)
-            params = f"{sum(p.numel() for p in model.parameters()):,}"
+            try:
+                model = create_model(name, 2, **kw)
+                params = f"{sum(p.numel() for p in model.parameters()):,}"
+            except ConfigError:  # composite models (the fold ensemble) are built from trained runs only
+                params = "-"
         desc = entry.description if entry else "timm backbone"
         rows.append(
             (

@@ -75,6 +75,9 @@ def save_run_model(run_dir: str | Path, model: nn.Module, info: dict[str, Any]) 
     """
     from safetensors.torch import save_model
 
+    from medclf.models.tta import unwrap_tta
+
+    model = unwrap_tta(model)  # the views live in info["tta"]; the weights are the inner model's
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     info = dict(info)
@@ -164,6 +167,10 @@ def load_run(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -
             f"{wpath}: cannot load the weights into {spec['name']} ({exc}); retrain the run"
         ) from None
     model.eval()
+    if info.get("tta"):
+        from medclf.models.tta import with_tta
+
+        model = with_tta(model, [str(v) for v in info["tta"]])
     classes = [str(c) for c in info["classes"]]
     pre = Preprocessing.from_dict(info["preprocessing"]) if info.get("preprocessing") else None
     if pre is None:

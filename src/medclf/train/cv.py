@@ -139,6 +139,7 @@ def build_fold_ensemble(
     import medclf
     from medclf.evaluate.thresholds import choose_threshold_ovr
     from medclf.models import create_model, load_run, save_run_model
+    from medclf.models.tta import unwrap_tta
     from medclf.train.rundir import library_versions
 
     out = Path(out_dir)
@@ -165,7 +166,7 @@ def build_fold_ensemble(
         temperatures=temps,
     )
     for member, r in zip(model.members, runs, strict=True):
-        member.load_state_dict(r.model.state_dict())
+        member.load_state_dict(unwrap_tta(r.model).state_dict())
     model.eval()
 
     oof = pd.read_csv(out / "oof_predictions.csv")
@@ -201,6 +202,7 @@ def build_fold_ensemble(
         "threshold": threshold,
         "threshold_rule": f"{cfg.eval.threshold} on out-of-fold predictions" if positive_set else None,
         "temperature": 1.0,
+        "tta": list(first.info.get("tta") or []),  # the out-of-fold predictions the threshold used had them
         "ensemble": {
             "members": [str(r.run_dir.resolve()) for r in runs],
             "member_temperatures": temps,

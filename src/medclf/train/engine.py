@@ -108,6 +108,12 @@ def _check_cfg(cfg: RunConfig) -> None:
         raise ConfigError(f"train.num_nodes={t.num_nodes}: must be at least 1 (the number of machines)")
     if cfg.model.metadata_only and not cfg.model.metadata:
         raise ConfigError("model.metadata_only needs model.metadata columns (e.g. [age, sex, localization])")
+    if cfg.eval.tta:
+        from medclf.models.tta import check_tta_views
+
+        check_tta_views(cfg.eval.tta)
+        if cfg.model.metadata_only:
+            raise ConfigError("eval.tta: a metadata-only model does not look at images; remove eval.tta")
 
 
 def train(
@@ -464,6 +470,7 @@ def finalize_run(
     import medclf
     from medclf.models import LoadedRun, save_run_model
     from medclf.models.inference import predict_records, predictions_frame
+    from medclf.models.tta import with_tta
     from medclf.train.module import classification_metrics
     from medclf.train.rundir import data_fingerprint, library_versions, plot_history
 
@@ -472,6 +479,9 @@ def finalize_run(
     positive_set = _positive_classes(cfg, classes, positive)
     if binary:
         positive = classes.index(positive_set[0])
+    # every prediction from here on (temperature, operating point, val/test tables) uses the run's TTA views
+    model = with_tta(model, cfg.eval.tta)
+    model.eval()
     loaded = LoadedRun(
         model=model,
         info={},
@@ -520,6 +530,7 @@ def finalize_run(
         "positive_classes": positive_set,
         "threshold_rule": str(cfg.eval.threshold) if positive_set else None,
         "temperature": temperature,
+        "tta": list(cfg.eval.tta),
         "val_metrics": classification_metrics(val_logits, y_val, positive),
         **(extra or {}),
         "train_seconds": _train_seconds(t0, history_rows, bool((extra or {}).get("resumed"))),
