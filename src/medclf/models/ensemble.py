@@ -1,6 +1,9 @@
-"""A fold ensemble: the K models of a cross-validation as one model with the medclf surface.
+"""An ensemble: several trained models as one model with the medclf surface.
 
-``medclf cv --ensemble`` builds it from the fold runs. Each member keeps its own validation-fitted temperature,
+``medclf cv --ensemble`` builds it from the fold runs, ``medclf ensemble`` from any runs that share a split
+(e.g. EfficientNet-Lite0 at 224 px and Lite2 at 260 px). Members may differ in input size and normalisation
+(``member_inputs``): the ensemble takes the largest member's input and resizes (bilinear) and re-normalises it for
+each smaller member inside the graph. Each member keeps its own validation-fitted temperature,
 and the ensemble averages the members' calibrated probabilities. ``forward`` returns ``log(mean p)``, so a softmax
 downstream (evaluation, the Predictor, the exported ONNX graph) gives back exactly the averaged probabilities, and
 the ensemble run stores temperature 1.
@@ -24,7 +27,9 @@ from medclf.models.base import MedclfModel
 __all__ = ["FoldEnsemble"]
 
 
-@register_model(name="fold_ensemble", description="average of the fold models of `medclf cv --ensemble`")
+@register_model(
+    name="fold_ensemble", description="average of trained runs (`medclf cv --ensemble`, `medclf ensemble`)"
+)
 class FoldEnsemble(MedclfModel):
     """Average of calibrated member probabilities; members are rebuilt from their run.json model specs."""
 
@@ -36,15 +41,16 @@ class FoldEnsemble(MedclfModel):
         drop_rate: float = 0.0,
         num_meta: int = 0,
         in_chans: int | None = None,
+        member_inputs: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         from medclf.models._registry import create_model
 
         if len(members) < 2:
-            raise ConfigError("a fold ensemble needs at least 2 member models (the cv folds)")
+            raise ConfigError("an ensemble needs at least 2 member models (cv folds or runs)")
         temps = list(temperatures) if temperatures is not None else [1.0] * len(members)
         if len(temps) != len(members) or any(float(t) <= 0 for t in temps):
-            raise ConfigError("fold ensemble: one positive temperature per member is needed")
+            raise ConfigError("ensemble: one positive temperature per member is needed")
         built = []
         for spec in members:
             kwargs = dict(spec.get("kwargs") or {})
@@ -54,7 +60,7 @@ class FoldEnsemble(MedclfModel):
                     "encoder); use one fold's run, or cross-validate an image-only recipe"
                 )
             if int(spec["num_classes"]) != num_classes:
-                raise ConfigError("fold ensemble: every member must have the same classes")
+                raise ConfigError("ensemble: every member must have the same classes")
             built.append(create_model(spec["name"], num_classes, in_chans=spec.get("in_chans"), **kwargs))
         self.members = nn.ModuleList(built)
         self.register_buffer("temperatures", torch.tensor([float(t) for t in temps]))
@@ -63,6 +69,13 @@ class FoldEnsemble(MedclfModel):
         self.splits = [int(m.num_features) for m in built]
         self.num_features = sum(self.splits)
         self.default_cfg = dict(getattr(built[0], "default_cfg", {}) or {})
+        self.member_inputs = [dict(d) for d in member_inputs] if member_inputs else []
+        # the ensemble's own input: the largest member's (its run folder's preprocessing says the same)
+        self.input_cfg: dict[str, Any] = {}
+        if self.member_inputs:
+            if len(self.member_inputs) != len(built):
+                raise ConfigError("ensemble: member_inputs needs one entry per member")
+            self.input_cfg = max(self.member_inputs, key=lambda d: int(d["input_size"]))
         self.cam_layer = getattr(built[0], "cam_layer", None)
         self.cam_layers = [m.cam_layer for m in built if getattr(m, "cam_layer", None) is not None]
         # no trainable head of its own: the members' heads combine in forward_head
@@ -75,8 +88,25 @@ class FoldEnsemble(MedclfModel):
             return
         super().__setattr__(name, value)
 
+    def _member_input(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The ensemble's input as member ``k``'s own preprocessing would have made it (size, mean, std)."""
+        if not self.member_inputs:
+            return x
+        d, e = self.member_inputs[k], self.input_cfg
+        size = int(d["input_size"])
+        if size != x.shape[-1] or size != x.shape[-2]:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        if tuple(d["mean"]) != tuple(e["mean"]) or tuple(d["std"]) != tuple(e["std"]):
+            shape = (1, -1, 1, 1)
+            e_mean, e_std = (torch.tensor(e[k_], dtype=x.dtype).view(shape) for k_ in ("mean", "std"))
+            d_mean, d_std = (torch.tensor(d[k_], dtype=x.dtype).view(shape) for k_ in ("mean", "std"))
+            x = (x * e_std + e_mean - d_mean) / d_std
+        return x
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m.forward_features(x) for m in self.members], dim=1)
+        return torch.cat(
+            [m.forward_features(self._member_input(x, k)) for k, m in enumerate(self.members)], dim=1
+        )
 
     def forward_head(self, features: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         parts = torch.split(features, self.splits, dim=1)

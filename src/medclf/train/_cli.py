@@ -75,6 +75,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(func=_tune)
 
+    p = subparsers.add_parser(
+        "ensemble",
+        help="average several trained runs (same split) into one run folder",
+        description="Combine runs trained on the same split (e.g. EfficientNet-Lite0 and Lite2) into one run: "
+        "their calibrated probabilities are averaged, and the temperature and operating point are fitted on the "
+        "shared validation split. Members may differ in backbone and input size.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="two or more run folders from medclf train")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder to create")
+    p.add_argument(
+        "--threshold",
+        metavar="RULE",
+        help="operating point rule (youden, sensitivity:0.95, ...); default: the first run's eval.threshold",
+    )
+    p.add_argument("--name", help="label for reports (default: ensemble-<member names>)")
+    p.set_defaults(func=_ensemble)
+
 
 def _load(args: argparse.Namespace, default: Any = None) -> Any:
     from medclf.config import apply_overrides, load_config
@@ -169,6 +186,23 @@ def _tune(args: argparse.Namespace) -> int:
     table = run_tune(cfg, args.out, trials=args.trials, sampler=args.sampler, progress=not args.quiet)
     print(table.drop(columns=["run_dir"], errors="ignore").head(10).to_string(index=False))
     print(f"best recipe: {Path(args.out) / 'best_config.yaml'}")
+    return 0
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    import medclf
+    from medclf.train.ensemble import build_run_ensemble
+
+    run = build_run_ensemble(args.runs, args.out, threshold=args.threshold, name=args.name)
+    info = json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))
+    vm = info.get("val_metrics", {})
+    print(f"ensemble of {len(args.runs)} runs -> {run}")
+    print(
+        f"  validation: acc {_fmt(vm.get('acc'))}, balanced acc {_fmt(vm.get('bacc'))}, "
+        f"auc {_fmt(vm.get('auc'))}"
+    )
+    print(f"  next: medclf evaluate {run} --out {Path(run) / 'eval'}")
+    print(medclf.DISCLAIMER)
     return 0
 
 
