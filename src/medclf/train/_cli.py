@@ -121,20 +121,12 @@ def _train(args: argparse.Namespace) -> int:
     if _ddp_rank() != 0:
         return 0  # a DDP worker process: global rank 0 writes run.json and reports the run
     info = json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))
-    vm = info.get("val_metrics", {})
     print(f"run folder: {run}")
     print(
         f"  strategy {info.get('strategy')}, {info.get('epochs_run')} epochs, {info.get('train_seconds')} s; "
         f"best {info.get('monitor')} = {_fmt(info.get('best_score'))} (epoch {info.get('best_epoch')})"
     )
-    print(
-        f"  validation: acc {_fmt(vm.get('acc'))}, balanced acc {_fmt(vm.get('bacc'))}, auc {_fmt(vm.get('auc'))}"
-    )
-    if info.get("threshold") is not None:
-        print(
-            f"  threshold on P({'+'.join(info.get('positive_classes') or [str(info.get('positive_class'))])}): "
-            f"{info['threshold']:.4f} ({info.get('threshold_rule')})"
-        )
+    _print_validation(info)
     if info.get("skipped_images"):
         print(f"  skipped {len(info['skipped_images'])} unreadable image(s): listed in run.json")
     print(f"  next: medclf evaluate {run} --out {Path(run) / 'eval'}")
@@ -194,16 +186,23 @@ def _ensemble(args: argparse.Namespace) -> int:
     from medclf.train.ensemble import build_run_ensemble
 
     run = build_run_ensemble(args.runs, args.out, threshold=args.threshold, name=args.name)
-    info = json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))
-    vm = info.get("val_metrics", {})
     print(f"ensemble of {len(args.runs)} runs -> {run}")
-    print(
-        f"  validation: acc {_fmt(vm.get('acc'))}, balanced acc {_fmt(vm.get('bacc'))}, "
-        f"auc {_fmt(vm.get('auc'))}"
-    )
+    _print_validation(json.loads((Path(run) / "run.json").read_text(encoding="utf-8")))
     print(f"  next: medclf evaluate {run} --out {Path(run) / 'eval'}")
     print(medclf.DISCLAIMER)
     return 0
+
+
+def _print_validation(info: dict[str, Any]) -> None:
+    vm = info.get("val_metrics", {})
+    print(
+        f"  validation: acc {_fmt(vm.get('acc'))}, balanced acc {_fmt(vm.get('bacc'))}, auc {_fmt(vm.get('auc'))}"
+    )
+    if info.get("threshold") is not None:
+        print(
+            f"  threshold on P({'+'.join(info.get('positive_classes') or [str(info.get('positive_class'))])}): "
+            f"{info['threshold']:.4f} ({info.get('threshold_rule')})"
+        )
 
 
 def _fmt(v: Any) -> str:
