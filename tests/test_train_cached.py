@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -106,6 +107,8 @@ def test_top_blocks_train_from_cached_maps(data, tmp_path) -> None:
     assert not any("conv_stem" in k or ".blocks.0." in k for k in changed)  # the bottom stayed frozen
     # batch-norm statistics stay frozen in the trained blocks
     assert not any("running_mean" in k and not torch.equal(fresh[k], after[k]) for k in fresh)
+    # the blocks trained in channels-last layout and came back in the ordinary one (saving needs it)
+    assert all(p.is_contiguous() for p in model.parameters())
 
 
 def test_metadata_fusion_and_metadata_only(data, tmp_path) -> None:
@@ -140,6 +143,31 @@ def test_focal_sgd_cosine_balanced(data, tmp_path) -> None:
     )
     _, history = train_cached(cfg, ds, split, tmp_path / "run", progress=False)
     assert history[0]["lr"] > history[-1]["lr"] or len(history) <= 2
+
+
+def test_blocks_train_channels_last_with_the_same_result(data, tmp_path, monkeypatch) -> None:
+    from medclf.train.cached import CachedTrainer
+
+    ds, split = data
+    sets = ["model.name=mobilenetv2_050", "model.input_size=32", "train.finetune_blocks=2", "train.epochs=2"]
+    seen: list[bool] = []
+    real = CachedTrainer._features
+
+    def spy(self, x):
+        out = real(self, x)
+        seen.append(self._channels_last)
+        return out
+
+    monkeypatch.setattr(CachedTrainer, "_features", spy)
+    model, hist = train_cached(_cfg(tmp_path, *sets), ds, split, tmp_path / "cl", progress=False)
+    assert seen and all(seen)  # every training and validation step ran in channels-last layout
+    monkeypatch.setattr(CachedTrainer, "_channels_last_blocks", lambda self: contextlib.nullcontext())
+    ref, ref_hist = train_cached(_cfg(tmp_path, *sets), ds, split, tmp_path / "ref", progress=False)
+    # the layout changes only the order of floating-point sums, not what is learned
+    for a, b in zip(hist, ref_hist, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+    wa, wb = _weights(model), _weights(ref)
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-3
 
 
 def test_bf16_mixed_trains_the_top_blocks_close_to_fp32(data, tmp_path) -> None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["STRATEGIES", "finalize_run", "load_data", "resolve_split", "run_cv", "run_tune", "train"]
+__all__ = ["STRATEGIES", "build_run_ensemble", "finalize_run", "load_data", "resolve_split", "run_cv", "run_tune", "train"]
 
 _WHERE = {
     "STRATEGIES": "engine",
+    "build_run_ensemble": "ensemble",
     "finalize_run": "engine",
     "load_data": "engine",
     "resolve_split": "engine",
