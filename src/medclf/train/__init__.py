@@ -6,7 +6,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["STRATEGIES", "build_run_ensemble", "finalize_run", "load_data", "resolve_split", "run_cv", "run_tune", "train"]
+__all__ = [
+    "STRATEGIES",
+    "build_run_ensemble",
+    "finalize_run",
+    "load_data",
+    "resolve_split",
+    "run_cv",
+    "run_tune",
+    "train",
+]
 
 _WHERE = {
     "STRATEGIES": "engine",
