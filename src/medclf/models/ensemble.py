@@ -81,6 +81,27 @@ class FoldEnsemble(MedclfModel):
         # no trainable head of its own: the members' heads combine in forward_head
         self.head = nn.Identity()
 
+    @classmethod
+    def from_runs(
+        cls, runs: Sequence[Any], member_inputs: Sequence[dict[str, Any]] | None = None
+    ) -> FoldEnsemble:
+        """The ensemble of loaded runs (``medclf.models.load_run``), each member with its run's weights and
+        temperature (a test-time-augmented run contributes its plain model)."""
+        from medclf.models._registry import create_model
+        from medclf.models.tta import unwrap_tta
+
+        model = create_model(
+            "fold_ensemble",
+            len(runs[0].classes),
+            in_chans=runs[0].info["model"].get("in_chans"),
+            members=[r.info["model"] for r in runs],
+            temperatures=[float(r.temperature) for r in runs],
+            **({"member_inputs": list(member_inputs)} if member_inputs else {}),
+        )
+        for member, r in zip(model.members, runs, strict=True):
+            member.load_state_dict(unwrap_tta(r.model).state_dict())
+        return model.eval()
+
     def __setattr__(self, name: str, value: Any) -> None:
         # like `cam_layer`: aliases of modules that live inside the members, not submodules of their own
         if name == "cam_layers":

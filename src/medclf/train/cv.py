@@ -138,8 +138,8 @@ def build_fold_ensemble(
 
     import medclf
     from medclf.evaluate.thresholds import choose_threshold_ovr
-    from medclf.models import create_model, load_run, save_run_model
-    from medclf.models.tta import unwrap_tta
+    from medclf.models import load_run, save_run_model
+    from medclf.models.ensemble import FoldEnsemble
     from medclf.train.rundir import library_versions
 
     out = Path(out_dir)
@@ -156,18 +156,8 @@ def build_fold_ensemble(
             "a fold ensemble of metadata-fusion models is not supported (each fold fits its own metadata "
             "encoder); use one fold's run as the final model, or drop model.metadata for the ensemble"
         )
-    specs = [r.info["model"] for r in runs]
     temps = [float(r.temperature) for r in runs]
-    model = create_model(
-        "fold_ensemble",
-        len(first.classes),
-        in_chans=specs[0].get("in_chans"),
-        members=specs,
-        temperatures=temps,
-    )
-    for member, r in zip(model.members, runs, strict=True):
-        member.load_state_dict(unwrap_tta(r.model).state_dict())
-    model.eval()
+    model = FoldEnsemble.from_runs(runs)
 
     oof = pd.read_csv(out / "oof_predictions.csv")
     classes = first.classes

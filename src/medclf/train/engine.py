@@ -481,7 +481,6 @@ def finalize_run(
         positive = classes.index(positive_set[0])
     # every prediction from here on (temperature, operating point, val/test tables) uses the run's TTA views
     model = with_tta(model, cfg.eval.tta)
-    model.eval()
     loaded = LoadedRun(
         model=model,
         info={},

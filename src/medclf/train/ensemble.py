@@ -38,7 +38,8 @@ def build_run_ensemble(
     validation split. Returns ``out_dir``."""
     from medclf._atomic import atomic_path, atomic_write_text
     from medclf.config import dump_config, load_config
-    from medclf.models import create_model, load_run
+    from medclf.models import load_run
+    from medclf.models.ensemble import FoldEnsemble
     from medclf.models.tta import unwrap_tta
     from medclf.train.engine import finalize_run
 
@@ -57,6 +58,7 @@ def build_run_ensemble(
                 f"{r.run_dir}: no split.csv; only training runs (not fold ensembles) can be members"
             )
         splits.append(pd.read_csv(r.run_dir / "split.csv"))
+    reference = {part: _split_key(splits[0], part) for part in ("val", "test")}
     for r, split in zip(runs[1:], splits[1:], strict=True):
         if r.classes != first.classes:
             raise ConfigError(f"{r.run_dir} has classes {r.classes}, {first.run_dir} has {first.classes}")
@@ -72,7 +74,7 @@ def build_run_ensemble(
                 f"as {pre0.in_chans} with resize={pre0.resize}; members must agree on both"
             )
         for part in ("val", "test"):
-            if _split_key(split, part) != _split_key(splits[0], part):
+            if _split_key(split, part) != reference[part]:
                 raise ConfigError(
                     f"{r.run_dir} and {first.run_dir} have different {part} images; train the members on one "
                     "split (same data and data.seed, or the same data.split_csv) so that the ensemble's operating "
@@ -94,17 +96,7 @@ def build_run_ensemble(
         }
         for r in runs
     ]
-    model = create_model(
-        "fold_ensemble",
-        len(first.classes),
-        in_chans=first.info["model"].get("in_chans"),
-        members=[r.info["model"] for r in runs],
-        temperatures=[float(r.temperature) for r in runs],
-        member_inputs=inputs,
-    )
-    for member, r in zip(model.members, runs, strict=True):
-        member.load_state_dict(unwrap_tta(r.model).state_dict())
-    model.eval()
+    model = FoldEnsemble.from_runs(runs, member_inputs=inputs)
     # the largest member's input; smaller members get theirs resized inside the model
     big = max(runs, key=lambda r: r.preprocessing.input_size).preprocessing
     preprocessing = dataclasses.replace(big, resize=first.preprocessing.resize)
