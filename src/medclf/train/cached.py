@@ -132,7 +132,7 @@ class CachedTrainer:
     @contextlib.contextmanager
     def _channels_last_blocks(self) -> Iterator[None]:
         """Blocks trained from cached maps run in channels-last layout: oneDNN's forward and backward convolutions
-        are about 1.8x faster on a CPU than in the default layout (EfficientNet-Lite0, top 7 blocks, batch 64).
+        are about 1.8x faster on a CPU than in the default layout (benchmarks/block_layout.py).
         The ordinary layout is restored afterwards, for saving and for every later user of the model."""
         self._channels_last = any(p.ndim == 4 for p in self.top_params)
         if self._channels_last:
