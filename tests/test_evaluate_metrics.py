@@ -116,6 +116,16 @@ def test_multiclass_positive_set_adds_screening_metrics() -> None:
     assert m["accuracy"] == pytest.approx((pred == y).mean())
     assert np.array(m["confusion_matrix"]).trace() == (pred == y).sum()
     assert "sensitivity" in m["ci95"]
+    # the plain arg-max figures stand beside the operating point's, with their own intervals
+    top1 = p.argmax(1)
+    assert m["top1_accuracy"] == pytest.approx(skm.accuracy_score(y, top1))
+    assert m["top1_balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, top1))
+    assert m["top1_macro_f1"] == pytest.approx(skm.f1_score(y, top1, average="macro"))
+    assert m["top1_accuracy"] != m["accuracy"]
+    lo, hi = m["ci95"]["top1_balanced_accuracy"]
+    assert lo <= m["top1_balanced_accuracy"] <= hi
+    # arg-max runs (and binary ones) have no second set
+    assert "top1_accuracy" not in compute_metrics(y, p, ["nv", "mel", "bcc", "bkl"], n_boot=0)
 
 
 def test_intervals_are_seeded_and_contain_the_estimate() -> None:

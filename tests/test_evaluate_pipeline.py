@@ -169,6 +169,9 @@ def test_multiclass_run_with_a_positive_group(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out["pred"], np.where(score >= 0.35, best_in, "nv"))
     html = (tmp_path / "e" / "report.html").read_text(encoding="utf-8")
     assert "P(mel+bcc+akiec) ≥ 0.35" in html and "Sensitivity (mel+bcc+akiec)" in html
+    # a multiclass report keeps the macro AUC and shows the arg-max figures beside the operating point's
+    assert "Macro AUC (one-vs-rest)" in html and "Accuracy, arg-max decision" in html
+    assert m["top1_accuracy"] == pytest.approx((probs.argmax(1) == out["label"].map(classes.index)).mean())
     sweep = pd.read_csv(tmp_path / "e" / "threshold_sweep.csv")
     row = sweep.iloc[(sweep["threshold"] - 0.35).abs().argmin()]
     assert row["sensitivity"] == pytest.approx(m["sensitivity"])

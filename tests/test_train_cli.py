@@ -101,3 +101,21 @@ def test_mpox_recipe_on_synthetic_fold_layout(tmp_path: Path, capsys: pytest.Cap
     result = json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())
     assert len(result["folds"]) == 3 and result["premade_folds"]
     assert json.loads((tmp_path / "cv" / "fold_0" / "run.json").read_text())["model"]["name"] == "mpox_cnn"
+
+
+def test_cv_without_config_runs_the_default_recipe(tmp_path: Path) -> None:
+    """`medclf cv --data DIR` with no CONFIG: offline-pretrained Lite0, top 7 blocks from cached maps."""
+    from medclf.data import synth_dataset
+    from medclf.train.cv import default_cv_config
+
+    default = default_cv_config()
+    assert (default.model.name, default.model.pretrained) == ("efficientnet_lite0", True)
+    assert (default.train.strategy, default.train.finetune_blocks, default.train.views) == ("cached", 7, 4)
+    synth_dataset(tmp_path / "data", n=24, size=48, seed=3)
+    args = ["cv", "--data", str(tmp_path / "data"), "--folds", "2", "--quiet", "--out", str(tmp_path / "cv")]
+    args += ["--set", "train.epochs=1", "--set", "train.views=1", "--set", "model.input_size=64"]
+    assert main(args) == 0
+    run = json.loads((tmp_path / "cv" / "fold_1" / "run.json").read_text())
+    cached = json.loads((tmp_path / "cv" / "fold_1" / "logs" / "cached.json").read_text())
+    assert run["model"]["name"] == "efficientnet_lite0" and cached["finetune_blocks"] == 7
+    assert len(json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())["folds"]) == 2

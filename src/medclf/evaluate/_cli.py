@@ -99,8 +99,9 @@ def _print_summary(metrics: dict) -> None:
     from medclf import DISCLAIMER
 
     ci = metrics.get("ci95") or {}
-    keys = ["sensitivity", "specificity", "auc"] if "sensitivity" in metrics else ["macro_auc"]
-    keys += ["accuracy", "balanced_accuracy", "macro_f1", "ece"]
+    keys = ["sensitivity", "specificity", "auc"] if "sensitivity" in metrics else []
+    keys += ["macro_auc"] if "sensitivity" not in metrics or len(metrics["classes"]) > 2 else []
+    keys += ["accuracy", "balanced_accuracy", "macro_f1", "ece", "top1_accuracy", "top1_balanced_accuracy"]
     print(f"{metrics['n']} images")
     for k in keys:
         v = metrics.get(k)

@@ -40,6 +40,9 @@ HEADLINE_METRICS = (
     "brier",
 )
 BINARY_METRICS = ("sensitivity", "specificity", "ppv", "npv", "auc", "average_precision")
+TOP1_METRICS = ("top1_accuracy", "top1_balanced_accuracy", "top1_macro_f1")
+"""Multiclass with a positive group: the label-based metrics of the plain arg-max decision, beside the operating
+point's (the figures a paper without an operating point reports)."""
 _PER_CLASS_CI = ("precision", "recall", "specificity", "f1", "auc")
 ECE_BINS = 15
 
@@ -125,6 +128,23 @@ class _Inputs:
         # macro averages run over the classes present in the labels or the predictions, as scikit-learn's
         present = np.bincount(y, minlength=k) + np.bincount(pred, minlength=k)
         self.f1_classes = present > 0
+        self.top1: _Inputs | None = None
+        if k > 2 and positive is not None:
+            self.top1 = _Inputs(y, probs, probs.argmax(axis=1), k, None, None)
+
+
+def _label_metrics(cm: np.ndarray, f1_classes: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and macro F1 of a stack of confusion matrices [B, k, k]."""
+    tp = np.einsum("bii->bi", cm)
+    support, predicted = cm.sum(axis=2), cm.sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        bacc = np.nanmean(np.where(support > 0, _div(tp, support), np.nan), axis=1)
+    f1 = np.nan_to_num(_div(2 * tp, support + predicted))
+    return {
+        "accuracy": tp.sum(axis=1) / cm.sum(axis=(1, 2)),
+        "balanced_accuracy": bacc,
+        "macro_f1": f1[:, f1_classes].mean(axis=1),
+    }
 
 
 def _evaluate(inp: _Inputs, w: np.ndarray) -> dict[str, np.ndarray]:
@@ -178,6 +198,10 @@ def _evaluate(inp: _Inputs, w: np.ndarray) -> dict[str, np.ndarray]:
         out["npv"] = _div(btn, btn + bfn)
         out["auc"] = weighted_auc(w, inp.score, inp.y_bin)
         out["average_precision"] = weighted_average_precision(w, inp.score, inp.y_bin)
+    if inp.top1 is not None:
+        cm1 = (w @ inp.top1.cells).reshape(-1, k, k)
+        for name, value in _label_metrics(cm1, inp.top1.f1_classes).items():
+            out[f"top1_{name}"] = value
     return out
 
 
@@ -239,7 +263,8 @@ def compute_metrics(
     e.g. all malignant classes) adds the same screening block (sensitivity, specificity, ... of "any positive
     class" vs the rest at ``threshold``, default 0.5) and the label-based metrics then use the run's decision
     rule (``thresholds.decide``): the most probable positive class when the group's summed probability reaches
-    the threshold, else the most probable other class.
+    the threshold, else the most probable other class; ``top1_accuracy``, ``top1_balanced_accuracy`` and
+    ``top1_macro_f1`` then give the plain arg-max decision's figures beside them.
 
     ``groups`` (patient/lesion id per image) makes the bootstrap resample whole groups. ``n_boot=0`` skips
     intervals. Undefined values (e.g. the AUC of a class absent from ``y_true``) are NaN and listed in ``notes``.
@@ -309,11 +334,15 @@ def compute_metrics(
         result["threshold"] = 0.5 if threshold is None else float(threshold)
         for name in BINARY_METRICS:
             result[name] = _float(point[name][0])
+    if inp.top1 is not None:
+        for name in TOP1_METRICS:
+            result[name] = _float(point[name][0])
     result["confusion_matrix"] = point["confusion_matrix"][0].astype(int).tolist()
     result["n_groups"] = int(np.unique(groups.astype(str)).size) if groups is not None else int(y.size)
 
     if n_boot > 0:
         names = list(HEADLINE_METRICS) + (list(BINARY_METRICS) if positive is not None else [])
+        names += list(TOP1_METRICS) if inp.top1 is not None else []
         reps: dict[str, list[np.ndarray]] = {m: [] for m in names}
         per_class_reps: dict[str, list[np.ndarray]] = {m: [] for m in _PER_CLASS_CI}
         for w in resample_weights(y, groups, n_boot=n_boot, seed=seed):

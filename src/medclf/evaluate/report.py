@@ -68,6 +68,9 @@ _HEADLINE_LABELS = {
     "mcc": "MCC",
     "ece": "ECE (calibration error)",
     "brier": "Brier score",
+    "top1_accuracy": "Accuracy, arg-max decision",
+    "top1_balanced_accuracy": "Balanced accuracy, arg-max decision",
+    "top1_macro_f1": "Macro F1, arg-max decision",
 }
 
 
@@ -188,9 +191,10 @@ def _headline_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
     if "sensitivity" in metrics:
         names += ["sensitivity", "specificity", "ppv", "npv", "auc", "average_precision"]
     names += ["accuracy", "balanced_accuracy"]
-    if "auc" not in metrics:
+    if "auc" not in metrics or len(metrics.get("classes") or []) > 2:
         names.append("macro_auc")
     names += ["macro_f1", "weighted_f1", "cohen_kappa", "mcc", "ece", "brier"]
+    names += [m for m in ("top1_accuracy", "top1_balanced_accuracy", "top1_macro_f1") if m in metrics]
     positive = metrics.get("positive_class")
     group = "+".join(positive) if isinstance(positive, list) and len(positive) > 1 else ""
     screening = ("sensitivity", "specificity", "ppv", "npv", "auc", "average_precision")
