@@ -109,7 +109,7 @@ def _print_summary(metrics: dict) -> None:
             continue
         lo, hi = ci.get(k, [None, None])
         interval = f"  [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None and lo == lo else ""
-        print(f"  {k:<18} {v:.3f}{interval}")
+        print(f"  {k:<22} {v:.3f}{interval}")
     for note in metrics.get("notes", []):
         print(f"  note: {note}")
     print(DISCLAIMER)
