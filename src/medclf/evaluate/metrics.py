@@ -133,17 +133,24 @@ class _Inputs:
             self.top1 = _Inputs(y, probs, probs.argmax(axis=1), k, None, None)
 
 
+_LABEL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
 def _label_metrics(cm: np.ndarray, f1_classes: np.ndarray) -> dict[str, np.ndarray]:
-    """Accuracy, balanced accuracy and macro F1 of a stack of confusion matrices [B, k, k]."""
+    """Accuracy, balanced accuracy and macro F1 of a stack of confusion matrices [B, k, k], plus the per-class
+    recall and F1 ([B, k]; F1 0 where undefined) they come from."""
     tp = np.einsum("bii->bi", cm)
     support, predicted = cm.sum(axis=2), cm.sum(axis=1)
+    recall = _div(tp, support)
     with np.errstate(invalid="ignore"):
-        bacc = np.nanmean(np.where(support > 0, _div(tp, support), np.nan), axis=1)
+        bacc = np.nanmean(np.where(support > 0, recall, np.nan), axis=1)
     f1 = np.nan_to_num(_div(2 * tp, support + predicted))
     return {
         "accuracy": tp.sum(axis=1) / cm.sum(axis=(1, 2)),
         "balanced_accuracy": bacc,
         "macro_f1": f1[:, f1_classes].mean(axis=1),
+        "recall": recall,
+        "f1": f1,
     }
 
 
@@ -157,13 +164,9 @@ def _evaluate(inp: _Inputs, w: np.ndarray) -> dict[str, np.ndarray]:
     predicted = cm.sum(axis=1)
     fp, fn = predicted - tp, support - tp
     tn = total[:, None] - tp - fp - fn
-    out: dict[str, np.ndarray] = {}
-    out["accuracy"] = tp.sum(axis=1) / total
-    recall = _div(tp, support)
-    with np.errstate(invalid="ignore"):
-        out["balanced_accuracy"] = np.nanmean(np.where(support > 0, recall, np.nan), axis=1)
-    f1 = np.nan_to_num(_div(2 * tp, 2 * tp + fp + fn))
-    out["macro_f1"] = f1[:, inp.f1_classes].mean(axis=1)
+    labels = _label_metrics(cm, inp.f1_classes)
+    out: dict[str, np.ndarray] = {m: labels[m] for m in _LABEL_METRICS}
+    recall, f1 = labels["recall"], labels["f1"]
     out["weighted_f1"] = (f1 * support).sum(axis=1) / total
     pe = (support * predicted).sum(axis=1) / total**2
     out["cohen_kappa"] = _div(out["accuracy"] - pe, 1.0 - pe)
@@ -199,9 +202,9 @@ def _evaluate(inp: _Inputs, w: np.ndarray) -> dict[str, np.ndarray]:
         out["auc"] = weighted_auc(w, inp.score, inp.y_bin)
         out["average_precision"] = weighted_average_precision(w, inp.score, inp.y_bin)
     if inp.top1 is not None:
-        cm1 = (w @ inp.top1.cells).reshape(-1, k, k)
-        for name, value in _label_metrics(cm1, inp.top1.f1_classes).items():
-            out[f"top1_{name}"] = value
+        top1 = _label_metrics((w @ inp.top1.cells).reshape(-1, k, k), inp.top1.f1_classes)
+        for name in _LABEL_METRICS:
+            out[f"top1_{name}"] = top1[name]
     return out
 
 

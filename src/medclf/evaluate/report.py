@@ -19,6 +19,7 @@ import numpy as np
 
 from medclf import DISCLAIMER, __version__
 from medclf._atomic import atomic_write_text
+from medclf.evaluate.metrics import TOP1_METRICS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -194,7 +195,7 @@ def _headline_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
     if "auc" not in metrics or len(metrics.get("classes") or []) > 2:
         names.append("macro_auc")
     names += ["macro_f1", "weighted_f1", "cohen_kappa", "mcc", "ece", "brier"]
-    names += [m for m in ("top1_accuracy", "top1_balanced_accuracy", "top1_macro_f1") if m in metrics]
+    names += [m for m in TOP1_METRICS if m in metrics]
     positive = metrics.get("positive_class")
     group = "+".join(positive) if isinstance(positive, list) and len(positive) > 1 else ""
     screening = ("sensitivity", "specificity", "ppv", "npv", "auc", "average_precision")

@@ -156,6 +156,19 @@ class CachedTrainer:
     ) -> list[dict[str, Any]]:
         """``train_x``: one array per view (same rows). Returns the per-epoch history; the best epoch's weights
         (by ``train.monitor``) are left in the model."""
+        with self._channels_last_blocks():
+            return self._fit(train_x, train_y, val_x, val_y, train_meta, val_meta, progress)
+
+    def _fit(
+        self,
+        train_x: list[np.ndarray],
+        train_y: np.ndarray,
+        val_x: np.ndarray,
+        val_y: np.ndarray,
+        train_meta: np.ndarray | None,
+        val_meta: np.ndarray | None,
+        progress: bool,
+    ) -> list[dict[str, Any]]:
         from tqdm.auto import tqdm
 
         t = self.t
@@ -166,74 +179,73 @@ class CachedTrainer:
         opt = self._optimizer()
         sched = self._scheduler(opt)
         trained = self.head_params + self.top_params
-        with self._channels_last_blocks():
-            n = len(train_y)
-            counts = np.bincount(train_y, minlength=self.num_classes)
-            history: list[dict[str, Any]] = []
-            best, best_epoch, best_state, stale = None, -1, None, 0
-            bar = tqdm(range(t.epochs), desc="cached head", unit="epoch", disable=not progress, leave=False)
-            for epoch in bar:
-                t0 = time.perf_counter()
-                g = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
-                if t.balanced_sampler:
-                    w = torch.tensor(1.0 / np.maximum(counts[train_y], 1), dtype=torch.double)
-                    order = torch.multinomial(w, n, replacement=True, generator=g)
-                else:
-                    order = torch.randperm(n, generator=g)
-                view_of = torch.randint(len(train_x), (n,), generator=g)
-                self.model.train()
-                _set_bn_eval(self.top)
-                total, seen = 0.0, 0
-                for i in range(0, n, t.batch_size):
-                    idx = order[i : i + t.batch_size].numpy()
-                    if len(idx) < 2 and seen:  # a batch of one adds noise and nothing else
-                        continue
-                    views = view_of[i : i + t.batch_size].numpy()
-                    xb = np.stack([train_x[v][j] for v, j in zip(views, idx, strict=True)])
-                    meta = torch.from_numpy(train_meta[idx]) if train_meta is not None else None
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                        logits = self.model.forward_head(self._features(torch.from_numpy(xb)), meta)
-                    loss = loss_fn(logits.float(), torch.from_numpy(train_y[idx]).long())
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * len(idx)
-                    seen += len(idx)
-                m = classification_metrics(self.logits(val_x, val_meta), val_y, self.positive)
-                row = {
-                    "epoch": epoch,
-                    "train_loss": total / max(seen, 1),
-                    **{f"val_{k}": v for k, v in m.items()},
-                    "lr": opt.param_groups[0]["lr"],
-                    "seconds": time.perf_counter() - t0,
-                    # UNIX time at the end of the epoch: lets an outside clock (a benchmark timing the whole
-                    # process, feature extraction included) place each epoch's score in time
-                    "wall_time": time.time(),
-                }
-                history.append(row)
-                score = row[t.monitor]
-                if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    sched.step(score)
-                elif sched is not None:
-                    sched.step()
-                improved = best is None or (score > best if self.mode == "max" else score < best)
-                if improved and not math.isnan(score):
-                    best, best_epoch, stale = score, epoch, 0
-                    best_state = [p.detach().clone() for p in trained]
-                else:
-                    stale += 1
-                bar.set_postfix(loss=f"{row['train_loss']:.3f}", **{t.monitor: f"{score:.3f}"})
-                if t.patience and stale >= t.patience:
-                    break
-            bar.close()
-            if best_state is not None:
-                with torch.no_grad():
-                    for p, v in zip(trained, best_state, strict=True):
-                        p.copy_(v)
-            for row in history:
-                row["best"] = row["epoch"] == best_epoch
-            self.model.eval()
-            return history
+        n = len(train_y)
+        counts = np.bincount(train_y, minlength=self.num_classes)
+        history: list[dict[str, Any]] = []
+        best, best_epoch, best_state, stale = None, -1, None, 0
+        bar = tqdm(range(t.epochs), desc="cached head", unit="epoch", disable=not progress, leave=False)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            g = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
+            if t.balanced_sampler:
+                w = torch.tensor(1.0 / np.maximum(counts[train_y], 1), dtype=torch.double)
+                order = torch.multinomial(w, n, replacement=True, generator=g)
+            else:
+                order = torch.randperm(n, generator=g)
+            view_of = torch.randint(len(train_x), (n,), generator=g)
+            self.model.train()
+            _set_bn_eval(self.top)
+            total, seen = 0.0, 0
+            for i in range(0, n, t.batch_size):
+                idx = order[i : i + t.batch_size].numpy()
+                if len(idx) < 2 and seen:  # a batch of one adds noise and nothing else
+                    continue
+                views = view_of[i : i + t.batch_size].numpy()
+                xb = np.stack([train_x[v][j] for v, j in zip(views, idx, strict=True)])
+                meta = torch.from_numpy(train_meta[idx]) if train_meta is not None else None
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    logits = self.model.forward_head(self._features(torch.from_numpy(xb)), meta)
+                loss = loss_fn(logits.float(), torch.from_numpy(train_y[idx]).long())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                seen += len(idx)
+            m = classification_metrics(self.logits(val_x, val_meta), val_y, self.positive)
+            row = {
+                "epoch": epoch,
+                "train_loss": total / max(seen, 1),
+                **{f"val_{k}": v for k, v in m.items()},
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
+                # UNIX time at the end of the epoch: lets an outside clock (a benchmark timing the whole
+                # process, feature extraction included) place each epoch's score in time
+                "wall_time": time.time(),
+            }
+            history.append(row)
+            score = row[t.monitor]
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step(score)
+            elif sched is not None:
+                sched.step()
+            improved = best is None or (score > best if self.mode == "max" else score < best)
+            if improved and not math.isnan(score):
+                best, best_epoch, stale = score, epoch, 0
+                best_state = [p.detach().clone() for p in trained]
+            else:
+                stale += 1
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", **{t.monitor: f"{score:.3f}"})
+            if t.patience and stale >= t.patience:
+                break
+        bar.close()
+        if best_state is not None:
+            with torch.no_grad():
+                for p, v in zip(trained, best_state, strict=True):
+                    p.copy_(v)
+        for row in history:
+            row["best"] = row["epoch"] == best_epoch
+        self.model.eval()
+        return history
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -96,23 +96,23 @@ def build_run_ensemble(
         }
         for r in runs
     ]
-    model = FoldEnsemble.from_runs(runs, member_inputs=inputs)
-    # the largest member's input; smaller members get theirs resized inside the model
-    big = max(runs, key=lambda r: r.preprocessing.input_size).preprocessing
-    preprocessing = dataclasses.replace(big, resize=first.preprocessing.resize)
     split = splits[0]
-    out.mkdir(parents=True, exist_ok=True)
-    if (first.run_dir / "dataset.yaml").is_file():
-        shutil.copyfile(first.run_dir / "dataset.yaml", out / "dataset.yaml")
-    with atomic_path(out / "split.csv", suffix=".csv") as tmp:
-        split.to_csv(tmp, index=False)
-    atomic_write_text(out / "config.yaml", dump_config(cfg))
     val_df = split[split["split"] == "val"].reset_index(drop=True)
     test_df = split[split["split"] == "test"].reset_index(drop=True)
     if val_df.empty:
         raise ConfigError(
             f"{first.run_dir}/split.csv has no validation images to choose the operating point on"
         )
+    model = FoldEnsemble.from_runs(runs, member_inputs=inputs)
+    # the ensemble reads the input the model chose (the largest member's); smaller members are resized inside it
+    big = runs[inputs.index(model.input_cfg)].preprocessing
+    preprocessing = dataclasses.replace(big, resize=first.preprocessing.resize)
+    out.mkdir(parents=True, exist_ok=True)
+    if (first.run_dir / "dataset.yaml").is_file():
+        shutil.copyfile(first.run_dir / "dataset.yaml", out / "dataset.yaml")
+    with atomic_path(out / "split.csv", suffix=".csv") as tmp:
+        split.to_csv(tmp, index=False)
+    atomic_write_text(out / "config.yaml", dump_config(cfg))
     return finalize_run(
         cfg,
         out,
