@@ -4,7 +4,8 @@ The limit is the best fp32 GEMM on the machine: numpy's OpenBLAS 2048³ matmul, 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset (they pin older, slower kernels), next to torch's matmul. Then
 EfficientNet-Lite0 at 224 px through medclf's paths — feature extraction (`medclf.train.features`, decoding
 included, on the engine ``auto`` picks), batch prediction and single-image latency (`medclf.serve.Predictor`,
-on OpenVINO and on ONNX Runtime) — each as images/s × GFLOP/image ÷ GEMM GFLOP/s. Last, OpenVINO in bfloat16
+on OpenVINO and on ONNX Runtime; the engines alone in calls of 1, 4 and 16 images) — each as images/s ×
+GFLOP/image ÷ GEMM GFLOP/s. Last, OpenVINO in bfloat16
 against torch's bf16 GEMM, for CPUs with bf16 units (medclf itself computes in fp32).
 
     .venv/bin/python benchmarks/cpu_limit.py [--images 256] [--out docs/benchmarks-cpu.md]
@@ -103,6 +104,7 @@ def main() -> None:
     import numpy as np
     import torch
 
+    from medclf._microbatch import ENGINE_BATCH
     from medclf.config import ModelConfig, RunConfig, TrainConfig
     from medclf.data import synth_dataset
     from medclf.models import create_model, resolve_preprocessing
@@ -150,6 +152,13 @@ def main() -> None:
                 (f"feature extraction ({label}), decode included, batch 16", *rates(extract, len(paths), R))
             )
 
+        # what the decode-included rows pay besides the model: decoding + preprocessing alone, one thread
+        from medclf.data import load_image
+        from medclf.data.transforms import create_transform
+
+        prep = create_transform(pre, "none")
+        decode_rate = rates(lambda: [prep(load_image(p)) for p in paths], len(paths), R)[0]
+
         # 2. batch prediction and single-image latency through the serving Predictor, on each graph engine
         from medclf.train import train
 
@@ -172,21 +181,29 @@ def main() -> None:
             pred.predict(images[:4])
             rows.append(
                 (
-                    f"batch prediction (Predictor, {name}, batches of {pred.batch_size}), decoded images",
+                    f"batch prediction (Predictor, {name}, batches of {pred.batch_size} in engine calls of "
+                    f"{pred.backend.engine_batch}), decoded images",
                     *rates(lambda pred=pred: pred.predict(images), len(images), R),
                 )
             )
-            # the engine alone on preprocessed tensors (decoding + resizing cost is the difference)
+            # the engine alone on preprocessed tensors (decoding + resizing cost is the difference), in engine
+            # calls of 1, the default micro-batch and the whole batch (medclf._microbatch)
             xb = np.stack([pred.preprocess(im) for im in images[: pred.batch_size]]).astype(np.float32)
-            pred.predict_arrays(xb)
-            rows.append(
-                (
-                    f"model only ({name}), preprocessed batch of {len(xb)}",
-                    *rates(
-                        lambda pred=pred, xb=xb: [pred.predict_arrays(xb) for _ in range(4)], 4 * len(xb), R
-                    ),
+            for eb in sorted({1, ENGINE_BATCH, len(xb)}):
+                pred.backend.engine_batch = eb
+                pred.predict_arrays(xb)
+                default = " (default)" if eb == ENGINE_BATCH else ""
+                rows.append(
+                    (
+                        f"model only ({name}), preprocessed batch of {len(xb)}, engine calls of {eb}{default}",
+                        *rates(
+                            lambda pred=pred, xb=xb: [pred.predict_arrays(xb) for _ in range(4)],
+                            4 * len(xb),
+                            R,
+                        ),
+                    )
                 )
-            )
+            pred.backend.engine_batch = ENGINE_BATCH
             singles = [
                 statistics.median(_latencies(lambda im, pred=pred: pred.predict([im]), images[:40]))
                 for _ in range(R)
@@ -202,7 +219,9 @@ def main() -> None:
 
         # 3. beyond fp32: OpenVINO in bfloat16 (AMX / AVX512-BF16), against torch's bf16 GEMM on the same CPU
         bgemm = torch_gemm(torch.bfloat16)
-        fast = Predictor.from_run(run_dir, backend="openvino", precision="bf16")
+        fast = Predictor.from_run(
+            run_dir, backend="openvino", precision="bf16"
+        )  # engine calls of ENGINE_BATCH
         fast.predict_arrays(xb)
         bf16_rows = [
             (
@@ -232,6 +251,9 @@ def main() -> None:
         f"- fp32 limit: numpy OpenBLAS 2048³ GEMM **{gemm['gflops']:.1f} GFLOP/s** "
         f"(BLAS: {gemm['blas']}); torch 2048³ matmul {tgemm:.1f} GFLOP/s. Limit used: {limit:.1f} GFLOP/s.",
         f"- EfficientNet-Lite0 at 224 px: {gflop:.3f} GFLOP/image (torch FlopCounterMode, 2 FLOP per MAC).",
+        f"- JPEG decoding + preprocessing alone, one thread, no model: {decode_rate:.0f} images/s (best run). "
+        "The rows that decode spend that CPU time on work that is not the model's arithmetic, so they sit "
+        "below the model-only rows.",
         "",
         f"Every path ran {R} times; the table gives the best and the median run. This machine is a VM whose speed "
         "moves by up to 2x from one second to the next (other tenants), so the best run is its speed undisturbed, "

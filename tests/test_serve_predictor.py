@@ -63,6 +63,55 @@ def test_backends_agree_and_match_manual_softmax(predictors, tiny_run) -> None: 
             assert a.disclaimer == b.disclaimer == DISCLAIMER
 
 
+@pytest.mark.parametrize("engine", ["onnx", "openvino"])
+def test_engine_micro_batches_give_the_whole_batch_result(predictors, tiny_run, engine) -> None:  # noqa: F811
+    """A batch of 7 in engine calls of 1, 3 (a short last call) and the default: the same predictions, in
+    order, as one call on the whole batch."""
+    from medclf._microbatch import ENGINE_BATCH
+
+    pred = predictors[engine]
+    paths = list(_split(tiny_run, "val").path)[:7]
+    x = np.stack([pred.preprocess(pred.load(p)) for p in paths]).astype(np.float32)
+    assert len(x) == 7 and pred.backend.engine_batch == ENGINE_BATCH
+    try:
+        pred.backend.engine_batch = 0  # the whole batch at once
+        whole = pred.predict_arrays(x)
+        for size in (1, 3, ENGINE_BATCH):
+            pred.backend.engine_batch = size
+            parts = pred.predict_arrays(x)
+            assert len(parts) == 7
+            for a, b in zip(whole, parts, strict=True):
+                np.testing.assert_allclose(
+                    list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-6
+                )
+                assert a.ood_score == pytest.approx(b.ood_score, rel=1e-5, abs=1e-6)
+                assert a.decision == b.decision
+    finally:
+        pred.backend.engine_batch = ENGINE_BATCH
+
+
+def test_run_micro_batches_splits_rows_and_joins_outputs() -> None:
+    from medclf._microbatch import run_micro_batches
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def run(self, names, feed):
+            self.calls.append(len(feed["x"]))
+            return [feed["x"] * 2, feed["m"].sum(axis=1)]
+
+    x = np.arange(10, dtype=np.float32).reshape(5, 2)
+    m = np.ones((5, 3), np.float32)
+    rec = Recorder()
+    y, s = run_micro_batches(rec, None, {"x": x, "m": m}, size=2)
+    assert rec.calls == [2, 2, 1]
+    np.testing.assert_array_equal(y, x * 2)
+    np.testing.assert_array_equal(s, np.full(5, 3.0))
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        run_micro_batches(rec, None, {"x": x, "m": m[:4]})
+
+
 def test_decision_uses_the_run_threshold(predictors) -> None:
     p = predictors["torch"]
     assert p.threshold == 0.4 and p.positive_class == "malignant"

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from medclf import DISCLAIMER
+from medclf._microbatch import ENGINE_BATCH, run_micro_batches
 from medclf.data.transforms import Preprocessing, create_transform
 from medclf.errors import BadImageError, ConfigError, MedclfError
 from medclf.evaluate.thresholds import decide, resolve_positive_classes
@@ -137,18 +138,22 @@ def _check_backend(backend: str, precision: str) -> None:
 class _OnnxBackend:
     """The exported graph, run by ONNX Runtime or OpenVINO (``name`` says which)."""
 
-    def __init__(self, session: Any, has_ood: bool, name: str = "onnx") -> None:
+    def __init__(
+        self, session: Any, has_ood: bool, name: str = "onnx", engine_batch: int = ENGINE_BATCH
+    ) -> None:
         self.name = name
         self.session = session
         self.inputs = {i.name for i in session.get_inputs()}
         self.has_ood = has_ood
+        self.engine_batch = engine_batch
+        """Images per engine call (``medclf._microbatch``): a batch runs as micro-batches of this size."""
 
     def run(self, x: np.ndarray, meta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         feed = {"image": x}
         if "meta" in self.inputs:
             feed["meta"] = meta if meta is not None else np.zeros((x.shape[0], 0), np.float32)
         # both engines' sessions are thread-safe: one session serves concurrent requests
-        logits, scores = self.session.run(["logits", "ood_score"], feed)
+        logits, scores = run_micro_batches(self.session, ["logits", "ood_score"], feed, self.engine_batch)
         return logits, (scores if self.has_ood else None)
 
 

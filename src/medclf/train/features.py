@@ -34,6 +34,7 @@ from PIL import Image
 from torch import nn
 
 from medclf._atomic import atomic_path, atomic_write_json
+from medclf._microbatch import run_micro_batches
 from medclf.data.transforms import Preprocessing, create_transform
 from medclf.errors import BadImageError, DataError, MedclfError
 
@@ -261,7 +262,7 @@ class _OnnxRunner:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
-        return self.session.run(None, {"x": x.numpy()})[0]
+        return run_micro_batches(self.session, None, {"x": x.numpy()})[0]
 
 
 class _OpenVinoRunner:
@@ -273,7 +274,7 @@ class _OpenVinoRunner:
         self.session = OpenVinoSession(path, num_threads=torch.get_num_threads())
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
-        return self.session.run(["y"], {"x": x.numpy()})[0]
+        return run_micro_batches(self.session, ["y"], {"x": x.numpy()})[0]
 
 
 def _export_onnx(module: nn.Module, size: int, in_chans: int, path: Path) -> Path:
@@ -434,8 +435,8 @@ def extract_features(
 ) -> FeatureSet:
     """Run the frozen ``bottom`` over ``paths`` once per view, reading and writing the disk cache.
 
-    ``batch_size`` 16: measured faster than 32 with OpenVINO on a 2-core CPU (smaller activations stay in
-    cache). ``half`` stores float16 (default: for feature maps, which are large; pooled features stay float32).
+    ``batch_size``: images decoded per step (in a thread, while the engine runs the previous step); the graph
+    engines run them in micro-batches of ``medclf._microbatch.ENGINE_BATCH``, which stay in the CPU's cache. ``half`` stores float16 (default: for feature maps, which are large; pooled features stay float32).
     Raises BadImageError for the first unreadable image unless ``skip_bad``, which skips and lists them.
     """
     paths = [str(p) for p in paths]
