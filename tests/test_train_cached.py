@@ -193,3 +193,61 @@ def test_clear_errors(data, tmp_path) -> None:
         train_cached(_cfg(tmp_path, "train.views=0"), ds, split, tmp_path / "r", progress=False)
     with pytest.raises(ConfigError, match="32-true or bf16-mixed"):
         train_cached(_cfg(tmp_path, "train.precision=16-mixed"), ds, split, tmp_path / "r", progress=False)
+
+
+def test_ema_averages_each_step_and_swaps_back() -> None:
+    from medclf.train.cached import _Ema
+
+    p = torch.zeros(3, requires_grad=True)
+    ema = _Ema([p], decay=0.5)
+    expected = torch.zeros(3)
+    for step, value in enumerate([1.0, 2.0, 4.0, 8.0], start=1):
+        with torch.no_grad():
+            p.fill_(value)
+        ema.update()
+        d = min(0.5, (1 + step) / (10 + step))
+        expected = d * expected + (1 - d) * value
+        torch.testing.assert_close(ema.shadow[0], expected)
+    with ema.swapped():
+        torch.testing.assert_close(p.detach(), expected)
+    assert torch.equal(p.detach(), torch.full((3,), 8.0))  # the trained weights are back
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        _Ema([p], decay=1.0)
+
+
+def test_ema_run_keeps_the_averaged_weights_it_validated(data, tmp_path) -> None:
+    ds, split = data
+    sets = ("train.monitor=val_loss", "train.patience=0", "train.epochs=4")
+    plain, _ = train_cached(_cfg(tmp_path, *sets), ds, split, tmp_path / "plain", progress=False)
+    model, history = train_cached(
+        _cfg(tmp_path, *sets, "train.ema=0.9"), ds, split, tmp_path / "ema", progress=False
+    )
+    # the same seed and batches: only the averaging differs
+    wp, wm = _weights(plain), _weights(model)
+    assert any(not torch.equal(wp[k], wm[k]) for k in wp)
+    from PIL import Image
+
+    from medclf.data.transforms import create_transform
+    from medclf.models import resolve_preprocessing
+
+    tf = create_transform(resolve_preprocessing(model))
+    val = split[split.split == "val"]
+    x = torch.stack([tf(Image.open(p)) for p in val.path])
+    with torch.no_grad():
+        logits = model(x).numpy()
+    y = val.label.map({c: i for i, c in enumerate(ds.classes)}).to_numpy()
+    best = next(r for r in history if r["best"])
+    assert classification_metrics(logits, y)["loss"] == pytest.approx(best["val_loss"], abs=1e-5)
+
+
+def test_ema_errors(tmp_path) -> None:
+    from medclf.train import train
+
+    for sets, match in (
+        (["train.ema=1.5"], "between 0 and 1"),
+        (["train.ema=0.99", "train.strategy=finetune"], "cached strategy only"),
+    ):
+        cfg = _cfg(tmp_path, *sets)
+        cfg.data.root = str(tmp_path / "nowhere")
+        with pytest.raises(ConfigError, match=match):
+            train(cfg, tmp_path / "run")

@@ -113,6 +113,10 @@ class TrainConfig:
     """Focusing parameter of the focal loss (0 = cross-entropy)."""
     label_smoothing: float = 0.0
     """Label smoothing of the loss (0.1 is a common choice)."""
+    ema: float = 0.0
+    """`cached`: keep an exponential moving average of the trained weights, with this decay per optimisation
+    step (e.g. 0.99; warmed up as min(ema, (1 + step) / (10 + step))). Validation, the best epoch and the saved
+    model use the averaged weights. 0 = off."""
     class_weights: bool = True
     """Weight the loss by inverse class frequency (to the power `class_weight_power`)."""
     class_weight_power: float = 1.0

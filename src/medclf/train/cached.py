@@ -179,6 +179,7 @@ class CachedTrainer:
         opt = self._optimizer()
         sched = self._scheduler(opt)
         trained = self.head_params + self.top_params
+        ema = _Ema(trained, t.ema) if t.ema else None
         n = len(train_y)
         counts = np.bincount(train_y, minlength=self.num_classes)
         history: list[dict[str, Any]] = []
@@ -209,9 +210,15 @@ class CachedTrainer:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if ema is not None:
+                    ema.update()
                 total += float(loss.detach()) * len(idx)
                 seen += len(idx)
-            m = classification_metrics(self.logits(val_x, val_meta), val_y, self.positive)
+            with ema.swapped() if ema is not None else contextlib.nullcontext():
+                val_logits = self.logits(val_x, val_meta)
+                if ema is not None:  # the averaged weights are what this epoch would keep
+                    averaged = [p.detach().clone() for p in trained]
+            m = classification_metrics(val_logits, val_y, self.positive)
             row = {
                 "epoch": epoch,
                 "train_loss": total / max(seen, 1),
@@ -231,7 +238,7 @@ class CachedTrainer:
             improved = best is None or (score > best if self.mode == "max" else score < best)
             if improved and not math.isnan(score):
                 best, best_epoch, stale = score, epoch, 0
-                best_state = [p.detach().clone() for p in trained]
+                best_state = averaged if ema is not None else [p.detach().clone() for p in trained]
             else:
                 stale += 1
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", **{t.monitor: f"{score:.3f}"})
@@ -246,6 +253,40 @@ class CachedTrainer:
             row["best"] = row["epoch"] == best_epoch
         self.model.eval()
         return history
+
+
+class _Ema:
+    """An exponential moving average of ``params`` (``train.ema``), updated after every optimiser step."""
+
+    def __init__(self, params: list[torch.Tensor], decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ConfigError(
+                f"train.ema={decay}: the decay must be between 0 and 1 (e.g. 0.99), or 0 for off"
+            )
+        self.params = params
+        self.decay = decay
+        self.steps = 0
+        self.shadow = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))  # early steps follow the weights closely
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - d)
+
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator[None]:
+        """The averaged weights in the model for the duration; the trained ones back afterwards."""
+        with torch.no_grad():
+            current = [p.detach().clone() for p in self.params]
+            for p, s in zip(self.params, self.shadow, strict=True):
+                p.copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, c in zip(self.params, current, strict=True):
+                    p.copy_(c)
 
 
 # ---------------------------------------------------------------------------------------------------------------

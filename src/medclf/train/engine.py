@@ -106,6 +106,13 @@ def _check_cfg(cfg: RunConfig) -> None:
         raise ConfigError("train.epochs and train.batch_size must be at least 1 and train.lr positive")
     if t.num_nodes < 1:
         raise ConfigError(f"train.num_nodes={t.num_nodes}: must be at least 1 (the number of machines)")
+    if t.ema and not 0.0 < t.ema < 1.0:
+        raise ConfigError(f"train.ema={t.ema}: the decay must be between 0 and 1 (e.g. 0.99), or 0 for off")
+    if t.ema and t.strategy != "cached":
+        raise ConfigError(
+            f"train.ema={t.ema}: weight averaging is built for the cached strategy only; "
+            f"set train.ema=0 for strategy {t.strategy}"
+        )
     if cfg.model.metadata_only and not cfg.model.metadata:
         raise ConfigError("model.metadata_only needs model.metadata columns (e.g. [age, sex, localization])")
     if cfg.eval.tta:
