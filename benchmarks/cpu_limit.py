@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 GEMM_CHILD = r"""
 import json, time, numpy as np
 from threadpoolctl import threadpool_info
@@ -241,7 +243,9 @@ def main() -> None:
     limit = max(gemm["gflops"], tgemm)
 
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}"
+    from _results import machine as describe_machine
+
+    machine = f"{platform.machine()}, {describe_machine()}, {platform.platform()}"
     lines = [
         "# CPU speed against the machine's limit",
         "",

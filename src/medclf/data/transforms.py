@@ -135,7 +135,9 @@ class _EvalTransform:
     def __call__(self, im: Image.Image) -> torch.Tensor:
         x = self.to_uint8(im).numpy()
         table = self._table(x.shape[0])
+        # platform-width indices: numpy's take on uint8 indices converts them on a slow path (about 2.5x slower)
+        idx = x.astype(np.intp)
         out = np.empty(x.shape, dtype=np.float32)
         for c in range(x.shape[0]):
-            np.take(table[c], x[c], out=out[c])
+            np.take(table[c], idx[c], out=out[c])
         return torch.from_numpy(out)

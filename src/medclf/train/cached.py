@@ -216,8 +216,6 @@ class CachedTrainer:
                 seen += len(idx)
             with ema.swapped() if ema is not None else contextlib.nullcontext():
                 val_logits = self.logits(val_x, val_meta)
-                if ema is not None:  # the averaged weights are what this epoch would keep
-                    averaged = [p.detach().clone() for p in trained]
             m = classification_metrics(val_logits, val_y, self.positive)
             row = {
                 "epoch": epoch,
@@ -238,7 +236,8 @@ class CachedTrainer:
             improved = best is None or (score > best if self.mode == "max" else score < best)
             if improved and not math.isnan(score):
                 best, best_epoch, stale = score, epoch, 0
-                best_state = averaged if ema is not None else [p.detach().clone() for p in trained]
+                # with train.ema the averaged weights were validated, so they are the ones kept
+                best_state = [p.detach().clone() for p in (ema.shadow if ema is not None else trained)]
             else:
                 stale += 1
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", **{t.monitor: f"{score:.3f}"})
