@@ -504,43 +504,43 @@ def _run_view(
     transform = _view_transform(pre, view, augment)
     stochastic = view.startswith("aug")
 
-    def prepare(start: int) -> tuple[list[int], list[torch.Tensor], list[str]]:
-        idx, tensors, bad = [], [], []
-        for i in range(start, min(start + batch_size, len(paths))):
-            try:
-                im = _load_image(paths[i])
-                if stochastic:  # reproducible augmentation: same view, same image -> same pixels
-                    torch.manual_seed(_seed_for(seed, view, i))
-                tensors.append(transform(im))
-                idx.append(i)
-            except BadImageError as exc:
-                if not skip_bad:
-                    raise BadImageError(
-                        exc.path, exc.reason + "; fix or remove it, or set data.skip_bad=true"
-                    ) from None
-                bad.append(exc.path)
-        return idx, tensors, bad
+    def decode(i: int) -> tuple[int, Image.Image | None, BadImageError | None]:
+        try:
+            return i, _load_image(paths[i]), None
+        except BadImageError as exc:
+            return i, None, exc
 
     out: list[np.ndarray] = []
     kept: list[int] = []
     bad: list[str] = []
-    starts = list(range(0, len(paths), batch_size))
     bar = tqdm(total=len(paths), desc=f"features [{view}]", unit="img", disable=not progress, leave=False)
-    # decode the next batch in a thread while the backbone runs on this one (PIL and torch release the GIL)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(prepare, starts[0])
-        for n, _ in enumerate(starts):
-            idx, tensors, b = future.result()
-            if n + 1 < len(starts):
-                future = pool.submit(prepare, starts[n + 1])
-            bad.extend(b)
+    # Decode a batch on every core, then run the engine on it: the phases take turns rather than overlap. A decoding
+    # thread running beside the engine's threads on a small CPU stalls them, and measured 5-8% slower
+    # (docs/benchmarks-cpu.md). Transforms run here, in order, so that seeded augmentations are reproducible.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        for start in range(0, len(paths), batch_size):
+            idx, tensors = [], []
+            for i, im, exc in pool.map(decode, range(start, min(start + batch_size, len(paths)))):
+                try:
+                    if exc is not None:
+                        raise exc
+                    if stochastic:  # reproducible augmentation: same view, same image -> same pixels
+                        torch.manual_seed(_seed_for(seed, view, i))
+                    tensors.append(transform(im))
+                    idx.append(i)
+                except BadImageError as err:
+                    if not skip_bad:
+                        raise BadImageError(
+                            err.path, err.reason + "; fix or remove it, or set data.skip_bad=true"
+                        ) from None
+                    bad.append(err.path)
             if tensors:
                 y = runner(torch.stack(tensors))
                 out.append(
                     y.astype(np.float16 if (half if half is not None else y.ndim == 4) else np.float32)
                 )
                 kept.extend(idx)
-            bar.update(len(idx) + len(b))
+            bar.update(min(batch_size, len(paths) - start))
     bar.close()
     if not kept:
         raise DataError(f"none of the {len(paths)} images could be read (first: {bad[0] if bad else '?'})")
