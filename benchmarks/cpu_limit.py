@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +66,18 @@ def torch_gemm(dtype: Any = None) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def rates(fn: Any, n: int, repeats: int) -> tuple[float, float]:
-    """Images/s of ``fn`` (which handles ``n`` images) over ``repeats`` runs: (best, median)."""
-    secs = []
-    for _ in range(repeats):
+DECODE, BF16 = "decode + preprocess only", "OpenVINO bf16"
+
+
+def timed(fn: Callable[[], Any], n: int) -> Callable[[], float]:
+    """One timed run of ``fn``, which handles ``n`` images, as images/s."""
+
+    def run() -> float:
         t0 = time.perf_counter()
         fn()
-        secs.append(time.perf_counter() - t0)
-    return n / min(secs), n / statistics.median(secs)
+        return n / (time.perf_counter() - t0)
+
+    return run
 
 
 def _latencies(fn: Any, items: list[Any]) -> list[float]:
@@ -121,7 +126,9 @@ def main() -> None:
     )
     R = args.repeats
 
-    rows: list[tuple[str, float, float]] = []  # (path, best images/s, median images/s)
+    # Every path is built first, then timed in R rounds that visit every path in turn: this VM's speed drifts by
+    # tens of percent over minutes, so paths timed one after the other would be compared across different moments.
+    jobs: dict[str, Callable[[], float]] = {}  # path -> one timed run, in images/s
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         synth_dataset(data, layout="folders", n=args.images, seed=0, size=224)
@@ -150,16 +157,14 @@ def main() -> None:
                 (choice,) = (cache / "onnx").glob("*.backend.json")
                 measured = json.loads(choice.read_text())
                 label = f"auto = {max(measured, key=measured.get)}"
-            rows.append(
-                (f"feature extraction ({label}), decode included, batch 16", *rates(extract, len(paths), R))
-            )
+            jobs[f"feature extraction ({label}), decode included, batch 16"] = timed(extract, len(paths))
 
         # what the decode-included rows pay besides the model: decoding + preprocessing alone, one thread
         from medclf.data import load_image
         from medclf.data.transforms import create_transform
 
         prep = create_transform(pre, "none")
-        decode_rate = rates(lambda: [prep(load_image(p)) for p in paths], len(paths), R)[0]
+        jobs[DECODE] = timed(lambda: [prep(load_image(p)) for p in paths], len(paths))
 
         # 2. batch prediction and single-image latency through the serving Predictor, on each graph engine
         from medclf.train import train
@@ -181,61 +186,59 @@ def main() -> None:
             pred = predictors[engine] = Predictor.from_run(run_dir, backend=engine)
             name = {"openvino": "OpenVINO", "onnx": "ONNX Runtime"}[engine]
             pred.predict(images[:4])
-            rows.append(
-                (
-                    f"batch prediction (Predictor, {name}, batches of {pred.batch_size} in engine calls of "
-                    f"{pred.backend.engine_batch}), decoded images",
-                    *rates(lambda pred=pred: pred.predict(images), len(images), R),
-                )
-            )
+            jobs[
+                f"batch prediction (Predictor, {name}, batches of {pred.batch_size} in engine calls of "
+                f"{ENGINE_BATCH}), decoded images"
+            ] = timed(lambda pred=pred: pred.predict(images), len(images))
             # the engine alone on preprocessed tensors (decoding + resizing cost is the difference), in engine
             # calls of 1, the default micro-batch and the whole batch (medclf._microbatch)
             xb = np.stack([pred.preprocess(im) for im in images[: pred.batch_size]]).astype(np.float32)
             for eb in sorted({1, ENGINE_BATCH, len(xb)}):
-                pred.backend.engine_batch = eb
-                pred.predict_arrays(xb)
+
+                def engine_only(pred: Any = pred, xb: np.ndarray = xb, eb: int = eb) -> None:
+                    pred.backend.engine_batch = eb
+                    try:
+                        for _ in range(4):
+                            pred.predict_arrays(xb)
+                    finally:
+                        pred.backend.engine_batch = ENGINE_BATCH
+
+                engine_only()
                 default = " (default)" if eb == ENGINE_BATCH else ""
-                rows.append(
-                    (
-                        f"model only ({name}), preprocessed batch of {len(xb)}, engine calls of {eb}{default}",
-                        *rates(
-                            lambda pred=pred, xb=xb: [pred.predict_arrays(xb) for _ in range(4)],
-                            4 * len(xb),
-                            R,
-                        ),
-                    )
-                )
-            pred.backend.engine_batch = ENGINE_BATCH
-            singles = [
-                statistics.median(_latencies(lambda im, pred=pred: pred.predict([im]), images[:40]))
-                for _ in range(R)
-            ]
-            best, med = min(singles), statistics.median(singles)
-            rows.append(
-                (
-                    f"single image (Predictor, {name}), {best * 1e3:.1f} ms / {med * 1e3:.1f} ms",
-                    1 / best,
-                    1 / med,
-                )
+                jobs[
+                    f"model only ({name}), preprocessed batch of {len(xb)}, engine calls of {eb}{default}"
+                ] = timed(engine_only, 4 * len(xb))
+            # single image: the median latency over 40 images, as images/s
+            jobs[f"single image (Predictor, {name})"] = lambda pred=pred: (
+                1 / statistics.median(_latencies(lambda one: pred.predict([one]), images[:40]))
             )
 
         # 3. beyond fp32: OpenVINO in bfloat16 (AMX / AVX512-BF16), against torch's bf16 GEMM on the same CPU
         bgemm = torch_gemm(torch.bfloat16)
-        fast = Predictor.from_run(
-            run_dir, backend="openvino", precision="bf16"
-        )  # engine calls of ENGINE_BATCH
+        fast = Predictor.from_run(run_dir, backend="openvino", precision="bf16")
         fast.predict_arrays(xb)
-        bf16_rows = [
-            (
-                f"model only (OpenVINO bf16), preprocessed batch of {len(xb)}",
-                *rates(lambda: [fast.predict_arrays(xb) for _ in range(4)], 4 * len(xb), R),
-            )
-        ]
+        jobs[BF16] = timed(lambda: [fast.predict_arrays(xb) for _ in range(4)], 4 * len(xb))
         drift = max(
             abs(p.probabilities[c] - q.probabilities[c])
             for p, q in zip(fast.predict_arrays(xb), predictors["openvino"].predict_arrays(xb), strict=True)
             for c in p.probabilities
         )
+
+        runs: dict[str, list[float]] = {label: [] for label in jobs}
+        for _ in range(R):
+            for label, job in jobs.items():
+                runs[label].append(job())
+    stats = {label: (max(v), statistics.median(v)) for label, v in runs.items()}
+    decode_rate = stats.pop(DECODE)[0]
+    bf16_rows = [(f"model only (OpenVINO bf16), preprocessed batch of {len(xb)}", *stats.pop(BF16))]
+    rows = [
+        (
+            f"{label}, {1e3 / best:.1f} ms / {1e3 / med:.1f} ms" if label.startswith("single") else label,
+            best,
+            med,
+        )
+        for label, (best, med) in stats.items()
+    ]
     # the limit again at the end: the best of both measurements, like every path's best of R
     tgemm = max(tgemm, torch_gemm())
     gemm["gflops"] = max(gemm["gflops"], numpy_gemm()["gflops"])
@@ -259,7 +262,8 @@ def main() -> None:
         "The rows that decode spend that CPU time on work that is not the model's arithmetic, so they sit "
         "below the model-only rows.",
         "",
-        f"Every path ran {R} times; the table gives the best and the median run. This machine is a VM whose speed "
+        f"Every path ran {R} times, in {R} rounds that visit every path in turn, so that all paths share the VM's "
+        "slow and fast moments; the table gives the best and the median run. This machine is a VM whose speed "
         "moves by up to 2x from one second to the next (other tenants), so the best run is its speed undisturbed, "
         "as for the GEMM limit (the best of 7 runs, measured at the start and again at the end). Single image: the "
         "median latency over 40 images, best and median of the runs.",

@@ -1,10 +1,11 @@
 """Graph engines (ONNX Runtime, OpenVINO) run a batch as micro-batches of a few images.
 
-On a CPU, EfficientNet-Lite0 runs faster in micro-batches of 1-4 images than in one call on 16: one image's
-activations stay in the L2 cache, 16 images' do not. Measured on the 2-core AMD EPYC VM, fp32, model only:
-ONNX Runtime 453 / 445 / 360 images/s and OpenVINO 437 / 412 / 375 images/s at 1 / 4 / 16 images per call
-(``benchmarks/cpu_limit.py`` sweeps this; docs/benchmarks-cpu.md). 4 keeps most of that gain while the per-call
-overhead stays small for tiny models.
+On a CPU, EfficientNet-Lite0 can run faster in micro-batches of a few images than in one call on 16: a few
+images' activations stay in the CPU's cache, 16 images' do not. How much depends on the cache the machine has to
+itself: on this project's 2-core VM, engine calls of 4 ran up to about 20% faster than calls of 16 while the VM
+was undisturbed, and within a few percent of them (either way) while other tenants loaded it
+(``benchmarks/cpu_limit.py`` sweeps calls of 1, 4 and 16; docs/benchmarks-cpu.md). 4 keeps the per-call overhead
+small for tiny models.
 """
 
 from __future__ import annotations

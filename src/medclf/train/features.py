@@ -514,9 +514,9 @@ def _run_view(
     kept: list[int] = []
     bad: list[str] = []
     bar = tqdm(total=len(paths), desc=f"features [{view}]", unit="img", disable=not progress, leave=False)
-    # Decode a batch on every core, then run the engine on it: the phases take turns rather than overlap. A decoding
-    # thread running beside the engine's threads on a small CPU stalls them, and measured 5-8% slower
-    # (docs/benchmarks-cpu.md). Transforms run here, in order, so that seeded augmentations are reproducible.
+    # Decode a batch on every core, then run the engine on it: the phases take turns rather than overlap, because
+    # on a small CPU a decoding thread beside the engine's threads takes a core from one of them and the others
+    # wait for it at every layer. Transforms run here, in order, so that seeded augmentations are reproducible.
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
         for start in range(0, len(paths), batch_size):
             idx, tensors = [], []
