@@ -135,7 +135,7 @@ class _EvalTransform:
     def __call__(self, im: Image.Image) -> torch.Tensor:
         x = self.to_uint8(im).numpy()
         table = self._table(x.shape[0])
-        # platform-width indices: numpy's take on uint8 indices converts them on a slow path (about 2.5x slower)
+        # platform-width indices: numpy's take converts uint8 indices on a slower path
         idx = x.astype(np.intp)
         out = np.empty(x.shape, dtype=np.float32)
         for c in range(x.shape[0]):
