@@ -43,6 +43,21 @@ def _weights(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _val_metrics(model, ds, split) -> dict:
+    """The model as saved, run on the raw validation images: what the run's best epoch should have scored."""
+    from PIL import Image
+
+    from medclf.data.transforms import create_transform
+    from medclf.models import resolve_preprocessing
+
+    tf = create_transform(resolve_preprocessing(model))
+    val = split[split.split == "val"]
+    x = torch.stack([tf(Image.open(p)) for p in val.path])
+    with torch.no_grad():
+        logits = model(x).numpy()
+    return classification_metrics(logits, val.label.map({c: i for i, c in enumerate(ds.classes)}).to_numpy())
+
+
 def test_head_trains_and_the_model_is_complete(data, tmp_path) -> None:
     ds, split = data
     started = time.time()
@@ -52,19 +67,8 @@ def test_head_trains_and_the_model_is_complete(data, tmp_path) -> None:
     assert {"epoch", "train_loss", "val_loss", "val_acc", "val_bacc", "val_auc", "lr"} <= set(history[0])
     assert history[-1]["train_loss"] < history[0]["train_loss"] * 1.5
     # a full image model: raw images in, logits out, and its val score equals the best epoch's
-    from medclf.data.transforms import create_transform
-    from medclf.models import resolve_preprocessing
-
-    tf = create_transform(resolve_preprocessing(model))
-    val = split[split.split == "val"]
-    from PIL import Image
-
-    x = torch.stack([tf(Image.open(p)) for p in val.path])
-    with torch.no_grad():
-        logits = model(x).numpy()
-    y = val.label.map({c: i for i, c in enumerate(ds.classes)}).to_numpy()
     best = next(r for r in history if r["best"])
-    assert classification_metrics(logits, y)["auc"] == pytest.approx(best["val_auc"], abs=1e-6)
+    assert _val_metrics(model, ds, split)["auc"] == pytest.approx(best["val_auc"], abs=1e-6)
     info = json.loads((tmp_path / "run" / "logs" / "cached.json").read_text())
     assert info["feature_seconds"] > 0 and info["bad_images"] == []
     # one end-of-epoch UNIX stamp per history row, in order, within the call (benchmarks time epochs with it)
@@ -225,19 +229,8 @@ def test_ema_run_keeps_the_averaged_weights_it_validated(data, tmp_path) -> None
     # the same seed and batches: only the averaging differs
     wp, wm = _weights(plain), _weights(model)
     assert any(not torch.equal(wp[k], wm[k]) for k in wp)
-    from PIL import Image
-
-    from medclf.data.transforms import create_transform
-    from medclf.models import resolve_preprocessing
-
-    tf = create_transform(resolve_preprocessing(model))
-    val = split[split.split == "val"]
-    x = torch.stack([tf(Image.open(p)) for p in val.path])
-    with torch.no_grad():
-        logits = model(x).numpy()
-    y = val.label.map({c: i for i, c in enumerate(ds.classes)}).to_numpy()
     best = next(r for r in history if r["best"])
-    assert classification_metrics(logits, y)["loss"] == pytest.approx(best["val_loss"], abs=1e-5)
+    assert _val_metrics(model, ds, split)["loss"] == pytest.approx(best["val_loss"], abs=1e-5)
 
 
 def test_ema_errors(tmp_path) -> None:
