@@ -204,18 +204,9 @@ def module_fingerprint(module: nn.Module, in_chans: int, size: int) -> str:
 
 
 def _load_image(path: str) -> Image.Image:
-    try:
-        from medclf.data import load_image  # the data package's decoder (DICOM, EXIF, size limits)
-    except ImportError:  # pragma: no cover - only while medclf.data is being written
-        load_image = None
-    if load_image is not None:
-        return load_image(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadImageError(path, f"cannot decode the image ({exc})") from None
+    from medclf.data import load_image  # the data package's decoder (DICOM, EXIF, size limits, BadImageError)
+
+    return load_image(path)
 
 
 def _view_transform(pre: Preprocessing, view: str, augment: str) -> Callable[[Image.Image], torch.Tensor]:
