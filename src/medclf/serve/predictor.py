@@ -138,14 +138,12 @@ def _check_backend(backend: str, precision: str) -> None:
 class _OnnxBackend:
     """The exported graph, run by ONNX Runtime or OpenVINO (``name`` says which)."""
 
-    def __init__(
-        self, session: Any, has_ood: bool, name: str = "onnx", engine_batch: int = ENGINE_BATCH
-    ) -> None:
+    def __init__(self, session: Any, has_ood: bool, name: str = "onnx") -> None:
         self.name = name
         self.session = session
         self.inputs = {i.name for i in session.get_inputs()}
         self.has_ood = has_ood
-        self.engine_batch = engine_batch
+        self.engine_batch = ENGINE_BATCH
         """Images per engine call (``medclf._microbatch``): a batch runs as micro-batches of this size."""
 
     def run(self, x: np.ndarray, meta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -33,7 +33,7 @@ from medclf.train.features import FeatureSet, extract_features, find_trunk, spli
 from medclf.train.losses import class_weights, create_loss
 from medclf.train.module import classification_metrics, monitor_mode, seed_all
 
-__all__ = ["CachedTrainer", "train_cached"]
+__all__ = ["CachedTrainer", "check_ema", "train_cached"]
 
 log = logging.getLogger(__name__)
 
@@ -254,14 +254,17 @@ class CachedTrainer:
         return history
 
 
+def check_ema(decay: float) -> None:
+    """``train.ema``: 0 (off) or a decay between 0 and 1."""
+    if decay and not 0.0 < decay < 1.0:
+        raise ConfigError(f"train.ema={decay}: the decay must be between 0 and 1 (e.g. 0.99), or 0 for off")
+
+
 class _Ema:
     """An exponential moving average of ``params`` (``train.ema``), updated after every optimiser step."""
 
     def __init__(self, params: list[torch.Tensor], decay: float) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ConfigError(
-                f"train.ema={decay}: the decay must be between 0 and 1 (e.g. 0.99), or 0 for off"
-            )
+        check_ema(decay)
         self.params = params
         self.decay = decay
         self.steps = 0

@@ -106,8 +106,9 @@ def _check_cfg(cfg: RunConfig) -> None:
         raise ConfigError("train.epochs and train.batch_size must be at least 1 and train.lr positive")
     if t.num_nodes < 1:
         raise ConfigError(f"train.num_nodes={t.num_nodes}: must be at least 1 (the number of machines)")
-    if t.ema and not 0.0 < t.ema < 1.0:
-        raise ConfigError(f"train.ema={t.ema}: the decay must be between 0 and 1 (e.g. 0.99), or 0 for off")
+    from medclf.train.cached import check_ema
+
+    check_ema(t.ema)
     if t.ema and t.strategy != "cached":
         raise ConfigError(
             f"train.ema={t.ema}: weight averaging is built for the cached strategy only; "

@@ -426,8 +426,9 @@ def extract_features(
 ) -> FeatureSet:
     """Run the frozen ``bottom`` over ``paths`` once per view, reading and writing the disk cache.
 
-    ``batch_size``: images decoded per step (in a thread, while the engine runs the previous step); the graph
-    engines run them in micro-batches of ``medclf._microbatch.ENGINE_BATCH``, which stay in the CPU's cache. ``half`` stores float16 (default: for feature maps, which are large; pooled features stay float32).
+    ``batch_size``: images decoded per step (on every core, then the engine runs them); the graph engines run
+    them in micro-batches of ``medclf._microbatch.ENGINE_BATCH``, which stay in the CPU's cache. ``half`` stores
+    float16 (default: for feature maps, which are large; pooled features stay float32).
     Raises BadImageError for the first unreadable image unless ``skip_bad``, which skips and lists them.
     """
     paths = [str(p) for p in paths]
@@ -512,19 +513,17 @@ def _run_view(
         for start in range(0, len(paths), batch_size):
             idx, tensors = [], []
             for i, im, exc in pool.map(decode, range(start, min(start + batch_size, len(paths)))):
-                try:
-                    if exc is not None:
-                        raise exc
-                    if stochastic:  # reproducible augmentation: same view, same image -> same pixels
-                        torch.manual_seed(_seed_for(seed, view, i))
-                    tensors.append(transform(im))
-                    idx.append(i)
-                except BadImageError as err:
+                if exc is not None:
                     if not skip_bad:
                         raise BadImageError(
-                            err.path, err.reason + "; fix or remove it, or set data.skip_bad=true"
+                            exc.path, exc.reason + "; fix or remove it, or set data.skip_bad=true"
                         ) from None
-                    bad.append(err.path)
+                    bad.append(exc.path)
+                    continue
+                if stochastic:  # reproducible augmentation: same view, same image -> same pixels
+                    torch.manual_seed(_seed_for(seed, view, i))
+                tensors.append(transform(im))
+                idx.append(i)
             if tensors:
                 y = runner(torch.stack(tensors))
                 out.append(
