@@ -123,6 +123,27 @@ def test_decision_uses_the_run_threshold(predictors) -> None:
     assert sure.decision == "benign" and not sure.refer
 
 
+def test_batch_decisions_match_one_at_a_time(predictors) -> None:
+    # predict_arrays decides a whole batch in one call: each answer must be the single-image answer
+    p = predictors["torch"]
+
+    class Fixed:  # logits whose probabilities straddle the 0.4 operating point and the 0.5 arg-max line
+        def run(self, x, meta):
+            pm = np.array([0.05, 0.35, 0.42, 0.48, 0.55, 0.9])
+            return np.log(np.stack([1 - pm, pm], axis=1)), None
+
+    backend, p.backend = p.backend, Fixed()
+    try:
+        preds = p.predict_arrays(np.zeros((6, 3, 8, 8), np.float32))
+    finally:
+        p.backend = backend
+    assert [q.decision for q in preds] == ["benign", "benign", "malignant", "malignant", "malignant", "malignant"]
+    assert [q.label for q in preds] == ["benign"] * 4 + ["malignant"] * 2
+    for q in preds:
+        one = p._decide(np.array([q.probabilities[c] for c in p.classes]), None)
+        assert (one.decision, one.label, one.refer) == (q.decision, q.label, q.refer)
+
+
 def test_accuracy_and_referrals_in_distribution(predictors, tiny_run) -> None:  # noqa: F811
     val = _split(tiny_run, "val")
     preds = predictors["onnx"].predict(list(val.path))

@@ -244,3 +244,51 @@ def test_ema_errors(tmp_path) -> None:
         cfg.data.root = str(tmp_path / "nowhere")
         with pytest.raises(ConfigError, match=match):
             train(cfg, tmp_path / "run")
+
+
+def test_mixup_blends_maps_metadata_and_is_seeded() -> None:
+    from medclf.train.cached import _mix
+
+    x = torch.arange(24, dtype=torch.float16).reshape(4, 6)
+    meta = torch.eye(4)
+    lam, perm, mixed, mixed_meta = _mix(x, meta, 0.4, torch.Generator().manual_seed(3))
+    assert 0.0 <= lam <= 1.0 and sorted(perm.tolist()) == [0, 1, 2, 3]
+    torch.testing.assert_close(mixed, lam * x.float() + (1 - lam) * x[perm].float())
+    torch.testing.assert_close(mixed_meta, lam * meta + (1 - lam) * meta[perm])
+    again = _mix(x, meta, 0.4, torch.Generator().manual_seed(3))
+    assert again[0] == lam and torch.equal(again[1], perm)
+    # Beta(a, a): symmetric around 1/2; a small a pushes the weights towards 0 and 1
+    g = torch.Generator().manual_seed(0)
+    small = np.array([_mix(x, None, 0.2, g)[0] for _ in range(400)])
+    large = np.array([_mix(x, None, 8.0, g)[0] for _ in range(400)])
+    assert abs(small.mean() - 0.5) < 0.07 and abs(large.mean() - 0.5) < 0.05
+    assert np.mean(np.minimum(small, 1 - small) < 0.1) > 0.4 > np.mean(np.minimum(large, 1 - large) < 0.1)
+
+
+def test_mixup_run_is_reproducible_and_differs_from_plain(data, tmp_path) -> None:
+    ds, split = data
+    sets = ("train.patience=0", "train.epochs=3")
+    plain, _ = train_cached(_cfg(tmp_path, *sets), ds, split, tmp_path / "plain", progress=False)
+    runs = [
+        train_cached(
+            _cfg(tmp_path, *sets, "train.mixup=0.4"), ds, split, tmp_path / f"mix{i}", progress=False
+        )
+        for i in range(2)
+    ]
+    w0, w1, wp = _weights(runs[0][0]), _weights(runs[1][0]), _weights(plain)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert any(not torch.equal(w0[k], wp[k]) for k in w0)
+    assert np.isfinite([r["train_loss"] for r in runs[0][1]]).all()
+
+
+def test_mixup_errors(tmp_path) -> None:
+    from medclf.train import train
+
+    for sets, match in (
+        (["train.mixup=-0.2"], "positive Beta"),
+        (["train.mixup=0.2", "train.strategy=scratch"], "cached strategy only"),
+    ):
+        cfg = _cfg(tmp_path, *sets)
+        cfg.data.root = str(tmp_path / "nowhere")
+        with pytest.raises(ConfigError, match=match):
+            train(cfg, tmp_path / "run")

@@ -117,6 +117,9 @@ class TrainConfig:
     """`cached`: keep an exponential moving average of the trained weights, with this decay per optimisation
     step (e.g. 0.99; warmed up as min(ema, (1 + step) / (10 + step))). Validation, the best epoch and the saved
     model use the averaged weights. 0 = off."""
+    mixup: float = 0.0
+    """`cached`: manifold mixup on the cached maps: each training batch is blended with a shuffled copy of itself
+    (maps, metadata and loss targets) by a weight drawn from Beta(mixup, mixup), e.g. 0.2. 0 = off."""
     class_weights: bool = True
     """Weight the loss by inverse class frequency (to the power `class_weight_power`)."""
     class_weight_power: float = 1.0

@@ -24,6 +24,7 @@ from torch import nn
 from medclf import DISCLAIMER, __version__
 from medclf.data.transforms import Preprocessing
 from medclf.errors import MedclfError
+from medclf.evaluate.thresholds import decide
 from medclf.serve.ood import FeatureOOD
 
 if TYPE_CHECKING:
@@ -382,8 +383,9 @@ def _quantize(
         onnx.save(qproto, str(tmp))
     qsess = onnx_session(qproto.SerializeToString(), num_threads)
     _, qprobs = _probs(qsess, x, meta, predictor.serving.temperature)
-    dec = np.array([predictor._decide(p, None).decision for p in fp32_probs])
-    qdec = np.array([predictor._decide(p, None).decision for p in qprobs])
+    s = predictor.serving
+    dec = decide(fp32_probs, s.classes, s.threshold, s.positive_classes)
+    qdec = decide(qprobs, s.classes, s.threshold, s.positive_classes)
     res: dict[str, Any] = {
         "bytes": qpath.stat().st_size,
         "inputs": f"{len(x)} images" if labels else f"{len(x)} random inputs",

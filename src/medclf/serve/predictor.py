@@ -401,7 +401,7 @@ class Predictor:
         out: list[Prediction] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            x = np.stack([self.preprocess(self.load(im, _name(im))) for im in chunk]).astype(np.float32)
+            x = np.stack([self.preprocess(self.load(im, _name(im))) for im in chunk])
             meta = self.encode_metadata(
                 None if metadata is None else metadata[start : start + len(chunk)], len(chunk)
             )
@@ -412,13 +412,21 @@ class Predictor:
         """Preprocessed [B, C, H, W] float32 (+ encoded metadata) -> predictions."""
         logits, scores = self.backend.run(np.ascontiguousarray(x, dtype=np.float32), meta)
         probs = _softmax(np.asarray(logits, np.float64) / max(self.serving.temperature, 1e-6))
-        return [self._decide(p, None if scores is None else float(scores[i])) for i, p in enumerate(probs)]
+        s = self.serving
+        decisions = decide(probs, s.classes, s.threshold, s.positive_classes)  # the whole batch at once
+        return [
+            self._decide(p, None if scores is None else float(scores[i]), int(d))
+            for i, (p, d) in enumerate(zip(probs, decisions, strict=True))
+        ]
 
-    def _decide(self, p: np.ndarray, ood_score: float | None) -> Prediction:
+    def _decide(self, p: np.ndarray, ood_score: float | None, decided: int | None = None) -> Prediction:
+        """One image's answer from its probabilities; ``decided``: its decision, when the batch's was made at once."""
         s = self.serving
         classes = s.classes
         top = int(np.argmax(p))
-        decision = classes[int(decide(p[None], classes, s.threshold, s.positive_classes)[0])]
+        if decided is None:
+            decided = int(decide(p[None], classes, s.threshold, s.positive_classes)[0])
+        decision = classes[decided]
         confidence = float(p[top])
         reasons = []
         if confidence < s.refer_below:

@@ -33,7 +33,7 @@ from medclf.train.features import FeatureSet, extract_features, find_trunk, spli
 from medclf.train.losses import class_weights, create_loss
 from medclf.train.module import classification_metrics, monitor_mode, seed_all
 
-__all__ = ["CachedTrainer", "check_ema", "train_cached"]
+__all__ = ["CachedTrainer", "check_ema", "check_mixup", "train_cached"]
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +204,15 @@ class CachedTrainer:
                 views = view_of[i : i + t.batch_size].numpy()
                 xb = np.stack([train_x[v][j] for v, j in zip(views, idx, strict=True)])
                 meta = torch.from_numpy(train_meta[idx]) if train_meta is not None else None
+                x, target = torch.from_numpy(xb), torch.from_numpy(train_y[idx]).long()
+                mix = _mix(x, meta, t.mixup, g) if t.mixup else None
+                if mix is not None:
+                    lam, perm, x, meta = mix
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    logits = self.model.forward_head(self._features(torch.from_numpy(xb)), meta)
-                loss = loss_fn(logits.float(), torch.from_numpy(train_y[idx]).long())
+                    logits = self.model.forward_head(self._features(x), meta).float()
+                loss = loss_fn(logits, target)
+                if mix is not None:
+                    loss = lam * loss + (1.0 - lam) * loss_fn(logits, target[perm])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -252,6 +258,26 @@ class CachedTrainer:
             row["best"] = row["epoch"] == best_epoch
         self.model.eval()
         return history
+
+
+def check_mixup(alpha: float) -> None:
+    """``train.mixup``: 0 (off) or a positive Beta concentration."""
+    if alpha < 0 or not math.isfinite(alpha):
+        raise ConfigError(f"train.mixup={alpha}: use a positive Beta parameter (e.g. 0.2), or 0 for off")
+
+
+def _mix(
+    x: torch.Tensor, meta: torch.Tensor | None, alpha: float, g: torch.Generator
+) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Manifold mixup of one batch: (weight, partner order, blended maps, blended metadata). The weight is drawn
+    from Beta(alpha, alpha) with ``g`` (Gamma draws), so a seeded run, and a resumed one, mixes identically."""
+    a = torch.full((2,), float(alpha), dtype=torch.float64)
+    ga, gb = torch._standard_gamma(a, generator=g).tolist()
+    lam = ga / (ga + gb) if ga + gb > 0 else 0.5
+    perm = torch.randperm(len(x), generator=g)
+    mixed = lam * x.float() + (1.0 - lam) * x[perm].float()
+    meta = lam * meta + (1.0 - lam) * meta[perm] if meta is not None else None
+    return lam, perm, mixed, meta
 
 
 def check_ema(decay: float) -> None:

@@ -106,14 +106,16 @@ def _check_cfg(cfg: RunConfig) -> None:
         raise ConfigError("train.epochs and train.batch_size must be at least 1 and train.lr positive")
     if t.num_nodes < 1:
         raise ConfigError(f"train.num_nodes={t.num_nodes}: must be at least 1 (the number of machines)")
-    from medclf.train.cached import check_ema
+    from medclf.train.cached import check_ema, check_mixup
 
     check_ema(t.ema)
-    if t.ema and t.strategy != "cached":
-        raise ConfigError(
-            f"train.ema={t.ema}: weight averaging is built for the cached strategy only; "
-            f"set train.ema=0 for strategy {t.strategy}"
-        )
+    check_mixup(t.mixup)
+    for key, what in (("ema", "weight averaging"), ("mixup", "manifold mixup")):
+        if getattr(t, key) and t.strategy != "cached":
+            raise ConfigError(
+                f"train.{key}={getattr(t, key)}: {what} is built for the cached strategy only; "
+                f"set train.{key}=0 for strategy {t.strategy}"
+            )
     if cfg.model.metadata_only and not cfg.model.metadata:
         raise ConfigError("model.metadata_only needs model.metadata columns (e.g. [age, sex, localization])")
     if cfg.eval.tta:

@@ -496,11 +496,13 @@ def _run_view(
     transform = _view_transform(pre, view, augment)
     stochastic = view.startswith("aug")
 
-    def decode(i: int) -> tuple[int, Image.Image | None, BadImageError | None]:
+    def decode(i: int) -> tuple[int, Image.Image | torch.Tensor | None, BadImageError | None]:
         try:
-            return i, _load_image(paths[i]), None
+            im = _load_image(paths[i])
         except BadImageError as exc:
             return i, None, exc
+        # a deterministic view is transformed here too, on every core; seeded views wait for the main thread
+        return i, im if stochastic else transform(im), None
 
     out: list[np.ndarray] = []
     kept: list[int] = []
@@ -508,7 +510,7 @@ def _run_view(
     bar = tqdm(total=len(paths), desc=f"features [{view}]", unit="img", disable=not progress, leave=False)
     # Decode a batch on every core, then run the engine on it: the phases take turns rather than overlap, because
     # on a small CPU a decoding thread beside the engine's threads takes a core from one of them and the others
-    # wait for it at every layer. Transforms run here, in order, so that seeded augmentations are reproducible.
+    # wait for it at every layer. Seeded augmentations are transformed here, in order, so they are reproducible.
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
         for start in range(0, len(paths), batch_size):
             idx, tensors = [], []
@@ -522,7 +524,8 @@ def _run_view(
                     continue
                 if stochastic:  # reproducible augmentation: same view, same image -> same pixels
                     torch.manual_seed(_seed_for(seed, view, i))
-                tensors.append(transform(im))
+                    im = transform(im)
+                tensors.append(im)
                 idx.append(i)
             if tensors:
                 y = runner(torch.stack(tensors))
