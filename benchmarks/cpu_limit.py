@@ -5,7 +5,7 @@ OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset (they pin older, slower kernels), nex
 EfficientNet-Lite0 at 224 px through medclf's paths — feature extraction (`medclf.train.features`, decoding
 included, on the engine ``auto`` picks), batch prediction and single-image latency (`medclf.serve.Predictor`,
 on OpenVINO and on ONNX Runtime; the engines alone in calls of 1, 4 and 16 images) — each as images/s ×
-GFLOP/image ÷ GEMM GFLOP/s. Last, OpenVINO in bfloat16
+GFLOP/image ÷ GEMM GFLOP/s; beside them the transform alone and a single image without the out-of-distribution score. Last, OpenVINO in bfloat16
 against torch's bf16 GEMM, for CPUs with bf16 units (medclf itself computes in fp32).
 
     .venv/bin/python benchmarks/cpu_limit.py [--images 256] [--out docs/benchmarks-cpu.md]
@@ -66,7 +66,12 @@ def torch_gemm(dtype: Any = None) -> float:
     return 2 * n**3 / best / 1e9
 
 
-DECODE, BF16 = "decode + preprocess only", "OpenVINO bf16"
+DECODE, PREP, NO_OOD, BF16 = (
+    "decode + preprocess only",
+    "preprocess only",
+    "single image, no OOD",
+    "OpenVINO bf16",
+)
 
 
 def timed(fn: Callable[[], Any], n: int) -> Callable[[], float]:
@@ -181,6 +186,7 @@ def main() -> None:
         from medclf.serve.predictor import Predictor
 
         images = [Image.open(p).convert("RGB") for p in paths]
+        jobs[PREP] = timed(lambda: [prep(im) for im in images], len(images))  # the transform alone, decoded
         predictors = {}
         for engine in ("openvino", "onnx"):
             pred = predictors[engine] = Predictor.from_run(run_dir, backend=engine)
@@ -213,6 +219,11 @@ def main() -> None:
                 1 / statistics.median(_latencies(lambda one: pred.predict([one]), images[:40]))
             )
 
+        # what the out-of-distribution score (in the graph, a Mahalanobis product) adds to a single image
+        bare = Predictor.from_run(run_dir, backend="onnx", ood=False)
+        bare.predict(images[:4])
+        jobs[NO_OOD] = lambda: 1 / statistics.median(_latencies(lambda one: bare.predict([one]), images[:40]))
+
         # 3. beyond fp32: OpenVINO in bfloat16 (AMX / AVX512-BF16), against torch's bf16 GEMM on the same CPU
         bgemm = torch_gemm(torch.bfloat16)
         fast = Predictor.from_run(run_dir, backend="openvino", precision="bf16")
@@ -229,7 +240,7 @@ def main() -> None:
             for label, job in jobs.items():
                 runs[label].append(job())
     stats = {label: (max(v), statistics.median(v)) for label, v in runs.items()}
-    decode_rate = stats.pop(DECODE)[0]
+    decode_rate, prep_rate, no_ood = stats.pop(DECODE)[0], stats.pop(PREP)[0], stats.pop(NO_OOD)[0]
     bf16_rows = [(f"model only (OpenVINO bf16), preprocessed batch of {len(xb)}", *stats.pop(BF16))]
     rows = [
         (
@@ -260,7 +271,11 @@ def main() -> None:
         f"- EfficientNet-Lite0 at 224 px: {gflop:.3f} GFLOP/image (torch FlopCounterMode, 2 FLOP per MAC).",
         f"- JPEG decoding + preprocessing alone, one thread, no model: {decode_rate:.0f} images/s (best run). "
         "The rows that decode spend that CPU time on work that is not the model's arithmetic, so they sit "
-        "below the model-only rows.",
+        "below the model-only rows. Of that, the evaluation transform alone on decoded images (resize when "
+        f"needed, normalisation): {1e6 / prep_rate:.0f} µs per image ({prep_rate:.0f} images/s, best run).",
+        "- The single-image rows include the out-of-distribution score that the served graph computes beside the "
+        f"logits; ONNX Runtime without it: {1e3 / no_ood:.2f} ms per image ({no_ood * gflop / limit:.0%} of the "
+        "limit, best run).",
         "",
         f"Every path ran {R} times, in {R} rounds that visit every path in turn, so that all paths share the VM's "
         "slow and fast moments; the table gives the best and the median run. This machine is a VM whose speed "

@@ -137,7 +137,14 @@ def test_batch_decisions_match_one_at_a_time(predictors) -> None:
         preds = p.predict_arrays(np.zeros((6, 3, 8, 8), np.float32))
     finally:
         p.backend = backend
-    assert [q.decision for q in preds] == ["benign", "benign", "malignant", "malignant", "malignant", "malignant"]
+    assert [q.decision for q in preds] == [
+        "benign",
+        "benign",
+        "malignant",
+        "malignant",
+        "malignant",
+        "malignant",
+    ]
     assert [q.label for q in preds] == ["benign"] * 4 + ["malignant"] * 2
     for q in preds:
         one = p._decide(np.array([q.probabilities[c] for c in p.classes]), None)

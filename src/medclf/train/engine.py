@@ -110,12 +110,16 @@ def _check_cfg(cfg: RunConfig) -> None:
 
     check_ema(t.ema)
     check_mixup(t.mixup)
-    for key, what in (("ema", "weight averaging"), ("mixup", "manifold mixup")):
-        if getattr(t, key) and t.strategy != "cached":
-            raise ConfigError(
-                f"train.{key}={getattr(t, key)}: {what} is built for the cached strategy only; "
-                f"set train.{key}=0 for strategy {t.strategy}"
-            )
+    if t.ema and t.strategy != "cached":
+        raise ConfigError(
+            f"train.ema={t.ema}: weight averaging is built for the cached strategy only; "
+            f"set train.ema=0 for strategy {t.strategy}"
+        )
+    if t.mixup and t.strategy != "cached":
+        raise ConfigError(
+            f"train.mixup={t.mixup}: manifold mixup is built for the cached strategy only; "
+            f"set train.mixup=0 for strategy {t.strategy}"
+        )
     if cfg.model.metadata_only and not cfg.model.metadata:
         raise ConfigError("model.metadata_only needs model.metadata columns (e.g. [age, sex, localization])")
     if cfg.eval.tta:
