@@ -123,9 +123,9 @@ class _EvalTransform:
 
     ``normalize`` is applied once to the 256 values 0..255 of every channel. When ``(x * (1/255) - mean) / std``
     in float32, one channel at a time, reproduces that table exactly, the image is normalised by that arithmetic
-    (one cast and three contiguous passes, about 5x faster than a table lookup in numpy); otherwise by the table.
-    Either way the output equals ``normalize`` on the image, and no torch operation wakes torch's thread pool to
-    contend with the inference engine on a small CPU.
+    (one cast and three contiguous passes, faster than a table lookup in numpy: docs/benchmarks.md); otherwise by
+    the table. Either way the output equals ``normalize`` on the image, and no torch operation wakes torch's thread
+    pool to contend with the inference engine on a small CPU.
     """
 
     def __init__(
