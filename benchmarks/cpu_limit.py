@@ -85,13 +85,18 @@ def timed(fn: Callable[[], Any], n: int) -> Callable[[], float]:
     return run
 
 
-def _latencies(fn: Any, items: list[Any]) -> list[float]:
-    out = []
-    for item in items:
-        t0 = time.perf_counter()
-        fn(item)
-        out.append(time.perf_counter() - t0)
-    return out
+def single_image(pred: Any, images: list[Any]) -> Callable[[], float]:
+    """One timed run of single-image prediction: the median latency over ``images``, as images/s."""
+
+    def run() -> float:
+        out = []
+        for im in images:
+            t0 = time.perf_counter()
+            pred.predict([im])
+            out.append(time.perf_counter() - t0)
+        return 1 / statistics.median(out)
+
+    return run
 
 
 def model_gflop(size: int) -> float:
@@ -215,14 +220,12 @@ def main() -> None:
                     f"model only ({name}), preprocessed batch of {len(xb)}, engine calls of {eb}{default}"
                 ] = timed(engine_only, 4 * len(xb))
             # single image: the median latency over 40 images, as images/s
-            jobs[f"single image (Predictor, {name})"] = lambda pred=pred: (
-                1 / statistics.median(_latencies(lambda one: pred.predict([one]), images[:40]))
-            )
+            jobs[f"single image (Predictor, {name})"] = single_image(pred, images[:40])
 
         # what the out-of-distribution score (in the graph, a Mahalanobis product) adds to a single image
         bare = Predictor.from_run(run_dir, backend="onnx", ood=False)
         bare.predict(images[:4])
-        jobs[NO_OOD] = lambda: 1 / statistics.median(_latencies(lambda one: bare.predict([one]), images[:40]))
+        jobs[NO_OOD] = single_image(bare, images[:40])
 
         # 3. beyond fp32: OpenVINO in bfloat16 (AMX / AVX512-BF16), against torch's bf16 GEMM on the same CPU
         bgemm = torch_gemm(torch.bfloat16)

@@ -275,7 +275,8 @@ def _mix(
     ga, gb = torch._standard_gamma(a, generator=g).tolist()
     lam = ga / (ga + gb) if ga + gb > 0 else 0.5
     perm = torch.randperm(len(x), generator=g)
-    mixed = lam * x.float() + (1.0 - lam) * x[perm].float()
+    x = x.float()
+    mixed = lam * x + (1.0 - lam) * x[perm]
     meta = lam * meta + (1.0 - lam) * meta[perm] if meta is not None else None
     return lam, perm, mixed, meta
 

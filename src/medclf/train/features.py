@@ -35,6 +35,7 @@ from torch import nn
 
 from medclf._atomic import atomic_path, atomic_write_json
 from medclf._microbatch import run_micro_batches
+from medclf.data.images import load_image
 from medclf.data.transforms import Preprocessing, create_transform
 from medclf.errors import BadImageError, DataError, MedclfError
 
@@ -201,12 +202,6 @@ def module_fingerprint(module: nn.Module, in_chans: int, size: int) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # images and views
-
-
-def _load_image(path: str) -> Image.Image:
-    from medclf.data import load_image  # the data package's decoder (DICOM, EXIF, size limits, BadImageError)
-
-    return load_image(path)
 
 
 def _view_transform(pre: Preprocessing, view: str, augment: str) -> Callable[[Image.Image], torch.Tensor]:
@@ -498,7 +493,7 @@ def _run_view(
 
     def decode(i: int) -> tuple[int, Image.Image | torch.Tensor | None, BadImageError | None]:
         try:
-            im = _load_image(paths[i])
+            im = load_image(paths[i])  # DICOM, EXIF, size limits, BadImageError
         except BadImageError as exc:
             return i, None, exc
         # a deterministic view is transformed here too, on every core; seeded views wait for the main thread
