@@ -75,6 +75,25 @@ def test_export_round_trips_the_positive_group(group_run, tiny_run, exported, tm
     assert read_onnx(tmp_path / "old.onnx")[1].positive_classes == ["malignant"]
 
 
+@pytest.mark.parametrize("fit_images", [6, 48])
+def test_graph_ood_score_matches_the_detector(tiny_run, fit_images) -> None:  # noqa: F811
+    from medclf.serve.export import build_onnx
+    from medclf.serve.ood import FeatureOOD
+
+    torch_pred = Predictor.from_run(tiny_run, backend="torch")
+    model, d = torch_pred.backend.model, torch_pred.ood.mean.shape[0]
+    rng = np.random.default_rng(0)
+    # 6 images for 16 features: the low-rank form (FeatureOOD.low_rank); 48: the full precision matrix
+    ood = FeatureOOD.fit(rng.normal(size=(fit_images, d)) + 1.0)
+    assert (ood.low_rank() is not None) == (fit_images < d)
+    sess = onnx_session(build_onnx(model, torch_pred.serving, ood).SerializeToString())
+    x = rng.normal(size=(5, 3, 32, 32)).astype(np.float32)
+    _, scores = sess.run(None, {"image": x})
+    with torch.inference_mode():
+        feats = model.forward_features(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(scores, ood.score(feats), rtol=1e-4)
+
+
 def test_int8_copy_and_its_cost(exported) -> None:
     q = exported.int8
     assert exported.int8_path.is_file()

@@ -53,6 +53,23 @@ def test_fewer_images_than_dimensions_is_stable() -> None:
         FeatureOOD.fit(x[:1])
 
 
+def test_low_rank_form_gives_the_same_scores() -> None:
+    rng = np.random.default_rng(0)
+    # fewer fit images than dimensions (as served: 400 images, 1280 features): scale·|d|² − |d·U|², U of rank n − 1
+    x = rng.normal(size=(30, 96)) @ rng.normal(size=(96, 96))
+    ood = FeatureOOD.fit(x)
+    factors = ood.low_rank()
+    assert factors is not None
+    scale, u = factors
+    assert u.shape == (96, 29) and u.dtype == np.float32
+    q = rng.normal(size=(8, 96)) @ rng.normal(size=(96, 96))
+    d = q / np.linalg.norm(q, axis=1, keepdims=True) - ood.mean
+    low = scale * (d * d).sum(1) - ((d @ u.astype(np.float64)) ** 2).sum(1)
+    np.testing.assert_allclose(low, ood.score(q), rtol=1e-5)
+    # more images than dimensions: the precision has full rank and no smaller form
+    assert FeatureOOD.fit(_data()).low_rank() is None
+
+
 def test_save_load_round_trip_and_damaged_file(tmp_path) -> None:
     ood = FeatureOOD.fit(_data(), _data(seed=2, n=50))
     path = tmp_path / "ood.safetensors"

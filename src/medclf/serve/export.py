@@ -49,10 +49,17 @@ class _ServingModule(nn.Module):
         self.uses_images = int(getattr(model, "num_features", 0) or 0) > 0
         self.has_ood = ood is not None and self.uses_images
         self.normalize = bool(ood is not None and ood.normalize)
+        self.low_rank = False
         if self.has_ood:
             assert ood is not None
             self.register_buffer("ood_mean", torch.from_numpy(np.asarray(ood.mean, np.float32)))
-            self.register_buffer("ood_precision", torch.from_numpy(np.asarray(ood.precision, np.float32)))
+            factors = ood.low_rank()
+            self.low_rank = factors is not None
+            if factors is not None:  # the usual case: fewer fit images than features (FeatureOOD.low_rank)
+                self.register_buffer("ood_scale", torch.tensor(factors[0], dtype=torch.float32))
+                self.register_buffer("ood_basis", torch.from_numpy(factors[1]))
+            else:
+                self.register_buffer("ood_precision", torch.from_numpy(np.asarray(ood.precision, np.float32)))
 
     def forward(
         self, image: torch.Tensor, meta: torch.Tensor | None = None
@@ -66,6 +73,8 @@ class _ServingModule(nn.Module):
             return logits, logits[:, 0] * 0.0
         f = feats / feats.norm(dim=1, keepdim=True).clamp_min(1e-12) if self.normalize else feats
         d = f - self.ood_mean
+        if self.low_rank:
+            return logits, self.ood_scale * (d * d).sum(dim=1) - (d @ self.ood_basis).square().sum(dim=1)
         return logits, ((d @ self.ood_precision) * d).sum(dim=1)
 
 
@@ -361,8 +370,7 @@ def _quantize(
     ood_nodes = [
         n.name
         for n in proto.graph.node
-        if n.op_type == "MatMul"
-        and any(i in ("ood_precision",) or i.endswith("ood_precision") for i in n.input)
+        if n.op_type == "MatMul" and any(i.endswith(("ood_precision", "ood_basis")) for i in n.input)
     ]
     with tempfile.TemporaryDirectory(prefix="medclf-int8-") as tmpdir:
         src, dst = Path(tmpdir) / "fp32.onnx", Path(tmpdir) / "int8.onnx"

@@ -87,6 +87,24 @@ class FeatureOOD:
         d = (_l2(f) if self.normalize else f) - self.mean.astype(np.float64)
         return np.einsum("bi,ij,bj->b", d, self.precision.astype(np.float64), d)
 
+    def low_rank(self, tol: float = 1e-6) -> tuple[float, np.ndarray] | None:
+        """``(scale, U)`` with ``d·P·d = scale·|d|² − |d·U|²`` for every ``d``, when ``U`` ([D, k]) has at most half
+        of the precision matrix's columns; else None.
+
+        A Gaussian fitted on n images has a sample covariance of rank at most n − 1, so the shrunk covariance has its
+        smallest eigenvalue D − n + 1 times over and the precision is ``scale·I`` minus a rank-(n − 1) term. Served
+        graphs compute the score from ``U``: the detector fitted on 400 training images reads 1280 × 399 numbers
+        per image instead of 1280 × 1280. Eigen-directions within ``tol`` of the largest eigenvalue are dropped
+        (they change no score by more than ``tol·scale·|d|²``).
+        """
+        w, v = np.linalg.eigh(self.precision.astype(np.float64))
+        scale = float(w[-1])
+        keep = (scale - w) > tol * scale
+        if 2 * int(keep.sum()) > len(w):
+            return None
+        u = v[:, keep] * np.sqrt(scale - w[keep])
+        return scale, u.astype(np.float32)
+
     def is_ood(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
 

@@ -401,7 +401,8 @@ class Predictor:
         out: list[Prediction] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            x = np.stack([self.preprocess(self.load(im, _name(im))) for im in chunk])
+            arrays = [self.preprocess(self.load(im, _name(im))) for im in chunk]
+            x = arrays[0][None] if len(arrays) == 1 else np.stack(arrays)  # one image: no copy
             meta = self.encode_metadata(
                 None if metadata is None else metadata[start : start + len(chunk)], len(chunk)
             )
