@@ -139,3 +139,48 @@ def test_onnx_backend_matches_torch(trunk, images, tmp_path) -> None:
     F.extract_features(bottom, images, PRE, cache_dir=tmp_path / "x", backend="auto", progress=False)
     (choice,) = (tmp_path / "x" / "onnx").glob("*.backend.json")
     assert set(json.loads(choice.read_text())) == {"torch", "onnx", "openvino"}
+
+
+def test_onnx_on_both_cores_gives_the_one_core_arrays(trunk, images, tmp_path) -> None:
+    # two cores: one image per engine call and core, queued beside the decoding, results back in order
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    paths = [*images[:3], str(bad), *images[3:], *images[:2]]
+    bottom = F.split_backbone(trunk, 2).bottom
+    kw = {"views": ["clean", "aug1"], "backend": "onnx", "progress": False, "batch_size": 3, "skip_bad": True}
+    one = F.extract_features(bottom, paths, PRE, cache_dir=tmp_path / "one", **kw)
+    torch.set_num_threads(2)
+    try:
+        two = F.extract_features(bottom, paths, PRE, cache_dir=tmp_path / "two", **kw)
+    finally:
+        torch.set_num_threads(1)
+    assert two.kept.tolist() == one.kept.tolist() == [0, 1, 2, 4, 5, 6, 7, 8]
+    for view in ("clean", "aug1"):
+        np.testing.assert_array_equal(two.views[view], one.views[view])
+    ref = F.extract_features(bottom, paths, PRE, cache_dir=tmp_path / "t", **{**kw, "backend": "torch"})
+    np.testing.assert_allclose(
+        two.views["clean"].astype(np.float32), ref.views["clean"].astype(np.float32), atol=2e-2
+    )
+
+
+def test_auto_times_the_engines_on_the_dataset_and_copes_with_bad_images(
+    trunk, images, tmp_path, caplog
+) -> None:
+    bottom = F.split_backbone(trunk, 0).bottom
+    broken = []
+    for i in range(3):
+        p = tmp_path / f"broken{i}.jpg"
+        p.write_bytes(b"not a jpeg")
+        broken.append(str(p))
+    kw = {"backend": "auto", "progress": False, "skip_bad": True}
+    with caplog.at_level("WARNING", logger=F.log.name):
+        fs = F.extract_features(bottom, [*broken, *images], PRE, cache_dir=tmp_path / "a", **kw)
+    assert fs.bad == broken and len(fs.views["clean"]) == len(images)
+    # the timing runs on the dataset's first images: their problems are reported once, by the extraction
+    assert sum("skipped 3 unreadable" in r.getMessage() for r in caplog.records) == 1
+    (choice,) = (tmp_path / "a" / "onnx").glob("*.backend.json")
+    assert all(v > 0 for v in json.loads(choice.read_text()).values())
+    # nothing readable: the extraction's own error, and no engine choice remembered from an empty timing
+    with pytest.raises(BadImageError, match="broken0"):
+        F.extract_features(bottom, broken, PRE, cache_dir=tmp_path / "b", backend="auto", progress=False)
+    assert not list((tmp_path / "b" / "onnx").glob("*.backend.json"))

@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 
 _CACHE_VERSION = 1
 BACKENDS = ("auto", "torch", "onnx", "openvino")
+_PROBE_IMAGES = 32
+"""Images of the dataset that ``backend="auto"`` extracts with each engine to choose one (once per bottom)."""
+Runner = Callable[[torch.Tensor], np.ndarray]
+"""A feature engine: a preprocessed batch in, the bottom's outputs out."""
 
 
 def default_cache_dir() -> Path:
@@ -301,25 +305,24 @@ def _export_onnx(module: nn.Module, size: int, in_chans: int, path: Path) -> Pat
     return path
 
 
-def _throughput(
-    runners: dict[str, Callable[[torch.Tensor], np.ndarray]], x: torch.Tensor
-) -> dict[str, float]:
-    """Images/s of each runner on ``x``: the best of 3 rounds, the runners taking turns, so that a moment of
-    slowness (a shared or throttled CPU) does not decide the choice."""
+def _throughput(runners: dict[str, Runner], probe: Callable[[Runner], int]) -> dict[str, float]:
+    """Images/s of each runner through ``probe`` (the extraction itself on a few of the dataset's images, decoding
+    included): the best of 3 rounds, the runners taking turns, so that a moment of slowness (a shared or throttled
+    CPU) does not decide the choice."""
     for runner in runners.values():
-        runner(x)  # warm-up (allocations, graph optimisation)
+        probe(runner)  # warm-up (allocations, graph optimisation)
     best = dict.fromkeys(runners, 0.0)
     for _ in range(3):
         for name, runner in runners.items():
             t = time.perf_counter()
-            runner(x)
-            best[name] = max(best[name], len(x) / (time.perf_counter() - t))
+            n = probe(runner)
+            best[name] = max(best[name], n / (time.perf_counter() - t))
     return best
 
 
 def _make_runner(
-    bottom: nn.Module, key: str, pre: Preprocessing, backend: str, cache_dir: Path
-) -> Callable[[torch.Tensor], np.ndarray]:
+    bottom: nn.Module, key: str, pre: Preprocessing, backend: str, cache_dir: Path, probe_paths: Sequence[str]
+) -> Runner:
     if backend not in BACKENDS:
         raise MedclfError(f"unknown feature backend {backend!r}: choose {', '.join(BACKENDS)}")
     if backend == "torch":
@@ -338,7 +341,7 @@ def _make_runner(
         return _OpenVinoRunner(onnx_path)
     from medclf._openvino import available
 
-    makers: dict[str, Callable[[], Callable[[torch.Tensor], np.ndarray]]] = {
+    makers: dict[str, Callable[[], Runner]] = {
         "torch": lambda: _TorchRunner(bottom),
         "onnx": lambda: _OnnxRunner(onnx_path),
     }
@@ -357,7 +360,23 @@ def _make_runner(
             runners[name] = make()
         except Exception as exc:  # e.g. an op OpenVINO cannot compile: the other engines still work
             log.info("feature backend %s unavailable (%s)", name, exc)
-    choice = _throughput(runners, torch.randn(16, pre.in_chans, pre.input_size, pre.input_size))
+
+    def probe(runner: Runner) -> int:
+        # the engines differ in how they share the cores with decoding, so they are timed with it
+        level = log.level
+        log.setLevel(logging.ERROR)  # unreadable images are reported once, by the extraction itself
+        try:
+            return len(
+                _run_view(runner, list(probe_paths), pre, "clean", "none", 0, 16, True, False, None)[1]
+            )
+        except DataError:  # not one readable image among the first few
+            return 0
+        finally:
+            log.setLevel(level)
+
+    choice = _throughput(runners, probe)
+    if not any(choice.values()):
+        return runners.get("onnx") or next(iter(runners.values()))  # nothing measured, nothing remembered
     atomic_write_json(choice_file, {**{n: 0.0 for n in makers}, **choice})
     best = max(runners, key=lambda name: choice[name])
     log.info("feature backend %s (%s)", best, ", ".join(f"{n} {v:.1f} img/s" for n, v in choice.items()))
@@ -468,7 +487,7 @@ def extract_features(
         results[view], kept, bad = got
     seconds = 0.0
     if todo:
-        runner = _make_runner(bottom, model_key, pre, backend, cache_dir)
+        runner = _make_runner(bottom, model_key, pre, backend, cache_dir, paths[:_PROBE_IMAGES])
         t0 = time.perf_counter()
         for view in todo:
             x, k, b = _run_view(runner, paths, pre, view, augment, seed, batch_size, skip_bad, progress, half)
@@ -493,7 +512,7 @@ def extract_features(
 
 
 def _run_view(
-    runner: Callable[[torch.Tensor], np.ndarray],
+    runner: Runner,
     paths: list[str],
     pre: Preprocessing,
     view: str,
