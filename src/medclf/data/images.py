@@ -185,7 +185,8 @@ def _decode_pillow_quiet(data: bytes, path: str | os.PathLike[str], max_pixels: 
         ) from None
 
     with contextlib.suppress(Exception):  # a broken EXIF block must not cost the image: keep it unrotated
-        im = ImageOps.exif_transpose(im) or im
+        # in place: without an orientation tag this is a no-op, where the copying form duplicates every image
+        ImageOps.exif_transpose(im, in_place=True)
     return _normalise_mode(im)
 
 
