@@ -4,7 +4,8 @@ The limit is the best fp32 GEMM on the machine: numpy's OpenBLAS 2048³ matmul, 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset (they pin older, slower kernels), next to torch's matmul. Then
 EfficientNet-Lite0 at 224 px through medclf's paths — feature extraction (`medclf.train.features`, decoding
 included, on the engine ``auto`` picks), batch prediction and single-image latency (`medclf.serve.Predictor`,
-on OpenVINO and on ONNX Runtime; the engines alone in calls of 1, 4 and 16 images) — each as images/s ×
+on OpenVINO and on ONNX Runtime; the engines alone, ONNX Runtime also one image per call and core, and every
+core on each call in calls of 1, 4 and 16 images) — each as images/s ×
 GFLOP/image ÷ GEMM GFLOP/s; beside them the transform alone and a single image without the out-of-distribution score. Last, OpenVINO in bfloat16
 against torch's bf16 GEMM, for CPUs with bf16 units (medclf itself computes in fp32).
 
@@ -197,28 +198,40 @@ def main() -> None:
             pred = predictors[engine] = Predictor.from_run(run_dir, backend=engine)
             name = {"openvino": "OpenVINO", "onnx": "ONNX Runtime"}[engine]
             pred.predict(images[:4])
+            how = (
+                "one image per call and core" if pred.backend.per_image else f"engine calls of {ENGINE_BATCH}"
+            )
             jobs[
-                f"batch prediction (Predictor, {name}, batches of {pred.batch_size} in engine calls of "
-                f"{ENGINE_BATCH}), decoded images"
+                f"batch prediction (Predictor, {name}, batches of {pred.batch_size}, {how}), decoded images"
             ] = timed(lambda pred=pred: pred.predict(images), len(images))
-            # the engine alone on preprocessed tensors (decoding + resizing cost is the difference), in engine
-            # calls of 1, the default micro-batch and the whole batch (medclf._microbatch)
+            # the engine alone on preprocessed tensors (decoding + resizing cost is the difference): ONNX Runtime's
+            # default one image per call and core, then every core on each call in engine calls of 1, the default
+            # micro-batch and the whole batch (medclf._microbatch)
             xb = np.stack([pred.preprocess(im) for im in images[: pred.batch_size]]).astype(np.float32)
-            for eb in sorted({1, ENGINE_BATCH, len(xb)}):
+            ways = [(True, 1)] if pred.backend.per_image else []
+            ways += [(False, eb) for eb in sorted({1, ENGINE_BATCH, len(xb)})]
+            for per_image, eb in ways:
 
-                def engine_only(pred: Any = pred, xb: np.ndarray = xb, eb: int = eb) -> None:
-                    pred.backend.engine_batch = eb
+                def engine_only(
+                    pred: Any = pred, xb: np.ndarray = xb, eb: int = eb, per_image: bool = per_image
+                ) -> None:
+                    default = pred.backend.per_image
+                    pred.backend.engine_batch, pred.backend.per_image = eb, per_image
                     try:
                         for _ in range(4):
                             pred.predict_arrays(xb)
                     finally:
-                        pred.backend.engine_batch = ENGINE_BATCH
+                        pred.backend.engine_batch, pred.backend.per_image = ENGINE_BATCH, default
 
                 engine_only()
-                default = " (default)" if eb == ENGINE_BATCH else ""
-                jobs[
-                    f"model only ({name}), preprocessed batch of {len(xb)}, engine calls of {eb}{default}"
-                ] = timed(engine_only, 4 * len(xb))
+                if per_image:
+                    label = "one image per call and core (default)"
+                else:
+                    default = " (default)" if eb == ENGINE_BATCH and not pred.backend.per_image else ""
+                    label = f"every core on each call, engine calls of {eb}{default}"
+                jobs[f"model only ({name}), preprocessed batch of {len(xb)}, {label}"] = timed(
+                    engine_only, 4 * len(xb)
+                )
             # single image: the median latency over 40 images, as images/s
             jobs[f"single image (Predictor, {name})"] = single_image(pred, images[:40])
 

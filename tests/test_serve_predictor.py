@@ -123,6 +123,23 @@ def test_decision_uses_the_run_threshold(predictors) -> None:
     assert sure.decision == "benign" and not sure.refer
 
 
+def test_onnx_batch_on_every_core_equals_single_images(tiny_run) -> None:  # noqa: F811
+    # a batch runs one image per call and core on a one-thread session; a single image on the main session
+    p = Predictor.from_run(tiny_run, backend="onnx", num_threads=2)
+    assert p.backend.per_image
+    paths = list(_split(tiny_run, "val").path) + list(_split(tiny_run, "test").path)
+    batch = p.predict(paths)
+    assert p.backend._single is not None  # the batch did take the per-core path
+    for path, q in zip(paths, batch, strict=True):
+        one = p.predict(path)[0]
+        assert q.probabilities == pytest.approx(one.probabilities, abs=1e-6)
+        assert q.ood_score == pytest.approx(one.ood_score, rel=1e-5)
+        assert (q.decision, q.refer) == (one.decision, one.refer)
+    # one thread asked for: no second session, batches in micro-batches as before
+    assert not Predictor.from_run(tiny_run, backend="onnx", num_threads=1).backend.per_image
+    assert not Predictor.from_run(tiny_run, backend="openvino", num_threads=2).backend.per_image
+
+
 def test_batch_decisions_match_one_at_a_time(predictors) -> None:
     # predict_arrays decides a whole batch in one call: each answer must be the single-image answer
     p = predictors["torch"]

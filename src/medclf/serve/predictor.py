@@ -6,6 +6,7 @@ out-of-distribution detector, so every front end gives the same answer for the s
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -136,23 +137,75 @@ def _check_backend(backend: str, precision: str) -> None:
 
 
 class _OnnxBackend:
-    """The exported graph, run by ONNX Runtime or OpenVINO (``name`` says which)."""
+    """The exported graph, run by ONNX Runtime or OpenVINO (``name`` says which).
 
-    def __init__(self, session: Any, has_ood: bool, name: str = "onnx") -> None:
+    A single image runs on every core (the lowest latency). A batch on ONNX Runtime, when the graph's bytes are
+    given, runs one image per call on a second, one-thread session, with one call per core at a time: the
+    images are independent, so the cores need not meet at every layer, and a core slowed by a neighbour on a
+    shared machine holds up only its own image (docs/benchmarks.md). Both sessions compute the same numbers
+    (tested). OpenVINO runs a batch as micro-batches (``medclf._microbatch``).
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        has_ood: bool,
+        name: str = "onnx",
+        *,
+        model_bytes: bytes | None = None,
+        num_threads: int | None = None,
+    ) -> None:
         self.name = name
         self.session = session
         self.inputs = {i.name for i in session.get_inputs()}
         self.has_ood = has_ood
         self.engine_batch = ENGINE_BATCH
-        """Images per engine call (``medclf._microbatch``): a batch runs as micro-batches of this size."""
+        """Images per engine call (``medclf._microbatch``) when a batch is not split over the cores."""
+        self.threads = int(num_threads or _cores())
+        self.per_image = name == "onnx" and model_bytes is not None and self.threads > 1
+        """Whether a batch runs one image per call, one call per core at a time."""
+        self._model_bytes = model_bytes if self.per_image else None
+        self._lock = threading.Lock()
+        self._single: Any = None  # the one-thread session and its pool, built at the first batch
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def _per_core(self) -> tuple[Any, concurrent.futures.ThreadPoolExecutor]:
+        with self._lock:
+            if self._single is None:
+                from medclf.serve.export import onnx_session
+
+                self._single = onnx_session(self._model_bytes or b"", num_threads=1)
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self.threads, thread_name_prefix="medclf-onnx"
+                )
+            assert self._pool is not None
+            return self._single, self._pool
 
     def run(self, x: np.ndarray, meta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         feed = {"image": x}
         if "meta" in self.inputs:
             feed["meta"] = meta if meta is not None else np.zeros((x.shape[0], 0), np.float32)
+        names = ["logits", "ood_score"]
         # both engines' sessions are thread-safe: one session serves concurrent requests
-        logits, scores = run_micro_batches(self.session, ["logits", "ood_score"], feed, self.engine_batch)
+        if self.per_image and len(x) > 1:
+            single, pool = self._per_core()
+            parts = list(
+                pool.map(
+                    lambda i: single.run(names, {k: v[i : i + 1] for k, v in feed.items()}), range(len(x))
+                )
+            )
+            logits, scores = (np.concatenate(out) for out in zip(*parts, strict=True))
+        else:
+            logits, scores = run_micro_batches(self.session, names, feed, self.engine_batch)
         return logits, (scores if self.has_ood else None)
+
+
+def _cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -270,11 +323,13 @@ class Predictor:
         else:
             from medclf.serve.export import build_onnx, onnx_session
 
-            proto = build_onnx(run.model, serving, detector)
+            graph = build_onnx(run.model, serving, detector).SerializeToString()
             impl = _OnnxBackend(
-                onnx_session(proto.SerializeToString(), num_threads, engine=backend, precision=precision),
+                onnx_session(graph, num_threads, engine=backend, precision=precision),
                 has_ood=detector is not None,
                 name=backend,
+                model_bytes=graph,
+                num_threads=num_threads,
             )
         return cls(
             serving,
@@ -305,10 +360,13 @@ class Predictor:
         if backend == "torch":
             raise ConfigError("an exported .onnx file runs on backend onnx or openvino, not torch")
         proto, serving, ood_info = read_onnx(path)
+        graph = proto.SerializeToString()
         impl = _OnnxBackend(
-            onnx_session(proto.SerializeToString(), num_threads, engine=backend, precision=precision),
+            onnx_session(graph, num_threads, engine=backend, precision=precision),
             has_ood=ood_info is not None,
             name=backend,
+            model_bytes=graph,
+            num_threads=num_threads,
         )
         threshold = float(ood_info["threshold"]) if ood_info else None
         return cls(serving, impl, ood_threshold=threshold, info=serving.extra, max_pixels=max_pixels)
