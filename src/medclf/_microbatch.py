@@ -1,4 +1,7 @@
-"""Graph engines (ONNX Runtime, OpenVINO) run a batch as micro-batches of a few images.
+"""A graph engine that runs a whole batch on all its threads gets it as micro-batches of a few images.
+
+That is OpenVINO, and ONNX Runtime limited to one thread. ONNX Runtime with several cores runs a batch one image
+per call and core instead (``medclf.serve.predictor``, ``medclf.train.features``).
 
 On a CPU, EfficientNet-Lite0 can run faster in micro-batches of a few images than in one call on 16: a few
 images' activations stay in the CPU's cache, 16 images' do not. How much depends on the cache the machine has to
