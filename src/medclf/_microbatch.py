@@ -14,6 +14,7 @@ small for tiny models.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -24,11 +25,16 @@ ENGINE_BATCH = 4
 
 
 def run_micro_batches(
-    session: Any, output_names: Sequence[str] | None, feed: Mapping[str, np.ndarray], size: int = ENGINE_BATCH
+    session: Any,
+    output_names: Sequence[str] | None,
+    feed: Mapping[str, np.ndarray],
+    size: int = ENGINE_BATCH,
+    pool: Executor | None = None,
 ) -> list[np.ndarray]:
     """``session.run(output_names, feed)`` on rows ``[i, i + size)`` of every input in turn, outputs joined along
     the first axis: the same result as one call on the whole batch. Every input must have the same number of
-    rows; ``size`` < 1 runs the whole batch at once."""
+    rows; ``size`` < 1 runs the whole batch at once. With ``pool`` the calls run on its threads, several at once
+    (for a session that is safe to call concurrently)."""
     rows = {len(v) for v in feed.values()}
     if len(rows) != 1:
         raise ValueError(f"inputs have different numbers of rows: { {k: len(v) for k, v in feed.items()} }")
@@ -36,5 +42,10 @@ def run_micro_batches(
     names = None if output_names is None else list(output_names)
     if size < 1 or n <= size:
         return list(session.run(names, dict(feed)))
-    parts = [session.run(names, {k: v[i : i + size] for k, v in feed.items()}) for i in range(0, n, size)]
+
+    def call(i: int) -> Any:
+        return session.run(names, {k: v[i : i + size] for k, v in feed.items()})
+
+    starts = range(0, n, size)
+    parts = list(pool.map(call, starts)) if pool is not None else [call(i) for i in starts]
     return [np.concatenate(out) for out in zip(*parts, strict=True)]

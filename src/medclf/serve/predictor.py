@@ -189,12 +189,7 @@ class _OnnxBackend:
         # both engines' sessions are thread-safe: one session serves concurrent requests
         if self.per_image and len(x) > 1:
             single, pool = self._per_core()
-            parts = list(
-                pool.map(
-                    lambda i: single.run(names, {k: v[i : i + 1] for k, v in feed.items()}), range(len(x))
-                )
-            )
-            logits, scores = (np.concatenate(out) for out in zip(*parts, strict=True))
+            logits, scores = run_micro_batches(single, names, feed, 1, pool=pool)
         else:
             logits, scores = run_micro_batches(self.session, names, feed, self.engine_batch)
         return logits, (scores if self.has_ood else None)

@@ -260,16 +260,14 @@ class _OnnxRunner:
         opts.intra_op_num_threads = 1
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.threads = max(1, torch.get_num_threads())
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """One call on ``x`` in the calling thread (safe to call from several threads at once)."""
         return self.session.run(None, {"x": x})[0]
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
-        xs = x.numpy()
-        with concurrent.futures.ThreadPoolExecutor(max_workers=self.threads) as pool:
-            return np.concatenate(list(pool.map(self.run, (xs[i : i + 1] for i in range(len(xs))))))
+        # one image per call, in turn; ``_run_view`` spreads these calls over the cores itself
+        return run_micro_batches(self.session, None, {"x": x.numpy()}, 1)[0]
 
 
 class _OpenVinoRunner:
@@ -363,16 +361,12 @@ def _make_runner(
 
     def probe(runner: Runner) -> int:
         # the engines differ in how they share the cores with decoding, so they are timed with it
-        level = log.level
-        log.setLevel(logging.ERROR)  # unreadable images are reported once, by the extraction itself
         try:
             return len(
                 _run_view(runner, list(probe_paths), pre, "clean", "none", 0, 16, True, False, None)[1]
             )
         except DataError:  # not one readable image among the first few
             return 0
-        finally:
-            log.setLevel(level)
 
     choice = _throughput(runners, probe)
     if not any(choice.values()):
@@ -491,6 +485,8 @@ def extract_features(
         t0 = time.perf_counter()
         for view in todo:
             x, k, b = _run_view(runner, paths, pre, view, augment, seed, batch_size, skip_bad, progress, half)
+            if b and view == todo[0]:  # every view skips the same images: say so once
+                log.warning("skipped %d unreadable image(s): %s", len(b), ", ".join(b[:10]))
             vkey = view if not view.startswith("aug") else f"{view}-{augment}-s{seed}"
             info = {
                 "view": view,
@@ -539,14 +535,13 @@ def _run_view(
     out: list[np.ndarray] = []
     kept: list[int] = []
     bad: list[str] = []
-    dtype = None if half is None else (np.float16 if half else np.float32)
     per_image = bool(getattr(runner, "per_image", False))
     bar = tqdm(total=len(paths), desc=f"features [{view}]", unit="img", disable=not progress, leave=False)
 
     def collect(pending: list[Callable[[], np.ndarray]], n: int) -> None:
         if pending:
             y = np.concatenate([get() for get in pending])
-            out.append(y.astype(dtype or (np.float16 if y.ndim == 4 else np.float32)))
+            out.append(y.astype(np.float16 if (half if half is not None else y.ndim == 4) else np.float32))
         bar.update(n)
 
     # Decode a batch on every core, then run the engine on it. An engine that takes one image per call and core
@@ -573,9 +568,8 @@ def _run_view(
                     im = transform(im)
                 tensors.append(im)
                 idx.append(i)
-            collect(
-                pending, pending_n
-            )  # the previous batch's engine calls (queued before this batch's decoding)
+            # the previous batch's engine calls (queued before this batch's decoding)
+            collect(pending, pending_n)
             pending, pending_n = [], min(batch_size, len(paths) - start)
             if tensors:
                 if per_image:
@@ -590,6 +584,4 @@ def _run_view(
     bar.close()
     if not kept:
         raise DataError(f"none of the {len(paths)} images could be read (first: {bad[0] if bad else '?'})")
-    if bad:
-        log.warning("skipped %d unreadable image(s): %s", len(bad), ", ".join(bad[:10]))
     return np.concatenate(out), np.asarray(kept, dtype=np.int64), bad
