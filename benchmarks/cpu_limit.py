@@ -157,7 +157,8 @@ def main() -> None:
 
             def extract(backend: str = backend, cache: Path = cache) -> None:
                 # features never come back from the cache (its feature folders are deleted first); the exported
-                # graph and the engine choice do, as they would for a user's second dataset
+                # graph, the engine choice and the engine built in this process do, as they would for a training
+                # run's second split or view
                 for folder in cache.iterdir():
                     if folder.name != "onnx":
                         shutil.rmtree(folder)

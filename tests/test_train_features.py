@@ -152,6 +152,15 @@ def test_onnx_on_both_cores_gives_the_one_core_arrays(trunk, images, tmp_path) -
     torch.set_num_threads(2)
     try:
         two = F.extract_features(bottom, paths, PRE, cache_dir=tmp_path / "two", **kw)
+        # without skip_bad the per-image tasks stop at the bad image and name it
+        with pytest.raises(BadImageError, match=r"broken\.jpg.*skip_bad"):
+            F.extract_features(
+                bottom,
+                paths,
+                PRE,
+                cache_dir=tmp_path / "stop",
+                **{**kw, "views": ["clean"], "skip_bad": False},
+            )
     finally:
         torch.set_num_threads(1)
     assert two.kept.tolist() == one.kept.tolist() == [0, 1, 2, 4, 5, 6, 7, 8]
@@ -184,3 +193,43 @@ def test_auto_times_the_engines_on_the_dataset_and_copes_with_bad_images(
     with pytest.raises(BadImageError, match="broken0"):
         F.extract_features(bottom, broken, PRE, cache_dir=tmp_path / "b", backend="auto", progress=False)
     assert not list((tmp_path / "b" / "onnx").glob("*.backend.json"))
+
+
+def test_an_engine_is_built_once_per_model_file(trunk, images, tmp_path, monkeypatch) -> None:
+    built = []
+    real = F._OnnxRunner
+
+    def counting(path):
+        built.append(path)
+        return real(path)
+
+    monkeypatch.setattr(F, "_OnnxRunner", counting)
+    bottom = F.split_backbone(trunk, 0).bottom
+    kw = {"cache_dir": tmp_path / "c", "backend": "onnx", "progress": False}
+    a = F.extract_features(bottom, images, PRE, **kw)
+    b = F.extract_features(bottom, images[:4], PRE, **kw)  # another split, the same model file
+    assert len(built) == 1
+    np.testing.assert_array_equal(a.views["clean"][:4], b.views["clean"])
+    # a model file written again (new weights under the same key) gets a new engine
+    (onnx,) = (tmp_path / "c" / "onnx").glob("*.onnx")
+    onnx.write_bytes(onnx.read_bytes())
+    F.extract_features(bottom, images[:3], PRE, **kw)
+    assert len(built) == 2
+    # only the last few engines stay loaded
+    for k in range(F._ENGINES_KEPT + 1):
+        F.extract_features(bottom, images[:2], PRE, **{**kw, "cache_dir": tmp_path / f"more{k}"})
+    assert len(F._ENGINES) == F._ENGINES_KEPT
+
+
+def test_fingerprint_of_a_model_that_takes_only_its_own_size() -> None:
+    torch.manual_seed(0)
+    fixed = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(3 * 96 * 96, 4)
+    )  # no 64-px probe possible
+    key = F.module_fingerprint(fixed, 3, 96)
+    assert key == F.module_fingerprint(fixed, 3, 96)
+    with torch.no_grad():
+        fixed[1].weight[0, 0] += 1.0
+    assert F.module_fingerprint(fixed, 3, 96) != key
+    with pytest.raises(RuntimeError):  # a size it does not take at all is still an error
+        F.module_fingerprint(fixed, 3, 80)

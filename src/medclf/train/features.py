@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -196,11 +197,21 @@ def module_fingerprint(module: nn.Module, in_chans: int, size: int) -> str:
 
     Hashing the output rather than the state dict covers exactly the weights the bottom uses (not the classifier
     that shares the model with it) and any structural change; a rare rounding flip only costs a recomputation.
+    A convolutional trunk uses every weight at any input size, so the probe is at most 64 px (a sixth of the work
+    at 224 px; the cache key holds the input size separately). A model that only takes its own size (a ViT)
+    gets a probe of that size.
     """
     g = torch.Generator().manual_seed(1234)
-    probe = torch.rand(2, in_chans, size, size, generator=g) * 4 - 2
-    with torch.inference_mode():
-        y = module.eval()(probe).float().numpy()
+    module = module.eval()
+    for side in dict.fromkeys((min(size, 64), size)):
+        probe = torch.rand(1, in_chans, side, side, generator=g) * 4 - 2
+        try:
+            with torch.inference_mode():
+                y = module(probe).float().numpy()
+            break
+        except Exception:  # an input size this model does not take
+            if side == size:
+                raise
     return hashlib.sha256(np.round(y, 3).tobytes() + str(y.shape).encode()).hexdigest()[:20]
 
 
@@ -318,6 +329,35 @@ def _throughput(runners: dict[str, Runner], probe: Callable[[Runner], int]) -> d
     return best
 
 
+_ENGINES: dict[tuple[str, str, int, int, int], Runner] = {}
+_ENGINES_KEPT = 4
+_ENGINES_LOCK = threading.Lock()
+
+
+def _engine(name: str, path: Path) -> Runner:
+    """The graph engine ``name`` on the ONNX file ``path``, built once per process and file version.
+
+    A training run extracts its train, validation and test splits and every view in separate calls; building the
+    engine (and for OpenVINO, compiling the graph) is paid once, not per call. The last few engines stay loaded.
+    """
+    st = path.stat()
+    key = (
+        name,
+        str(path),
+        st.st_mtime_ns,
+        st.st_size,
+        torch.get_num_threads(),
+    )  # OpenVINO sizes itself by it
+    with _ENGINES_LOCK:
+        runner = _ENGINES.pop(key, None)
+        if runner is None:
+            runner = _OnnxRunner(path) if name == "onnx" else _OpenVinoRunner(path)
+        _ENGINES[key] = runner  # most recently used last
+        while len(_ENGINES) > _ENGINES_KEPT:
+            del _ENGINES[next(iter(_ENGINES))]
+    return runner
+
+
 def _make_runner(
     bottom: nn.Module, key: str, pre: Preprocessing, backend: str, cache_dir: Path, probe_paths: Sequence[str]
 ) -> Runner:
@@ -333,18 +373,16 @@ def _make_runner(
             raise MedclfError(f"ONNX export of the backbone failed ({exc}); use backend='torch'") from None
         log.info("ONNX export failed (%s); using PyTorch", exc)
         return _TorchRunner(bottom)
-    if backend == "onnx":
-        return _OnnxRunner(onnx_path)
-    if backend == "openvino":
-        return _OpenVinoRunner(onnx_path)
+    if backend in ("onnx", "openvino"):
+        return _engine(backend, onnx_path)
     from medclf._openvino import available
 
     makers: dict[str, Callable[[], Runner]] = {
         "torch": lambda: _TorchRunner(bottom),
-        "onnx": lambda: _OnnxRunner(onnx_path),
+        "onnx": lambda: _engine("onnx", onnx_path),
     }
     if available():
-        makers["openvino"] = lambda: _OpenVinoRunner(onnx_path)
+        makers["openvino"] = lambda: _engine("openvino", onnx_path)
     choice_file = cache_dir / "onnx" / f"{key}.backend.json"
     choice = json.loads(choice_file.read_text()) if choice_file.is_file() else {}
     if set(makers) <= set(choice):
@@ -453,8 +491,9 @@ def extract_features(
 
     ``batch_size``: images decoded per step (on every core, then the engine runs them). ONNX Runtime runs one image
     per call on each core, beside the decoding; OpenVINO runs micro-batches of ``medclf._microbatch.ENGINE_BATCH``
-    on all cores, which stay in the CPU's cache. ``half`` stores
-    float16 (default: for feature maps, which are large; pooled features stay float32).
+    on all cores, which stay in the CPU's cache. Engines are built once per process and exported model
+    (``_engine``). ``half`` stores float16 (default: for feature maps, which are large; pooled features stay
+    float32).
     Raises BadImageError for the first unreadable image unless ``skip_bad``, which skips and lists them.
     """
     paths = [str(p) for p in paths]
