@@ -23,7 +23,7 @@ never docs/):
 
 What runs, one after the other (never concurrently), each in a fresh process timed from its launch:
 
-- ``medclf``: ``medclf train configs/skin_bm.yaml`` (the recipe: cached strategy, top 4 blocks, 4 views) with a
+- ``medclf``: ``medclf train configs/skin_bm.yaml`` (the recipe as shipped; the page names its blocks and views) with a
   cold feature cache. Per-epoch val AUC from the run's history.csv, its time from ``logs/cached.json``
   ``epoch_wall_times`` (UNIX end-of-epoch stamps).
 - ``medclf_head``: the same with ``train.finetune_blocks=0 train.views=1`` (head only: the fast point).
@@ -69,7 +69,7 @@ split is never used. Research use only: no output of medclf is a diagnosis.
 """
 CONTENDERS = ("medclf", "medclf_head", "fastai")
 LABELS = {
-    "medclf": "medclf (recipe: cached, top 4 blocks, 4 views)",
+    "medclf": "medclf (recipe)",  # main() names the recipe's blocks and views, read from --config
     "medclf_head": "medclf head-only (finetune_blocks=0, views=1)",
     "fastai": "fastai vision_learner + fine_tune",
 }
@@ -554,6 +554,14 @@ def markdown(results: dict[str, dict[str, Any]], s: dict[str, Any], a: argparse.
 # ------------------------------------------------------------------------------------------- main
 
 
+def recipe_label(config: Path) -> str:
+    """'medclf (recipe: cached, top 7 blocks, 4 views)', from the recipe the medclf contender runs."""
+    from medclf.config import load_config
+
+    t = load_config(config).train
+    return f"medclf (recipe: {t.strategy}, top {t.finetune_blocks} blocks, {t.views} views)"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "skin_bm.yaml", help="medclf recipe")
@@ -604,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.budget_min is None:
         a.budget_min = 1.0 if a.smoke else 10.0
+    LABELS["medclf"] = recipe_label(a.config)
     names = [c.strip() for c in a.contenders.split(",") if c.strip()]
     if unknown := sorted(set(names) - set(CONTENDERS)):
         p.error(f"--contenders: unknown {', '.join(unknown)}; choose from {', '.join(CONTENDERS)}")

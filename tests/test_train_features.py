@@ -139,6 +139,9 @@ def test_onnx_backend_matches_torch(trunk, images, tmp_path) -> None:
     F.extract_features(bottom, images, PRE, cache_dir=tmp_path / "x", backend="auto", progress=False)
     (choice,) = (tmp_path / "x" / "onnx").glob("*.backend.json")
     assert set(json.loads(choice.read_text())) == {"torch", "onnx", "openvino"}
+    # the engines that lost the timing are not kept loaded
+    onnx_dir = str(tmp_path / "x" / "onnx")
+    assert sum(key[1].startswith(onnx_dir) for key in F._ENGINES) <= 1
 
 
 def test_onnx_on_both_cores_gives_the_one_core_arrays(trunk, images, tmp_path) -> None:

@@ -197,9 +197,9 @@ def module_fingerprint(module: nn.Module, in_chans: int, size: int) -> str:
 
     Hashing the output rather than the state dict covers exactly the weights the bottom uses (not the classifier
     that shares the model with it) and any structural change; a rare rounding flip only costs a recomputation.
-    A convolutional trunk uses every weight at any input size, so the probe is at most 64 px (a sixth of the work
-    at 224 px; the cache key holds the input size separately). A model that only takes its own size (a ViT)
-    gets a probe of that size.
+    A convolutional trunk uses every weight at any input size, so the probe is at most 64 px (a twelfth of the
+    arithmetic at 224 px; the cache key holds the input size separately). A model that only takes its own size
+    (a ViT) gets a probe of that size.
     """
     g = torch.Generator().manual_seed(1234)
     module = module.eval()
@@ -341,13 +341,8 @@ def _engine(name: str, path: Path) -> Runner:
     engine (and for OpenVINO, compiling the graph) is paid once, not per call. The last few engines stay loaded.
     """
     st = path.stat()
-    key = (
-        name,
-        str(path),
-        st.st_mtime_ns,
-        st.st_size,
-        torch.get_num_threads(),
-    )  # OpenVINO sizes itself by it
+    # a file written again is a new engine; OpenVINO sizes itself by torch's thread count
+    key = (name, str(path), st.st_mtime_ns, st.st_size, torch.get_num_threads())
     with _ENGINES_LOCK:
         runner = _ENGINES.pop(key, None)
         if runner is None:
@@ -412,6 +407,10 @@ def _make_runner(
     atomic_write_json(choice_file, {**{n: 0.0 for n in makers}, **choice})
     best = max(runners, key=lambda name: choice[name])
     log.info("feature backend %s (%s)", best, ", ".join(f"{n} {v:.1f} img/s" for n, v in choice.items()))
+    losers = [r for name, r in runners.items() if name != best]
+    with _ENGINES_LOCK:  # the engines that lost would stay loaded unused: free them
+        for k in [k for k, r in _ENGINES.items() if any(r is loser for loser in losers)]:
+            del _ENGINES[k]
     return runners[best]
 
 
