@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from medclf.data.transforms import create_transform
 from medclf.errors import BadImageError
 from medclf.evaluate.thresholds import decide, resolve_positive_classes
+from medclf.models._graph_logits import GraphLogits
 from medclf.models.run_io import LoadedRun
 
 __all__ = [
@@ -76,32 +78,69 @@ def predict_records(
     skip_bad: bool = False,
     *,
     loader: Callable[[str], Any] | None = None,
+    engine: str = "auto",
 ) -> tuple[pd.DataFrame, np.ndarray, list[tuple[str, str]]]:
-    """Raw logits (no temperature) for the decodable rows: (rows kept, logits [N, C], skipped (path, reason))."""
+    """Raw logits (no temperature) for the decodable rows: (rows kept, logits [N, C], skipped (path, reason)).
+
+    Images are decoded ``batch_size`` at a time on every core. ``engine``: ``"auto"`` runs a model on the CPU
+    through ONNX Runtime (``medclf.models._graph_logits``: exported once per call and checked against PyTorch on
+    the first two images; several times faster here) and anything else in PyTorch; ``"torch"`` always uses
+    PyTorch.
+    """
+    if engine not in ("auto", "torch"):
+        raise ValueError(f"engine must be 'auto' or 'torch', not {engine!r}")
     model = loaded_run.model
     model.eval()
     loader = loader or open_image
     rows = records.reset_index(drop=True)
-    keep: list[int] = []
-    images: list[torch.Tensor] | None = None
-    skipped: list[tuple[str, str]] = []
+    enc = loaded_run.meta_encoder
     if getattr(model, "meta_only", False):
-        keep = list(range(len(rows)))
-    else:
-        tf = create_transform(loaded_run.preprocessing, "none")
-        images = []
-        for i, path in enumerate(rows["path"].astype(str)):
-            try:
-                images.append(tf(loader(path)))
-            except BadImageError as exc:
-                if not skip_bad:
-                    raise
-                skipped.append((path, exc.reason))
-                continue
-            keep.append(i)
+        meta = enc.transform(rows) if enc else None
+        return rows, predict_logits(model, None, meta, batch_size), []
+    tf = create_transform(loaded_run.preprocessing, "none")
+    paths = rows["path"].astype(str).tolist()
+    skipped: list[tuple[str, str]] = []
+    keep: list[int] = []
+    logits: list[np.ndarray] = []
+    graph: Any = None
+
+    def decode(i: int) -> torch.Tensor | BadImageError:
+        try:
+            return tf(loader(paths[i]))
+        except BadImageError as exc:
+            return exc
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        try:
+            for start in range(0, len(paths), batch_size):
+                idx, images = [], []
+                chunk = range(start, min(start + batch_size, len(paths)))
+                for i, got in zip(chunk, pool.map(decode, chunk), strict=True):
+                    if isinstance(got, BadImageError):
+                        if not skip_bad:
+                            raise got
+                        skipped.append((paths[i], got.reason))
+                        continue
+                    idx.append(i)
+                    images.append(got)
+                if not idx:
+                    continue
+                meta = enc.transform(rows.iloc[idx]) if enc else None
+                if graph is None and engine == "auto":
+                    check = torch.stack(images[:2]).numpy(), None if meta is None else meta[:2]
+                    graph = GraphLogits.build(model, *check) or False
+                if graph:
+                    logits.append(graph(torch.stack(images).numpy(), meta))
+                else:
+                    logits.append(predict_logits(model, images, meta, batch_size))
+                keep.extend(idx)
+        finally:
+            if graph:
+                graph.close()
     rows = rows.iloc[keep].reset_index(drop=True)
-    meta = loaded_run.meta_encoder.transform(rows) if loaded_run.meta_encoder else None
-    return rows, predict_logits(model, images, meta, batch_size), skipped
+    if not logits:
+        return rows, np.zeros((0, len(loaded_run.classes)), dtype=np.float32), skipped
+    return rows, np.concatenate(logits), skipped
 
 
 def predictions_frame(loaded_run: LoadedRun, rows: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:

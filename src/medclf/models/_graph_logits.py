@@ -1,0 +1,104 @@
+"""Batch logits of a run's PyTorch model through ONNX Runtime, for validation and test predictions on a CPU.
+
+``medclf train`` predicts its validation and test splits (for the temperature, the operating point and the
+prediction tables) and ``medclf evaluate`` predicts its data, every image once per test-time view. PyTorch's eager
+mode runs EfficientNet-Lite0 on this project's 2-core CPU several times slower than ONNX Runtime does
+(docs/benchmarks-cpu.md), so on a CPU the model is exported once per call (the TorchScript exporter, about a second)
+and run one image per call and core, as the serving ``Predictor`` runs batches. The graph is checked against
+PyTorch on the first images; a model that does not export, or whose graph disagrees, runs in PyTorch instead.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medclf._microbatch import run_micro_batches
+
+__all__ = ["PARITY_LOGITS", "GraphLogits"]
+
+log = logging.getLogger(__name__)
+
+PARITY_LOGITS = 1e-3
+"""Largest |ONNX Runtime - PyTorch| logit allowed on the check images before the graph is used."""
+
+
+class _Logits(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(image, meta)
+
+
+class GraphLogits:
+    """``model(image, meta)`` as an ONNX Runtime graph: one image per call, as many calls at once as torch has
+    threads. Build with :meth:`build`, which returns None where the graph cannot stand in for the model."""
+
+    def __init__(self, session: Any, has_meta: bool, threads: int) -> None:
+        self.session = session
+        self.has_meta = has_meta
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
+
+    @classmethod
+    def build(cls, model: nn.Module, image: np.ndarray, meta: np.ndarray | None) -> GraphLogits | None:
+        """Export ``model`` (in eval mode, on the CPU) and check it on ``image`` [B, C, H, W] (+ ``meta`` [B, M])
+        against PyTorch. None when the model is not on the CPU, does not export or disagrees."""
+        param = next(model.parameters(), None)
+        if param is not None and param.device.type != "cpu":
+            return None  # a GPU runs the model itself faster
+        try:
+            import onnxruntime as ort
+
+            x = torch.from_numpy(image)
+            m = torch.from_numpy(meta) if meta is not None else None
+            args: tuple[torch.Tensor, ...] = (x,) if m is None else (x, m)
+            names = ["image"] if m is None else ["image", "meta"]
+            buf = io.BytesIO()
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    _Logits(model).eval(),
+                    args,
+                    buf,
+                    input_names=names,
+                    output_names=["logits"],
+                    dynamic_axes={n: {0: "batch"} for n in [*names, "logits"]},
+                    opset_version=17,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
+                want = model(x, m).float().numpy()
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1
+            opts.log_severity_level = 3
+            session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # export coverage varies by model; PyTorch always works
+            log.info("predicting in PyTorch: the model did not export to ONNX (%s)", exc)
+            return None
+        graph = cls(session, m is not None, max(1, torch.get_num_threads()))
+        got = graph(image, meta)
+        gap = float(np.abs(got - want).max()) if got.size else 0.0
+        if not np.isfinite(gap) or gap > PARITY_LOGITS:
+            log.info("predicting in PyTorch: the ONNX graph's logits differ by %.2g", gap)
+            graph.close()
+            return None
+        return graph
+
+    def __call__(self, image: np.ndarray, meta: np.ndarray | None = None) -> np.ndarray:
+        feed = {"image": np.ascontiguousarray(image, dtype=np.float32)}
+        if self.has_meta:
+            feed["meta"] = np.ascontiguousarray(meta, dtype=np.float32)
+        return run_micro_batches(self.session, ["logits"], feed, 1, pool=self.pool)[0]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
