@@ -3,7 +3,7 @@
 ``medclf train`` predicts its validation and test splits (for the temperature, the operating point and the
 prediction tables) and ``medclf evaluate`` predicts its data, every image once per test-time view. PyTorch's eager
 mode runs EfficientNet-Lite0 on this project's 2-core CPU several times slower than ONNX Runtime does
-(docs/benchmarks-cpu.md), so on a CPU the model is exported once per call (the TorchScript exporter, about a second)
+(docs/benchmarks-cpu.md), so on a CPU the model is exported once per call (the TorchScript exporter)
 and run one image per call and core, as the serving ``Predictor`` runs batches. The graph is checked against
 PyTorch on the first images; a model that does not export, or whose graph disagrees, runs in PyTorch instead.
 """
