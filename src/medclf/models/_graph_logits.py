@@ -11,9 +11,7 @@ PyTorch on the first images; a model that does not export, or whose graph disagr
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import logging
-import warnings
 from typing import Any
 
 import numpy as np
@@ -21,6 +19,7 @@ import torch
 from torch import nn
 
 from medclf._microbatch import run_micro_batches
+from medclf._onnx_export import onnx_bytes
 
 __all__ = ["PARITY_LOGITS", "GraphLogits"]
 
@@ -62,25 +61,13 @@ class GraphLogits:
             m = torch.from_numpy(meta) if meta is not None else None
             args: tuple[torch.Tensor, ...] = (x,) if m is None else (x, m)
             names = ["image"] if m is None else ["image", "meta"]
-            buf = io.BytesIO()
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    _Logits(model).eval(),
-                    args,
-                    buf,
-                    input_names=names,
-                    output_names=["logits"],
-                    dynamic_axes={n: {0: "batch"} for n in [*names, "logits"]},
-                    opset_version=17,
-                    do_constant_folding=True,
-                    dynamo=False,
-                )
+            data = onnx_bytes(_Logits(model).eval(), args, names, ["logits"])
+            with torch.no_grad():
                 want = model(x, m).float().numpy()
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = 1
             opts.log_severity_level = 3
-            session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # export coverage varies by model; PyTorch always works
             log.info("predicting in PyTorch: the model did not export to ONNX (%s)", exc)
             return None

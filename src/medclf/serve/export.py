@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from medclf import DISCLAIMER, __version__
+from medclf._onnx_export import onnx_bytes
 from medclf.data.transforms import Preprocessing
 from medclf.errors import MedclfError
 from medclf.evaluate.thresholds import decide
@@ -36,7 +37,6 @@ __all__ = ["PARITY_TOLERANCE", "ExportReport", "build_onnx", "export_onnx", "onn
 
 PARITY_TOLERANCE = 1e-4
 """Largest allowed |ONNX - PyTorch| difference of any class probability (and logit)."""
-OPSET = 17
 _PREFIX = "medclf."
 
 
@@ -98,9 +98,6 @@ def _metadata_props(serving: _ServingInfo, ood: FeatureOOD | None) -> dict[str, 
 
 def build_onnx(model: nn.Module, serving: _ServingInfo, ood: FeatureOOD | None = None) -> onnx.ModelProto:
     """Export ``model`` (+ the OOD detector) with a dynamic batch axis and the serving metadata; checked."""
-    import io
-    import warnings
-
     import onnx
 
     module = _ServingModule(model, ood).eval()
@@ -112,22 +109,8 @@ def build_onnx(model: nn.Module, serving: _ServingInfo, ood: FeatureOOD | None =
     if num_meta > 0:
         args = (x, torch.zeros(2, num_meta))
         names.append("meta")
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        # the TorchScript exporter: ~100x faster than the dynamo one on CPU and exact for these CNN graphs
-        torch.onnx.export(
-            module,
-            args,
-            buf,
-            input_names=names,
-            output_names=["logits", "ood_score"],
-            dynamic_axes={n: {0: "batch"} for n in [*names, "logits", "ood_score"]},
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    proto = onnx.load_from_string(buf.getvalue())
+    data = onnx_bytes(module, args, names, ["logits", "ood_score"])
+    proto = onnx.load_from_string(data)
     onnx.helper.set_model_props(proto, _metadata_props(serving, ood if module.has_ood else None))
     proto.doc_string = f"medclf {serving.model_name}: {DISCLAIMER}"
     onnx.checker.check_model(proto)

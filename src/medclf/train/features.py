@@ -36,6 +36,7 @@ from torch import nn
 
 from medclf._atomic import atomic_path, atomic_write_json
 from medclf._microbatch import run_micro_batches
+from medclf._onnx_export import onnx_bytes
 from medclf.data.images import load_image
 from medclf.data.transforms import Preprocessing, create_transform
 from medclf.errors import BadImageError, DataError, MedclfError
@@ -296,21 +297,10 @@ class _OpenVinoRunner:
 def _export_onnx(module: nn.Module, size: int, in_chans: int, path: Path) -> Path:
     if path.is_file():
         return path
-    import warnings
-
     example = torch.zeros(1, in_chans, size, size)
-    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            copy.deepcopy(module).eval(),
-            (example,),
-            str(tmp),
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    data = onnx_bytes(copy.deepcopy(module).eval(), (example,), ["x"], ["y"])
+    with atomic_path(path, suffix=".onnx") as tmp:
+        tmp.write_bytes(data)
     return path
 
 
