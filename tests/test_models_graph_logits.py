@@ -10,14 +10,22 @@ import pytest
 import torch
 from PIL import Image
 
-from medclf.models import MetadataEncoder, create_model, load_run, resolve_preprocessing, save_run_model
+from medclf.models import (
+    MetadataEncoder,
+    create_model,
+    inference,
+    load_run,
+    resolve_preprocessing,
+    save_run_model,
+)
 from medclf.models import _graph_logits as G
 from medclf.models.inference import predict_records
 from medclf.models.tta import with_tta
 
 
 @pytest.fixture()
-def two_threads():
+def two_threads(monkeypatch):
+    monkeypatch.setattr(inference, "GRAPH_MIN_IMAGES", 2)  # these tests' few images still go to the graph
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # one image per engine call on each of two workers
     yield
@@ -109,3 +117,14 @@ def test_pytorch_stands_in_when_the_graph_cannot(tmp_path, two_threads, monkeypa
     np.testing.assert_array_equal(predict_records(run, records, skip_bad=True)[1], ref)
     with pytest.raises(ValueError, match="engine"):
         predict_records(run, records, engine="onnx")
+
+
+def test_a_handful_of_images_is_predicted_without_an_export(tmp_path, monkeypatch) -> None:
+    run, records = _run(tmp_path, meta=False, tta=False)
+
+    def no_build(*a, **k):
+        raise AssertionError("exported for fewer images than GRAPH_MIN_IMAGES")
+
+    monkeypatch.setattr(G.GraphLogits, "build", no_build)
+    assert len(records) < inference.GRAPH_MIN_IMAGES
+    assert len(predict_records(run, records, skip_bad=True)[1]) == 7

@@ -71,6 +71,11 @@ def predict_logits(
     )
 
 
+GRAPH_MIN_IMAGES = 16
+"""``predict_records(engine="auto")`` exports the model for ONNX Runtime from this many images up; fewer are quicker
+to predict in PyTorch than to export."""
+
+
 def predict_records(
     loaded_run: LoadedRun,
     records: pd.DataFrame,
@@ -84,8 +89,8 @@ def predict_records(
 
     Images are decoded ``batch_size`` at a time on every core. ``engine``: ``"auto"`` runs a model on the CPU
     through ONNX Runtime (``medclf.models._graph_logits``: exported once per call and checked against PyTorch on
-    the first two images; several times faster here) and anything else in PyTorch; ``"torch"`` always uses
-    PyTorch.
+    the first two images; several times faster here) when there are at least ``GRAPH_MIN_IMAGES`` rows, and
+    anything else in PyTorch; ``"torch"`` always uses PyTorch.
     """
     if engine not in ("auto", "torch"):
         raise ValueError(f"engine must be 'auto' or 'torch', not {engine!r}")
@@ -102,7 +107,8 @@ def predict_records(
     skipped: list[tuple[str, str]] = []
     keep: list[int] = []
     logits: list[np.ndarray] = []
-    graph: Any = None
+    graph: GraphLogits | None = None
+    try_graph = engine == "auto" and len(paths) >= GRAPH_MIN_IMAGES  # a handful: PyTorch before any export
 
     def decode(i: int) -> torch.Tensor | BadImageError:
         try:
@@ -126,16 +132,18 @@ def predict_records(
                 if not idx:
                     continue
                 meta = enc.transform(rows.iloc[idx]) if enc else None
-                if graph is None and engine == "auto":
-                    check = torch.stack(images[:2]).numpy(), None if meta is None else meta[:2]
-                    graph = GraphLogits.build(model, *check) or False
-                if graph:
+                if try_graph:  # once, on the first readable images
+                    try_graph = False
+                    graph = GraphLogits.build(
+                        model, torch.stack(images[:2]).numpy(), None if meta is None else meta[:2]
+                    )
+                if graph is not None:
                     logits.append(graph(torch.stack(images).numpy(), meta))
                 else:
                     logits.append(predict_logits(model, images, meta, batch_size))
                 keep.extend(idx)
         finally:
-            if graph:
+            if graph is not None:
                 graph.close()
     rows = rows.iloc[keep].reset_index(drop=True)
     if not logits:
