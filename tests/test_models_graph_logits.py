@@ -128,3 +128,19 @@ def test_a_handful_of_images_is_predicted_without_an_export(tmp_path, monkeypatc
     monkeypatch.setattr(G.GraphLogits, "build", no_build)
     assert len(records) < inference.GRAPH_MIN_IMAGES
     assert len(predict_records(run, records, skip_bad=True)[1]) == 7
+
+
+def test_ood_fit_features_from_the_graph_equal_pytorch(tmp_path, two_threads, monkeypatch) -> None:
+    from medclf.serve.predictor import image_features
+
+    run, records = _run(tmp_path, meta=True, tta=True)
+    paths = records["path"].tolist()  # with the unreadable one, which is skipped
+    built = []
+    real = G.GraphLogits.build
+    monkeypatch.setattr(G.GraphLogits, "build", lambda *a, **k: built.append(k) or real(*a, **k))
+    got = image_features(run.model, run.preprocessing, paths, batch_size=3)
+    assert built == [{"features": True}]
+    monkeypatch.setattr(inference, "GRAPH_MIN_IMAGES", 10_000)  # PyTorch
+    ref = image_features(run.model, run.preprocessing, paths, batch_size=3)
+    assert got.shape == ref.shape == (7, run.model.num_features)
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)

@@ -1,4 +1,4 @@
-"""Batch logits of a run's PyTorch model through ONNX Runtime, for validation and test predictions on a CPU.
+"""Batch logits (or image features) of a run's PyTorch model through ONNX Runtime, for predictions on a CPU.
 
 ``medclf train`` predicts its validation and test splits (for the temperature, the operating point and the
 prediction tables) and ``medclf evaluate`` predicts its data, every image once per test-time view. PyTorch's eager
@@ -6,6 +6,7 @@ mode runs EfficientNet-Lite0 on this project's 2-core CPU several times slower t
 (docs/benchmarks-cpu.md), so on a CPU the model is exported once per call (the TorchScript exporter)
 and run one image per call and core, as the serving ``Predictor`` runs batches. The graph is checked against
 PyTorch on the first images; a model that does not export, or whose graph disagrees, runs in PyTorch instead.
+The out-of-distribution detector's fit (``medclf.serve.predictor.image_features``) runs its features the same way.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ class _Logits(nn.Module):
         return self.model(image, meta)
 
 
+class _Features(_Logits):
+    def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.forward_features(image)
+
+
 class GraphLogits:
     """``model(image, meta)`` as an ONNX Runtime graph: one image per call, as many calls at once as torch has
     threads. Build with :meth:`build`, which returns None where the graph cannot stand in for the model."""
@@ -48,9 +54,13 @@ class GraphLogits:
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
 
     @classmethod
-    def build(cls, model: nn.Module, image: np.ndarray, meta: np.ndarray | None) -> GraphLogits | None:
+    def build(
+        cls, model: nn.Module, image: np.ndarray, meta: np.ndarray | None, *, features: bool = False
+    ) -> GraphLogits | None:
         """Export ``model`` (in eval mode, on the CPU) and check it on ``image`` [B, C, H, W] (+ ``meta`` [B, M])
-        against PyTorch. None when the model is not on the CPU, does not export or disagrees."""
+        against PyTorch. None when the model is not on the CPU, does not export or disagrees. ``features``: the
+        graph computes ``model.forward_features(image)`` (the pooled image features, test-time views averaged)
+        instead of the logits."""
         param = next(model.parameters(), None)
         if param is not None and param.device.type != "cpu":
             return None  # a GPU runs the model itself faster
@@ -58,12 +68,13 @@ class GraphLogits:
             import onnxruntime as ort
 
             x = torch.from_numpy(image)
-            m = torch.from_numpy(meta) if meta is not None else None
+            m = torch.from_numpy(meta) if meta is not None and not features else None
             args: tuple[torch.Tensor, ...] = (x,) if m is None else (x, m)
             names = ["image"] if m is None else ["image", "meta"]
-            data = onnx_bytes(_Logits(model).eval(), args, names, ["logits"])
+            module = (_Features if features else _Logits)(model).eval()
+            data = onnx_bytes(module, args, names, ["y"])
             with torch.no_grad():
-                want = model(x, m).float().numpy()
+                want = module(x, m).float().numpy()
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = 1
             opts.log_severity_level = 3
@@ -84,7 +95,7 @@ class GraphLogits:
         feed = {"image": np.ascontiguousarray(image, dtype=np.float32)}
         if self.has_meta:
             feed["meta"] = np.ascontiguousarray(meta, dtype=np.float32)
-        return run_micro_batches(self.session, ["logits"], feed, 1, pool=self.pool)[0]
+        return run_micro_batches(self.session, ["y"], feed, 1, pool=self.pool)[0]
 
     def close(self) -> None:
         if self.pool is not None:
