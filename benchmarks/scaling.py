@@ -297,13 +297,14 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         ns = [float(n) for n, _ in data_rows]
         rows = [r for _, r in data_rows]
         lines += [f"### Data size, at {args.base_size} px", "", *_table(data_rows, "N images")]
-        rss_h = linear_slope(ns, [r[0]["peak_rss_mb"] for r in rows]) * 1000
-        rss_b = linear_slope(ns, [r[2]["peak_rss_mb"] for r in rows]) * 1000
+        # rounded to whole MB before printing, so a slope of -0.3 reads 0, not -0
+        rss_h = round(linear_slope(ns, [r[0]["peak_rss_mb"] for r in rows]) * 1000) + 0
+        rss_b = round(linear_slope(ns, [r[2]["peak_rss_mb"] for r in rows]) * 1000) + 0
         lines += [
             "",
             f"Log-log least-squares fits over N = {int(ns[0]):,}–{int(ns[-1]):,}: {_growth(ns, rows, 'N')} "
-            f"(1 = linear). Peak RSS grows by {rss_h:.0f} MB per 1,000 images with the head only and "
-            f"{rss_b:.0f} MB with 2 blocks, from {rows[0][0]['peak_rss_mb']:,.0f} / {rows[0][2]['peak_rss_mb']:,.0f} "
+            f"(1 = linear). Peak RSS grows by {rss_h} MB per 1,000 images with the head only and "
+            f"{rss_b} MB with 2 blocks, from {rows[0][0]['peak_rss_mb']:,.0f} / {rows[0][2]['peak_rss_mb']:,.0f} "
             f"MB at N = {int(ns[0]):,}.",
             "",
         ]
