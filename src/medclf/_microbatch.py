@@ -1,7 +1,7 @@
 """A graph engine that runs a whole batch on all its threads gets it as micro-batches of a few images.
 
 That is OpenVINO, and ONNX Runtime limited to one thread. ONNX Runtime with several cores runs a batch one image
-per call and core instead (``medclf.serve.predictor``, ``medclf.train.features``).
+per call and core instead (``OneImagePerCore``, below; ``medclf.train.features`` queues such calls itself).
 
 On a CPU, EfficientNet-Lite0 can run faster in micro-batches of a few images than in one call on 16: a few
 images' activations stay in the CPU's cache, 16 images' do not. How much depends on the cache the machine has to
@@ -14,12 +14,12 @@ small for tiny models.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ENGINE_BATCH", "run_micro_batches"]
+__all__ = ["ENGINE_BATCH", "OneImagePerCore", "run_micro_batches"]
 
 ENGINE_BATCH = 4
 
@@ -49,3 +49,20 @@ def run_micro_batches(
     starts = range(0, n, size)
     parts = list(pool.map(call, starts)) if pool is not None else [call(i) for i in starts]
     return [np.concatenate(out) for out in zip(*parts, strict=True)]
+
+
+class OneImagePerCore:
+    """A one-thread session run one image per call, ``threads`` calls at a time: the images are independent, so
+    the cores need not meet at every layer (the serving ``Predictor``'s batches, ``medclf.models._graph_logits``).
+    The session must be safe to call from several threads (ONNX Runtime's is)."""
+
+    def __init__(self, session: Any, threads: int) -> None:
+        self.session = session
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="medclf-onnx") if threads > 1 else None
+
+    def run(self, output_names: Sequence[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return run_micro_batches(self.session, output_names, feed, 1, pool=self.pool)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()

@@ -1,15 +1,18 @@
-"""One way to export a PyTorch module to ONNX, shared by the feature cache, validation predictions and serving."""
+"""One way to export a PyTorch module to ONNX and to open a session on the graph, shared by the feature cache,
+validation predictions and serving."""
 
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["OPSET", "onnx_bytes"]
+__all__ = ["OPSET", "onnx_bytes", "onnx_session"]
 
 OPSET = 17
 
@@ -37,3 +40,26 @@ def onnx_bytes(
             dynamo=False,
         )
     return buf.getvalue()
+
+
+def onnx_session(
+    model: bytes | str | os.PathLike[str],
+    num_threads: int | None = None,
+    engine: str = "onnx",
+    precision: str = "f32",
+) -> Any:
+    """A session on an ONNX graph (its bytes or its file): ONNX Runtime (``engine="onnx"``) or OpenVINO
+    (``"openvino"``; ``precision`` f32, or bf16 on CPUs with bf16 units)."""
+    if engine == "openvino":
+        from medclf._openvino import OpenVinoSession
+
+        return OpenVinoSession(model, num_threads=num_threads, precision=precision)
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if num_threads:
+        so.intra_op_num_threads = int(num_threads)
+    return ort.InferenceSession(
+        model if isinstance(model, bytes) else str(model), so, providers=["CPUExecutionProvider"]
+    )

@@ -11,7 +11,6 @@ The out-of-distribution detector's fit (``medclf.serve.predictor.image_features`
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 from typing import Any
 
@@ -19,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from medclf._microbatch import run_micro_batches
-from medclf._onnx_export import onnx_bytes
+from medclf._microbatch import OneImagePerCore
+from medclf._onnx_export import onnx_bytes, onnx_session
 
-__all__ = ["PARITY_LOGITS", "GraphLogits"]
+__all__ = ["PARITY_LOGITS", "GraphLogits", "ModelRunner"]
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +48,8 @@ class GraphLogits:
     threads. Build with :meth:`build`, which returns None where the graph cannot stand in for the model."""
 
     def __init__(self, session: Any, has_meta: bool, threads: int) -> None:
-        self.session = session
         self.has_meta = has_meta
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
+        self.engine = OneImagePerCore(session, threads)
 
     @classmethod
     def build(
@@ -65,8 +63,6 @@ class GraphLogits:
         if param is not None and param.device.type != "cpu":
             return None  # a GPU runs the model itself faster
         try:
-            import onnxruntime as ort
-
             x = torch.from_numpy(image)
             m = torch.from_numpy(meta) if meta is not None and not features else None
             args: tuple[torch.Tensor, ...] = (x,) if m is None else (x, m)
@@ -75,10 +71,7 @@ class GraphLogits:
             data = onnx_bytes(module, args, names, ["y"])
             with torch.no_grad():
                 want = module(x, m).float().numpy()
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1
-            opts.log_severity_level = 3
-            session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+            session = onnx_session(data, num_threads=1)
         except Exception as exc:  # export coverage varies by model; PyTorch always works
             log.info("predicting in PyTorch: the model did not export to ONNX (%s)", exc)
             return None
@@ -95,8 +88,50 @@ class GraphLogits:
         feed = {"image": np.ascontiguousarray(image, dtype=np.float32)}
         if self.has_meta:
             feed["meta"] = np.ascontiguousarray(meta, dtype=np.float32)
-        return run_micro_batches(self.session, ["y"], feed, 1, pool=self.pool)[0]
+        return self.engine.run(["y"], feed)[0]
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+        self.engine.close()
+
+
+class ModelRunner:
+    """Logits (or, with ``features``, pooled image features) of ``model`` for one batch after another.
+
+    With ``graph``, the first batch builds a :class:`GraphLogits` and every batch runs on it when it can stand in
+    for the model; otherwise, and without ``graph``, PyTorch computes them on the model's device. Use it as a
+    context manager, which frees the graph's threads.
+    """
+
+    def __init__(self, model: nn.Module, *, features: bool = False, graph: bool = True) -> None:
+        self.model = model
+        self.features = features
+        self._try_graph = graph
+        self._graph: GraphLogits | None = None
+        self._module = (_Features if features else _Logits)(model).eval()
+
+    def __call__(self, image: torch.Tensor, meta: np.ndarray | None = None) -> np.ndarray:
+        """``image`` [B, C, H, W] (preprocessed), ``meta`` [B, M] encoded metadata or None -> [B, ...] float32."""
+        if self._try_graph:  # once, on the first images
+            self._try_graph = False
+            first = image[:2].numpy()
+            if self.features:
+                self._graph = GraphLogits.build(self.model, first, None, features=True)
+            else:
+                self._graph = GraphLogits.build(self.model, first, None if meta is None else meta[:2])
+        if self._graph is not None:
+            return self._graph(image.numpy(), meta)
+        param = next(self.model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        m = torch.from_numpy(meta).to(device) if meta is not None and not self.features else None
+        with torch.no_grad():
+            return self._module(image.to(device), m).float().cpu().numpy()
+
+    def close(self) -> None:
+        if self._graph is not None:
+            self._graph.close()
+
+    def __enter__(self) -> ModelRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -13,7 +13,7 @@ import torch
 from medclf.data.transforms import create_transform
 from medclf.errors import BadImageError
 from medclf.evaluate.thresholds import decide, resolve_positive_classes
-from medclf.models._graph_logits import GraphLogits
+from medclf.models._graph_logits import ModelRunner
 from medclf.models.run_io import LoadedRun
 
 __all__ = [
@@ -107,8 +107,7 @@ def predict_records(
     skipped: list[tuple[str, str]] = []
     keep: list[int] = []
     logits: list[np.ndarray] = []
-    graph: GraphLogits | None = None
-    try_graph = engine == "auto" and len(paths) >= GRAPH_MIN_IMAGES  # a handful: PyTorch before any export
+    graph = engine == "auto" and len(paths) >= GRAPH_MIN_IMAGES  # a handful: PyTorch before any export
 
     def decode(i: int) -> torch.Tensor | BadImageError:
         try:
@@ -116,35 +115,22 @@ def predict_records(
         except BadImageError as exc:
             return exc
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
-        try:
-            for start in range(0, len(paths), batch_size):
-                idx, images = [], []
-                chunk = range(start, min(start + batch_size, len(paths)))
-                for i, got in zip(chunk, pool.map(decode, chunk), strict=True):
-                    if isinstance(got, BadImageError):
-                        if not skip_bad:
-                            raise got
-                        skipped.append((paths[i], got.reason))
-                        continue
-                    idx.append(i)
-                    images.append(got)
-                if not idx:
+    workers = max(1, torch.get_num_threads())
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool, ModelRunner(model, graph=graph) as run:
+        for start in range(0, len(paths), batch_size):
+            idx, images = [], []
+            chunk = range(start, min(start + batch_size, len(paths)))
+            for i, got in zip(chunk, pool.map(decode, chunk), strict=True):
+                if isinstance(got, BadImageError):
+                    if not skip_bad:
+                        raise got
+                    skipped.append((paths[i], got.reason))
                     continue
-                meta = enc.transform(rows.iloc[idx]) if enc else None
-                if try_graph:  # once, on the first readable images
-                    try_graph = False
-                    graph = GraphLogits.build(
-                        model, torch.stack(images[:2]).numpy(), None if meta is None else meta[:2]
-                    )
-                if graph is not None:
-                    logits.append(graph(torch.stack(images).numpy(), meta))
-                else:
-                    logits.append(predict_logits(model, images, meta, batch_size))
+                idx.append(i)
+                images.append(got)
+            if idx:
+                logits.append(run(torch.stack(images), enc.transform(rows.iloc[idx]) if enc else None))
                 keep.extend(idx)
-        finally:
-            if graph is not None:
-                graph.close()
     rows = rows.iloc[keep].reset_index(drop=True)
     if not logits:
         return rows, np.zeros((0, len(loaded_run.classes)), dtype=np.float32), skipped

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from medclf import DISCLAIMER, __version__
-from medclf._onnx_export import onnx_bytes
+from medclf._onnx_export import onnx_bytes, onnx_session
 from medclf.data.transforms import Preprocessing
 from medclf.errors import MedclfError
 from medclf.evaluate.thresholds import decide
@@ -115,24 +115,6 @@ def build_onnx(model: nn.Module, serving: _ServingInfo, ood: FeatureOOD | None =
     proto.doc_string = f"medclf {serving.model_name}: {DISCLAIMER}"
     onnx.checker.check_model(proto)
     return proto
-
-
-def onnx_session(
-    model_bytes: bytes, num_threads: int | None = None, engine: str = "onnx", precision: str = "f32"
-) -> Any:
-    """A session on an ONNX graph: ONNX Runtime (``engine="onnx"``) or OpenVINO (``"openvino"``; ``precision``
-    f32, or bf16 on CPUs with bf16 units)."""
-    if engine == "openvino":
-        from medclf._openvino import OpenVinoSession
-
-        return OpenVinoSession(model_bytes, num_threads=num_threads, precision=precision)
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if num_threads:
-        so.intra_op_num_threads = int(num_threads)
-    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
 
 def read_onnx(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, _ServingInfo, dict[str, Any] | None]:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from medclf import DISCLAIMER
-from medclf._microbatch import ENGINE_BATCH, run_micro_batches
+from medclf._microbatch import ENGINE_BATCH, OneImagePerCore, run_micro_batches
 from medclf.data.transforms import Preprocessing, create_transform
 from medclf.errors import BadImageError, ConfigError, MedclfError
 from medclf.evaluate.thresholds import decide, resolve_positive_classes
@@ -166,20 +166,17 @@ class _OnnxBackend:
         """Whether a batch runs one image per call, one call per core at a time."""
         self._model_bytes = model_bytes if self.per_image else None
         self._lock = threading.Lock()
-        self._single: Any = None  # the one-thread session and its pool, built at the first batch
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._single: OneImagePerCore | None = None  # the one-thread session, built at the first batch
 
-    def _per_core(self) -> tuple[Any, concurrent.futures.ThreadPoolExecutor]:
+    def _per_core(self) -> OneImagePerCore:
         with self._lock:
             if self._single is None:
-                from medclf.serve.export import onnx_session
+                from medclf._onnx_export import onnx_session
 
-                self._single = onnx_session(self._model_bytes or b"", num_threads=1)
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    self.threads, thread_name_prefix="medclf-onnx"
+                self._single = OneImagePerCore(
+                    onnx_session(self._model_bytes or b"", num_threads=1), self.threads
                 )
-            assert self._pool is not None
-            return self._single, self._pool
+            return self._single
 
     def run(self, x: np.ndarray, meta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         feed = {"image": x}
@@ -188,8 +185,7 @@ class _OnnxBackend:
         names = ["logits", "ood_score"]
         # both engines' sessions are thread-safe: one session serves concurrent requests
         if self.per_image and len(x) > 1:
-            single, pool = self._per_core()
-            logits, scores = run_micro_batches(single, names, feed, 1, pool=pool)
+            logits, scores = self._per_core().run(names, feed)
         else:
             logits, scores = run_micro_batches(self.session, names, feed, self.engine_batch)
         return logits, (scores if self.has_ood else None)
@@ -653,7 +649,7 @@ def image_features(
     an ONNX Runtime graph checked against PyTorch (``medclf.models._graph_logits``), else from PyTorch.
     """
     from medclf.data.images import load_image
-    from medclf.models._graph_logits import GraphLogits
+    from medclf.models._graph_logits import ModelRunner
     from medclf.models.inference import GRAPH_MIN_IMAGES
 
     transform = create_transform(pre)
@@ -665,26 +661,16 @@ def image_features(
             return None
 
     feats: list[np.ndarray] = []
-    graph: GraphLogits | None = None
-    try_graph = len(paths) >= GRAPH_MIN_IMAGES
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
-        try:
-            for start in range(0, len(paths), batch_size):
-                batch = [t for t in pool.map(decode, paths[start : start + batch_size]) if t is not None]
-                if not batch:
-                    continue
-                x = torch.stack(batch)
-                if try_graph:  # once, on the first readable images
-                    try_graph = False
-                    graph = GraphLogits.build(model, x[:2].numpy(), None, features=True)
-                if graph is not None:
-                    feats.append(graph(x.numpy()))
-                else:
-                    with torch.inference_mode():
-                        feats.append(model.forward_features(x).float().numpy())
-        finally:
-            if graph is not None:
-                graph.close()
+    workers = max(1, torch.get_num_threads())
+    graph = len(paths) >= GRAPH_MIN_IMAGES
+    with (
+        concurrent.futures.ThreadPoolExecutor(workers) as pool,
+        ModelRunner(model, features=True, graph=graph) as run,
+    ):
+        for start in range(0, len(paths), batch_size):
+            batch = [t for t in pool.map(decode, paths[start : start + batch_size]) if t is not None]
+            if batch:
+                feats.append(run(torch.stack(batch)))
     return (
         np.concatenate(feats) if feats else np.zeros((0, int(getattr(model, "num_features", 0))), np.float32)
     )

@@ -36,7 +36,7 @@ from torch import nn
 
 from medclf._atomic import atomic_path, atomic_write_json
 from medclf._microbatch import run_micro_batches
-from medclf._onnx_export import onnx_bytes
+from medclf._onnx_export import onnx_bytes, onnx_session
 from medclf.data.images import load_image
 from medclf.data.transforms import Preprocessing, create_transform
 from medclf.errors import BadImageError, DataError, MedclfError
@@ -266,12 +266,7 @@ class _OnnxRunner:
     """Calls may run concurrently, one image each (``_run_view`` schedules them beside the decoding)."""
 
     def __init__(self, path: Path) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path, num_threads=1)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """One call on ``x`` in the calling thread (safe to call from several threads at once)."""
