@@ -70,3 +70,51 @@ def test_eval_transform_uses_arithmetic_only_where_it_is_exact() -> None:
     out = odd(im)
     assert not odd._table(3)[1]
     assert torch.equal(out, gamma(to_uint8(im)))
+
+
+def _augment_reference(pre: Preprocessing, policy: str) -> v2.Compose:
+    from medclf.data.transforms import _augmentations
+
+    return v2.Compose(
+        [
+            *_reference(pre).transforms[:-2],
+            *_augmentations(policy, pre.input_size),
+            *_reference(pre).transforms[-2:],
+        ]
+    )
+
+
+@pytest.mark.parametrize("policy", ["standard", "lesion_safe"])
+@pytest.mark.parametrize(
+    "pre", [Preprocessing(input_size=32), Preprocessing(input_size=24, in_chans=1, resize="center_crop")]
+)
+def test_augmentation_planned_apart_from_its_pixel_work_is_the_composed_transform(pre, policy) -> None:
+    # the feature cache draws an augmentation's parameters in one thread and does the pixel work on every core
+    tf, ref = create_transform(pre, policy), _augment_reference(pre, policy)
+    assert tf.plannable
+    rng = np.random.default_rng(0)
+    differs = 0
+    for seed in range(60):
+        im = Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+        torch.manual_seed(seed)
+        a, after_ref = ref(im), torch.rand(1)
+        torch.manual_seed(seed)
+        b = tf(im)
+        torch.manual_seed(seed)
+        plan = tf.plan()
+        after_plan = torch.rand(1)  # the plan drew exactly what the composed call draws
+        c = tf.apply(im, plan)
+        assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(after_ref, after_plan), seed
+        differs += not torch.equal(c, create_transform(pre)(im))
+    assert differs > 50  # the augmentations did augment
+
+
+def test_augmentations_that_cannot_be_planned_say_so() -> None:
+    from medclf.data.transforms import _AugmentTransform
+
+    tf = create_transform(Preprocessing(input_size=16), "standard")
+    crop = _AugmentTransform(tf.to_uint8, [v2.RandomResizedCrop(16)], tf.normalize, tf.shape)
+    assert not crop.plannable
+    with pytest.raises(TypeError, match="cannot be planned"):
+        crop.plan()
+    assert crop(Image.new("RGB", (20, 20))).shape == (3, 16, 16)

@@ -284,3 +284,24 @@ def test_mixup_run_is_reproducible_and_differs_from_plain(data, tmp_path) -> Non
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     assert any(not torch.equal(w0[k], wp[k]) for k in w0)
     assert np.isfinite([r["train_loss"] for r in runs[0][1]]).all()
+
+
+def test_a_cached_run_does_not_import_lightning(tmp_path) -> None:
+    # Lightning costs about 2 s of every run's start-up; the cached strategy trains in its own loop without it
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from medclf.cli import main
+from medclf.data import synth_dataset
+synth_dataset({str(tmp_path / "d")!r}, n=24, size=32, layout="folders", seed=0)
+assert "lightning" not in sys.modules, "the CLI imports Lightning"
+main(["train", "--data", {str(tmp_path / "d")!r}, "--out", {str(tmp_path / "run")!r}, "--quiet",
+      "--set", "model.name=tiny_cnn", "--set", "model.pretrained=false", "--set", "train.strategy=cached",
+      "--set", "train.epochs=2", "--set", "train.cache_dir={tmp_path / "cache"}"])
+assert "lightning" not in sys.modules, sorted(m for m in sys.modules if m.startswith("lightning"))[:5]
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "run" / "run.json").is_file()

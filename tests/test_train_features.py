@@ -236,3 +236,58 @@ def test_fingerprint_of_a_model_that_takes_only_its_own_size() -> None:
     assert F.module_fingerprint(fixed, 3, 96) != key
     with pytest.raises(RuntimeError):  # a size it does not take at all is still an error
         F.module_fingerprint(fixed, 3, 80)
+
+
+def test_views_together_decode_once_and_equal_views_one_at_a_time(
+    trunk, images, tmp_path, monkeypatch
+) -> None:
+    # a training run asks for several views at once: each image is decoded once for all of them, and every view's
+    # arrays equal those of the view extracted on its own (the seeded augmentations included, on both cores)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    paths = [*images[:2], str(bad), *images[2:]]
+    bottom = F.split_backbone(trunk, 2).bottom
+    views = ["clean", "hflip", "aug1", "aug2"]
+    kw = {"backend": "onnx", "progress": False, "batch_size": 3, "skip_bad": True}
+    alone = {
+        v: F.extract_features(bottom, paths, PRE, views=[v], cache_dir=tmp_path / f"alone-{v}", **kw).views[v]
+        for v in views
+    }
+    decoded: list[str] = []
+    load = F.load_image
+    monkeypatch.setattr(F, "load_image", lambda p: (decoded.append(p), load(p))[1])
+    torch.set_num_threads(2)
+    try:
+        together = F.extract_features(bottom, paths, PRE, views=views, cache_dir=tmp_path / "together", **kw)
+    finally:
+        torch.set_num_threads(1)
+    assert sorted(decoded) == sorted(paths)  # once each, bad image included
+    assert together.bad == [str(bad)] and together.kept.tolist() == [0, 1, 3, 4, 5, 6]
+    for v in views:
+        np.testing.assert_array_equal(together.views[v], alone[v])
+    # augmentations that cannot be planned apart from their pixel work are applied in the main thread instead,
+    # to the same result
+    from medclf.data import transforms as T
+
+    monkeypatch.setattr(T, "_PLANNABLE", ())
+    serial = F.extract_features(bottom, paths, PRE, views=views, cache_dir=tmp_path / "serial", **kw)
+    for v in views:
+        np.testing.assert_array_equal(serial.views[v], alone[v])
+
+
+def test_extraction_beside_a_per_image_engine_leaves_torch_threads_as_they_were(
+    trunk, images, tmp_path
+) -> None:
+    bottom = F.split_backbone(trunk, 0).bottom
+    seen = []
+    runner = F._make_runner(bottom, "k", PRE, "onnx", tmp_path, images)
+    run = runner.run
+    runner.run = lambda x: (seen.append(torch.get_num_threads()), run(x))[1]  # type: ignore[method-assign]
+    torch.set_num_threads(2)
+    try:
+        F._run_views(runner, images, PRE, ["clean", "aug1"], "standard", 0, 4, False, False, None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    # while the engine ran, torch (which only transforms images there) kept to one thread per core
+    assert seen and set(seen) == {1}

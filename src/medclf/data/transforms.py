@@ -104,17 +104,14 @@ def create_transform(pre: Preprocessing, augment: str = "none") -> Callable[[Ima
     normalize = v2.Compose(
         [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(pre.mean), std=list(pre.std))]
     )
+    to_uint8 = v2.Compose([_ConvertMode(mode), v2.PILToTensor(), *resize])
     if augment == "none":
-        return _EvalTransform(
-            v2.Compose([_ConvertMode(mode), v2.PILToTensor(), *resize]),
-            normalize,
-            pre.mean,
-            pre.std,
-            size,
-            mode,
-        )
-    return v2.Compose(
-        [_ConvertMode(mode), v2.PILToTensor(), *resize, *_augmentations(augment, size), normalize]
+        return _EvalTransform(to_uint8, normalize, pre.mean, pre.std, size, mode)
+    return _AugmentTransform(
+        to_uint8,
+        _augmentations(augment, size),
+        _EvalTransform(to_uint8, normalize, pre.mean, pre.std),
+        (pre.in_chans, size, size),
     )
 
 
@@ -172,7 +169,10 @@ class _EvalTransform:
         return self.to_uint8(im).numpy()
 
     def __call__(self, im: Image.Image) -> torch.Tensor:
-        x = self._uint8(im)
+        return self.normalized(self._uint8(im))
+
+    def normalized(self, x: np.ndarray) -> torch.Tensor:
+        """[C, H, W] uint8 pixels -> the normalised float tensor (what ``normalize`` gives on them)."""
         table, exact = self._table(x.shape[0])
         if exact:
             return torch.from_numpy(self._arithmetic(x))
@@ -182,3 +182,97 @@ class _EvalTransform:
         for c in range(x.shape[0]):
             np.take(table[c], idx[c], out=out[c])
         return torch.from_numpy(out)
+
+
+# augmentations whose parameters ``make_params`` draws from the input's shape alone, and which keep that shape
+_PLANNABLE = (
+    v2.RandomHorizontalFlip,
+    v2.RandomVerticalFlip,
+    v2.RandomAffine,
+    v2.ColorJitter,
+    v2.RandomRotation,
+)
+
+Plan = list[tuple[Any, dict[str, Any]]]
+"""The random augmentations one call applies, each with the parameters it drew."""
+
+
+class _AugmentTransform:
+    """A training transform: uint8 pixels -> random augmentations -> normalised floats.
+
+    Called on an image it behaves as the ``v2.Compose`` of those steps, drawing from torch's global generator. Its
+    draws can also be taken apart from the pixel work: ``plan()`` draws the parameters, in the order and amounts the
+    composed call would, from the generator's current state; ``apply(im, plan)`` then does the pixel work with no
+    random draw, so on any thread. After the same ``torch.manual_seed``, ``apply(im, plan())`` equals ``self(im)``
+    bit for bit. The feature cache seeds and plans in one thread and augments on every core.
+    """
+
+    def __init__(
+        self,
+        to_uint8: Callable[[Image.Image], torch.Tensor],
+        augmentations: Sequence[Any],
+        normalize: _EvalTransform,
+        shape: tuple[int, int, int],
+    ) -> None:
+        self.to_uint8 = to_uint8
+        self.augmentations = list(augmentations)
+        self.normalize = normalize
+        self.shape = shape
+        """[C, H, W] of every image after ``to_uint8``: the augmentations' parameters depend on it alone."""
+
+    def __call__(self, im: Image.Image) -> torch.Tensor:
+        x = self.to_uint8(im)
+        for t in self.augmentations:
+            x = t(x)
+        return self._normalized(x)
+
+    def _normalized(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            return self.normalize.normalized(x.numpy())
+        return self.normalize.normalize(x)
+
+    @property
+    def plannable(self) -> bool:
+        """Whether ``plan`` can draw for every augmentation (otherwise only ``__call__`` applies them)."""
+        return _plannable(self.augmentations)
+
+    def plan(self) -> Plan:
+        """Draw one call's random parameters from torch's global generator (cheap: no pixel is touched)."""
+        if not self.plannable:
+            raise TypeError("these augmentations cannot be planned apart from their pixel work")
+        proxy = torch.empty(self.shape, dtype=torch.uint8)  # make_params reads the shape only
+        steps: Plan = []
+        _draw(self.augmentations, proxy, steps)
+        return steps
+
+    def apply(self, im: Image.Image, plan: Plan) -> torch.Tensor:
+        """The augmented, normalised image for parameters drawn by ``plan`` (no random draw)."""
+        x = self.to_uint8(im)
+        for t, params in plan:
+            x = t.transform(x, params)
+        return self._normalized(x)
+
+
+def _plannable(transforms: Sequence[Any]) -> bool:
+    for t in transforms:
+        if isinstance(t, v2.RandomApply | v2.Compose):
+            if not _plannable(list(t.transforms)):
+                return False
+        elif type(t) not in _PLANNABLE or getattr(t, "expand", False):
+            return False
+    return True
+
+
+def _draw(transforms: Sequence[Any], proxy: torch.Tensor, steps: Plan) -> None:
+    # the draws of v2.Compose / v2.RandomApply / v2.Transform.forward / _RandomApplyTransform.forward, in order
+    for t in transforms:
+        if isinstance(t, v2.RandomApply):
+            if torch.rand(1) >= t.p:
+                continue
+            _draw(list(t.transforms), proxy, steps)
+        elif isinstance(t, v2.Compose):
+            _draw(list(t.transforms), proxy, steps)
+        else:
+            if isinstance(t, v2.RandomHorizontalFlip | v2.RandomVerticalFlip) and torch.rand(1) >= t.p:
+                continue
+            steps.append((t, t.make_params([proxy])))

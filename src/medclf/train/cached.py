@@ -31,7 +31,7 @@ from medclf.config import RunConfig
 from medclf.errors import ConfigError, DataError
 from medclf.train.features import FeatureSet, extract_features, find_trunk, split_backbone
 from medclf.train.losses import class_weights, create_loss
-from medclf.train.module import classification_metrics, monitor_mode, seed_all
+from medclf.train.metrics import classification_metrics, monitor_mode, seed_all
 
 __all__ = ["CachedTrainer", "check_ema", "check_mixup", "train_cached"]
 

@@ -10,21 +10,10 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EarlyStopping
 
-from medclf._atomic import atomic_path, atomic_write_text
+from medclf._atomic import atomic_path
+from medclf.train.history import HISTORY_COLUMNS, HistoryFile
 
-__all__ = ["BestWeights", "History", "PhaseEarlyStopping"]
-
-HISTORY_COLUMNS = (
-    "epoch",
-    "phase",
-    "train_loss",
-    "val_loss",
-    "val_acc",
-    "val_bacc",
-    "val_auc",
-    "lr",
-    "seconds",
-)
+__all__ = ["HISTORY_COLUMNS", "BestWeights", "History", "PhaseEarlyStopping"]
 
 
 def _metric(trainer: pl.Trainer, key: str) -> float:
@@ -32,12 +21,11 @@ def _metric(trainer: pl.Trainer, key: str) -> float:
     return float(v) if v is not None else float("nan")
 
 
-class History(pl.Callback):
+class History(HistoryFile, pl.Callback):
     """One row per epoch in ``history.csv`` (rewritten atomically each epoch; restored on ``--resume``)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.rows: list[dict[str, Any]] = []
+        super().__init__(path)
         self._t0 = time.perf_counter()
         self._lr = float("nan")
 
@@ -71,21 +59,11 @@ class History(pl.Callback):
         if trainer.is_global_zero:
             self.write()
 
-    def write(self) -> None:
-        lines = [",".join(HISTORY_COLUMNS)]
-        for r in self.rows:
-            lines.append(",".join("" if _isnan(r.get(c)) else str(r.get(c)) for c in HISTORY_COLUMNS))
-        atomic_write_text(self.path, "\n".join(lines) + "\n")
-
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict.get("rows", []))
-
-
-def _isnan(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 class BestWeights(pl.Callback):

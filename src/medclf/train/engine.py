@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from medclf._atomic import atomic_path, atomic_write_text
+from medclf._malloc import retain_freed_memory
 from medclf.config import RunConfig, dump_config, load_config
 from medclf.errors import ConfigError, DataError, MedclfError
 
@@ -87,7 +88,7 @@ def resolve_split(cfg: RunConfig, dataset: Any, fold: int | None = None) -> pd.D
 # ---- the run ------------------------------------------------------------------------------------------------
 def _check_cfg(cfg: RunConfig) -> None:
     from medclf.data.transforms import AUGMENT_POLICIES
-    from medclf.train.module import monitor_mode
+    from medclf.train.metrics import monitor_mode
 
     t = cfg.train
     if t.strategy not in STRATEGIES:
@@ -162,11 +163,13 @@ def train(
         classes = list(dataset.classes)
         _positive_classes(cfg, classes, _positive_index(cfg, classes))
         _write_description(run_dir, cfg, dataset, split)
-    if cfg.train.strategy == "cached":
-        return _train_cached(cfg, dataset, split, run_dir, resume=resume, progress=progress, t0=t0)
-    return _train_lightning(
-        cfg, dataset, split, run_dir, resume=resume, callbacks=callbacks, progress=progress, t0=t0
-    )
+    # training allocates and frees tensors of tens of MiB every step: glibc keeps them for reuse (medclf._malloc)
+    with retain_freed_memory():
+        if cfg.train.strategy == "cached":
+            return _train_cached(cfg, dataset, split, run_dir, resume=resume, progress=progress, t0=t0)
+        return _train_lightning(
+            cfg, dataset, split, run_dir, resume=resume, callbacks=callbacks, progress=progress, t0=t0
+        )
 
 
 def _check_fresh(run_dir: Path) -> None:
@@ -220,12 +223,12 @@ def _train_cached(
             "use --set train.strategy=finetune or full"
         ) from None
     from medclf.models import resolve_preprocessing
-    from medclf.train.callbacks import History
+    from medclf.train.history import HistoryFile
 
     params = inspect.signature(train_cached).parameters
     model, rows = train_cached(cfg, dataset, split, run_dir, **{k: v for k, v in kw.items() if k in params})
     _, val_df, test_df = _split_parts(split)
-    history = History(run_dir / "history.csv")
+    history = HistoryFile(run_dir / "history.csv")
     history.rows = [{**r, "phase": "train"} for r in rows]
     history.write()
     best = next((r for r in rows if r.get("best")), None)
@@ -485,7 +488,7 @@ def finalize_run(
     from medclf.models import LoadedRun, save_run_model
     from medclf.models.inference import predict_records, predictions_frame
     from medclf.models.tta import with_tta
-    from medclf.train.module import classification_metrics
+    from medclf.train.metrics import classification_metrics
     from medclf.train.rundir import data_fingerprint, library_versions, plot_history
 
     binary = len(classes) == 2

@@ -17,6 +17,7 @@ once per bottom and input size, remembered in the cache folder).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import copy
 import hashlib
 import json
@@ -24,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,13 +258,13 @@ class _OnnxRunner:
 
     Images are independent, so the cores need not work on one image together: each runs its own, with no
     synchronisation between them at every layer, and a core that finishes early decodes the next images while the
-    other still computes (``_run_view`` mixes both kinds of task in one pool). On this project's 2-core VM that
+    other still computes (``_run_views`` mixes both kinds of task in one pool). On this project's 2-core VM that
     extracts features about 25% faster than both cores on each image in turn (docs/benchmarks.md).
     """
 
     name = "onnx"
     per_image = True
-    """Calls may run concurrently, one image each (``_run_view`` schedules them beside the decoding)."""
+    """Calls may run concurrently, one image each (``_run_views`` schedules them beside the decoding)."""
 
     def __init__(self, path: Path) -> None:
         self.session = onnx_session(path, num_threads=1)
@@ -273,7 +274,7 @@ class _OnnxRunner:
         return self.session.run(None, {"x": x})[0]
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
-        # one image per call, in turn; ``_run_view`` spreads these calls over the cores itself
+        # one image per call, in turn; ``_run_views`` spreads these calls over the cores itself
         return run_micro_batches(self.session, None, {"x": x.numpy()}, 1)[0]
 
 
@@ -381,7 +382,7 @@ def _make_runner(
         # the engines differ in how they share the cores with decoding, so they are timed with it
         try:
             return len(
-                _run_view(runner, list(probe_paths), pre, "clean", "none", 0, 16, True, False, None)[1]
+                _run_views(runner, list(probe_paths), pre, ["clean"], "none", 0, 16, True, False, None)[1]
             )
         except DataError:  # not one readable image among the first few
             return 0
@@ -506,10 +507,10 @@ def extract_features(
     if todo:
         runner = _make_runner(bottom, model_key, pre, backend, cache_dir, paths[:_PROBE_IMAGES])
         t0 = time.perf_counter()
+        xs, k, b = _run_views(runner, paths, pre, todo, augment, seed, batch_size, skip_bad, progress, half)
+        if b:  # every view skips the same images: say so once
+            log.warning("skipped %d unreadable image(s): %s", len(b), ", ".join(b[:10]))
         for view in todo:
-            x, k, b = _run_view(runner, paths, pre, view, augment, seed, batch_size, skip_bad, progress, half)
-            if b and view == todo[0]:  # every view skips the same images: say so once
-                log.warning("skipped %d unreadable image(s): %s", len(b), ", ".join(b[:10]))
             vkey = view if not view.startswith("aug") else f"{view}-{augment}-s{seed}"
             info = {
                 "view": view,
@@ -518,8 +519,8 @@ def extract_features(
                 "n": len(paths),
                 "version": _CACHE_VERSION,
             }
-            _write_view(folder / f"{vkey}.safetensors", x, k, b, info)
-            results[view], kept, bad = x, k, b
+            _write_view(folder / f"{vkey}.safetensors", xs[view], k, b, info)
+            results[view], kept, bad = xs[view], k, b
         seconds = time.perf_counter() - t0
     assert kept is not None
     for view, x in results.items():
@@ -530,81 +531,128 @@ def extract_features(
     return FeatureSet(views={v: results[v] for v in views}, kept=kept, bad=bad, seconds=seconds)
 
 
-def _run_view(
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_views(
     runner: Runner,
     paths: list[str],
     pre: Preprocessing,
-    view: str,
+    views: Sequence[str],
     augment: str,
     seed: int,
     batch_size: int,
     skip_bad: bool,
     progress: bool,
     half: bool | None,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    """Every view of ``paths`` through ``runner``, each image decoded once for all views."""
     from tqdm.auto import tqdm
 
-    transform = _view_transform(pre, view, augment)
-    stochastic = view.startswith("aug")
+    transforms = {view: _view_transform(pre, view, augment) for view in views}
+    # A seeded view draws its random parameters in the main thread, in image order, from a per-image seed, so that
+    # the same view of the same image has the same pixels however the work is scheduled. The pixel work itself runs
+    # on every core when the draws can be taken apart from it (``plan``); otherwise it waits for the main thread.
+    seeded = [v for v in views if v.startswith("aug")]
+    planned = [v for v in seeded if getattr(transforms[v], "plannable", False)]
+    serial = [v for v in seeded if v not in planned]
 
-    def decode(i: int) -> tuple[int, Image.Image | torch.Tensor | None, BadImageError | None]:
+    def draw(i: int) -> dict[str, Any]:
+        plans = {}
+        for view in planned:
+            torch.manual_seed(_seed_for(seed, view, i))
+            plans[view] = transforms[view].plan()  # type: ignore[attr-defined]
+        return plans
+
+    def decode(
+        i: int, plans: dict[str, Any]
+    ) -> tuple[int, dict[str, Image.Image | torch.Tensor] | None, BadImageError | None]:
         try:
             im = load_image(paths[i])  # DICOM, EXIF, size limits, BadImageError
         except BadImageError as exc:
             return i, None, exc
-        # a deterministic view is transformed here too, on every core; seeded views wait for the main thread
-        return i, im if stochastic else transform(im), None
+        out: dict[str, Image.Image | torch.Tensor] = {}
+        for view, transform in transforms.items():
+            if view in plans:
+                out[view] = transform.apply(im, plans[view])  # type: ignore[attr-defined]
+            else:
+                out[view] = im if view in serial else transform(im)
+        return i, out, None
 
-    out: list[np.ndarray] = []
+    out: dict[str, list[np.ndarray]] = {view: [] for view in views}
     kept: list[int] = []
     bad: list[str] = []
     per_image = bool(getattr(runner, "per_image", False))
-    bar = tqdm(total=len(paths), desc=f"features [{view}]", unit="img", disable=not progress, leave=False)
+    label = ", ".join(views) if len(views) <= 3 else f"{len(views)} views"
+    bar = tqdm(total=len(paths), desc=f"features [{label}]", unit="img", disable=not progress, leave=False)
 
-    def collect(pending: list[Callable[[], np.ndarray]], n: int) -> None:
-        if pending:
-            y = np.concatenate([get() for get in pending])
-            out.append(y.astype(np.float16 if (half if half is not None else y.ndim == 4) else np.float32))
+    def collect(pending: dict[str, list[Callable[[], np.ndarray]]], n: int) -> None:
+        for view, got in pending.items():
+            if got:
+                y = np.concatenate([get() for get in got])
+                store = np.float16 if (half if half is not None else y.ndim == 4) else np.float32
+                out[view].append(y.astype(store))
         bar.update(n)
 
-    # Decode a batch on every core, then run the engine on it. An engine that takes one image per call and core
-    # (``per_image``) gets its calls queued in the same pool, behind which the next batch's decoding queues: a core
-    # that finishes its images starts decoding while the other still computes, and nothing waits at a barrier. An
-    # engine that spreads each image over every core runs alone instead, because a decoding thread beside its
-    # threads takes a core from one of them and the others wait for it at every layer. Seeded augmentations are
-    # transformed in the main thread, in order, so they are reproducible.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
-        pending: list[Callable[[], np.ndarray]] = []  # the engine's results for the batch in flight
+    # Decode a batch on every core (each image once, then each view's transform), then run the engine on it. An
+    # engine that takes one image per call and core (``per_image``) gets its calls queued in the same pool, behind
+    # which the next batch's decoding queues: a core that finishes its images starts decoding while the other still
+    # computes, and nothing waits at a barrier. Beside such an engine torch only transforms images, one thread per
+    # core: its own thread pool would contend with the engine's. An engine that spreads each image over every core
+    # runs alone instead, because a decoding thread beside its threads takes a core from one of them and the others
+    # wait for it at every layer.
+    workers = max(1, torch.get_num_threads())
+    with (
+        _torch_threads(1) if per_image else contextlib.nullcontext(),
+        concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool,
+    ):
+        pending: dict[
+            str, list[Callable[[], np.ndarray]]
+        ] = {}  # the engine's results for the batch in flight
         pending_n = 0
         for start in range(0, len(paths), batch_size):
-            idx, tensors = [], []
-            for i, im, exc in pool.map(decode, range(start, min(start + batch_size, len(paths)))):
-                if exc is not None:
+            batch = range(start, min(start + batch_size, len(paths)))
+            tensors: dict[str, list[torch.Tensor]] = {view: [] for view in views}
+            decoded = [pool.submit(decode, i, draw(i)) for i in batch]
+            for future in decoded:
+                i, images, exc = future.result()
+                if images is None:
+                    assert exc is not None
                     if not skip_bad:
                         raise BadImageError(
                             exc.path, exc.reason + "; fix or remove it, or set data.skip_bad=true"
                         ) from None
                     bad.append(exc.path)
                     continue
-                if stochastic:  # reproducible augmentation: same view, same image -> same pixels
+                for view in serial:  # reproducible augmentation: same view, same image -> same pixels
                     torch.manual_seed(_seed_for(seed, view, i))
-                    im = transform(im)
-                tensors.append(im)
-                idx.append(i)
+                    images[view] = transforms[view](images[view])
+                for view in views:
+                    tensors[view].append(images[view])  # type: ignore[arg-type]
+                kept.append(i)
             # the previous batch's engine calls (queued before this batch's decoding)
             collect(pending, pending_n)
-            pending, pending_n = [], min(batch_size, len(paths) - start)
-            if tensors:
+            pending, pending_n = {}, len(batch)
+            for view, batch_tensors in tensors.items():
+                if not batch_tensors:
+                    continue
                 if per_image:
-                    # each image goes to the engine as it is (no stacking copy; torch's own threads stay asleep)
+                    # each image goes to the engine as it is (no stacking copy)
                     run_one = runner.run  # type: ignore[attr-defined]
-                    pending = [pool.submit(run_one, t.numpy()[None]).result for t in tensors]
+                    pending[view] = [pool.submit(run_one, t.numpy()[None]).result for t in batch_tensors]
                 else:
-                    y = runner(torch.stack(tensors))
-                    pending = [lambda y=y: y]
-                kept.extend(idx)
+                    y = runner(torch.stack(batch_tensors))
+                    pending[view] = [lambda y=y: y]
         collect(pending, pending_n)
     bar.close()
     if not kept:
         raise DataError(f"none of the {len(paths)} images could be read (first: {bad[0] if bad else '?'})")
-    return np.concatenate(out), np.asarray(kept, dtype=np.int64), bad
+    return {view: np.concatenate(out[view]) for view in views}, np.asarray(kept, dtype=np.int64), bad

@@ -109,7 +109,7 @@ def run_tune(
     import optuna
 
     from medclf.train.engine import load_data, resolve_split, train
-    from medclf.train.module import monitor_mode
+    from medclf.train.metrics import monitor_mode
 
     if sampler not in SAMPLERS:
         raise ConfigError(f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
