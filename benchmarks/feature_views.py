@@ -58,7 +58,7 @@ def worker(spec: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("data", help="a folder of images (searched recursively for .jpg/.jpeg/.png)")
+    ap.add_argument("data", nargs="?", help="a folder of images (searched recursively for .jpg/.jpeg/.png)")
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--views", type=int, default=4, help="clean + (views - 1) augmented views")
     ap.add_argument("--augment", default="standard")
@@ -72,6 +72,8 @@ def main() -> None:
     if a.worker:
         worker(json.loads(a.worker))
         return
+    if not a.data:
+        ap.error("the image folder (data) is required")
 
     import numpy as np
 
