@@ -291,3 +291,24 @@ def test_extraction_beside_a_per_image_engine_leaves_torch_threads_as_they_were(
         torch.set_num_threads(1)
     # while the engine ran, torch (which only transforms images there) kept to one thread per core
     assert seen and set(seen) == {1}
+
+
+def test_auto_keeps_onnx_runtime_unless_another_engine_is_clearly_faster(
+    trunk, images, tmp_path, monkeypatch
+) -> None:
+    bottom = F.split_backbone(trunk, 0).bottom
+    built: list = []
+    make = F._make_runner
+    monkeypatch.setattr(F, "_make_runner", lambda *a, **k: (built.append(r := make(*a, **k)), r)[1])
+    for measured, chosen in (
+        ({"torch": 20.0, "onnx": 100.0, "openvino": 108.0}, "onnx"),  # within the noise of a short timing
+        ({"torch": 20.0, "onnx": 100.0, "openvino": 125.0}, "openvino"),
+        ({"torch": 130.0, "onnx": 100.0, "openvino": 90.0}, "torch"),
+    ):
+        monkeypatch.setattr(F, "_throughput", lambda runners, probe, m=measured: {n: m[n] for n in runners})
+        kw = {"backend": "auto", "progress": False, "cache_dir": tmp_path / chosen}
+        F.extract_features(bottom, images, PRE, **kw)
+        assert built[-1].name == chosen, measured
+        # the remembered measurements give the same choice in a later run
+        F.extract_features(bottom, images[:3], PRE, **kw)
+        assert built[-1].name == chosen, measured
