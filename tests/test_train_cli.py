@@ -56,6 +56,22 @@ def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
         assert cmd in out
 
 
+def test_help_does_not_load_torch() -> None:
+    # `medclf --help` and a mistyped command answer at once: building the parser imports no heavy library
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from medclf.cli import build_parser\n"
+        "build_parser().format_help()\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'timm', 'lightning', 'onnxruntime') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_models_lists_every_registered_model(capsys: pytest.CaptureFixture[str]) -> None:
     from medclf.models import list_models
 
