@@ -6,8 +6,7 @@ run-level pipeline are imported where they are used.
 
 from __future__ import annotations
 
-from typing import Any
-
+from medclf._lazy import lazy_names
 from medclf.evaluate.calibration import (
     apply_temperature,
     expected_calibration_error,
@@ -34,17 +33,12 @@ __all__ = [
 ]
 
 _LAZY = {
-    "evaluate_predictions": "medclf.evaluate.pipeline",
-    "evaluate_run": "medclf.evaluate.pipeline",
-    "write_report": "medclf.evaluate.report",
-    "compare": "medclf.evaluate.compare",
+    "evaluate_predictions": "pipeline",
+    "evaluate_run": "pipeline",
+    "write_report": "report",
+    "compare": "compare",
 }
 
 
-def __getattr__(name: str) -> Any:
-    # jinja2/matplotlib/torch stay unimported until a report or a run evaluation is asked for
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medclf.evaluate' has no attribute {name!r}")
+# jinja2/matplotlib/torch stay unimported until a report or a run evaluation is asked for
+__getattr__ = lazy_names(__name__, _LAZY, globals())

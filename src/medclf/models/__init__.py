@@ -6,8 +6,9 @@ Names are imported lazily so that ``medclf --help`` (which imports ``medclf.mode
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from medclf._lazy import lazy_names
 
 __all__ = [
     "FusionHead",
@@ -67,9 +68,4 @@ if TYPE_CHECKING:
     from medclf.models.timm_adapter import TimmClassifier
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"medclf.models.{_WHERE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'medclf.models' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _WHERE, globals())

@@ -6,27 +6,19 @@ load lazily so that ``medclf --help`` (which imports ``medclf.serve._cli``) does
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from medclf._lazy import lazy_names
 
 __all__ = ["BACKENDS", "Explanation", "FeatureOOD", "Prediction", "Predictor"]
 
-_WHERE = {
-    "BACKENDS": "predictor",
-    "Explanation": "predictor",
-    "FeatureOOD": "ood",
-    "Prediction": "predictor",
-    "Predictor": "predictor",
-}
+_WHERE = {"FeatureOOD": "ood"} | dict.fromkeys(
+    ("BACKENDS", "Explanation", "Prediction", "Predictor"), "predictor"
+)
 
 if TYPE_CHECKING:
     from medclf.serve.ood import FeatureOOD
     from medclf.serve.predictor import BACKENDS, Explanation, Prediction, Predictor
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"medclf.serve.{_WHERE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'medclf.serve' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _WHERE, globals())

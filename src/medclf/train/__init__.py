@@ -3,8 +3,9 @@ hyper-parameter search. Names load lazily so `medclf --help` stays fast."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from medclf._lazy import lazy_names
 
 __all__ = [
     "STRATEGIES",
@@ -34,9 +35,4 @@ if TYPE_CHECKING:
     from medclf.train.tune import run_tune
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"medclf.train.{_WHERE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'medclf.train' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _WHERE, globals())
