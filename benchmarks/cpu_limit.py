@@ -3,7 +3,7 @@
 The limit is the best fp32 GEMM on the machine: numpy's OpenBLAS 2048³ matmul, run in a child process with
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset (they pin older, slower kernels), next to torch's matmul. Then
 EfficientNet-Lite0 at 224 px through medclf's paths — feature extraction (`medclf.train.features`, decoding
-included, on the engine ``auto`` picks), batch prediction and single-image latency (`medclf.serve.Predictor`,
+included, on each engine, with the one ``auto`` picks named), batch prediction and single-image latency (`medclf.serve.Predictor`,
 on OpenVINO and on ONNX Runtime; the engines alone, ONNX Runtime also one image per call and core, and every
 core on each call in calls of 1, 4 and 16 images) — each as images/s ×
 GFLOP/image ÷ GEMM GFLOP/s; beside them the transform alone and a single image without the out-of-distribution score. Last, OpenVINO in bfloat16
@@ -145,30 +145,34 @@ def main() -> None:
         synth_dataset(data, layout="folders", n=args.images, seed=0, size=224)
         paths = sorted(str(p) for p in data.rglob("*.jpg"))
 
-        # 1. feature extraction (decode + preprocess + frozen trunk): the engine `auto` picks, and PyTorch
+        # 1. feature extraction (decode + preprocess + frozen trunk) on every engine, and which one `auto` picks
+        from medclf._openvino import available
+        from medclf.train.features import _pick
+
         model = create_model("efficientnet_lite0", num_classes=2, pretrained=True).eval()
         pre = resolve_preprocessing(model, input_size=224)
         bottom = split_backbone(model, 0).bottom
-        for backend in ("auto", "torch"):
+        auto_cache = Path(tmp) / "cache-auto"
+        extract_features(bottom, paths[:8], pre, cache_dir=auto_cache, backend="auto", progress=False)
+        (choice,) = (auto_cache / "onnx").glob("*.backend.json")
+        auto_measured = json.loads(choice.read_text())
+        auto_pick = _pick(auto_measured)
+        engine_names = {"onnx": "ONNX Runtime", "openvino": "OpenVINO", "torch": "PyTorch"}
+        for backend in ["onnx", *(["openvino"] if available() else []), "torch"]:
             cache = Path(tmp) / f"cache-{backend}"
             extract_features(
                 bottom, paths[:8], pre, cache_dir=cache, backend=backend, progress=False
-            )  # warm-up (and, for auto, the one-off engine measurement)
+            )  # warm-up
 
             def extract(backend: str = backend, cache: Path = cache) -> None:
                 # features never come back from the cache (its feature folders are deleted first); the exported
-                # graph, the engine choice and the engine built in this process do, as they would for a training
-                # run's second split or view
+                # graph and the engine built in this process do, as they would for a training run's second split
                 for folder in cache.iterdir():
                     if folder.name != "onnx":
                         shutil.rmtree(folder)
                 extract_features(bottom, paths, pre, cache_dir=cache, backend=backend, progress=False)
 
-            label = backend
-            if backend == "auto":
-                (choice,) = (cache / "onnx").glob("*.backend.json")
-                measured = json.loads(choice.read_text())
-                label = f"auto = {max(measured, key=measured.get)}"
+            label = engine_names[backend] + (", `auto`'s pick here" if backend == auto_pick else "")
             jobs[f"feature extraction ({label}), decode included, batch 16"] = timed(extract, len(paths))
 
         # what the decode-included rows pay besides the model: decoding + preprocessing alone, one thread
@@ -290,6 +294,10 @@ def main() -> None:
         "The rows that decode spend that CPU time on work that is not the model's arithmetic, so they sit "
         "below the model-only rows. Of that, the evaluation transform alone on decoded images (resize when "
         f"needed, normalisation): {1e6 / prep_rate:.0f} µs per image ({prep_rate:.0f} images/s, best run).",
+        "- `auto`'s engine timing for feature extraction (the dataset's first 32 images, decoding included, best of "
+        "3 rounds): "
+        + ", ".join(f"{engine_names.get(k, k)} {v:.0f} images/s" for k, v in auto_measured.items())
+        + f"; it picks {engine_names[auto_pick]} (ONNX Runtime unless another engine measures more than 10% faster).",
         "- The single-image rows include the out-of-distribution score that the served graph computes beside the "
         f"logits; ONNX Runtime without it: {1e3 / no_ood:.2f} ms per image ({no_ood * gflop / limit:.0%} of the "
         "limit, best run).",
