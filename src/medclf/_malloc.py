@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import sys
@@ -42,6 +43,7 @@ ENV = "MEDCLF_MALLOC"
 """``system``: leave the C library's allocator as it is; ``retain`` (default): keep freed memory while training."""
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None

@@ -219,6 +219,8 @@ class _AugmentTransform:
         self.normalize = normalize
         self.shape = shape
         """[C, H, W] of every image after ``to_uint8``: the augmentations' parameters depend on it alone."""
+        self.plannable = _plannable(self.augmentations)
+        """Whether ``plan`` can draw for every augmentation (otherwise only ``__call__`` applies them)."""
 
     def __call__(self, im: Image.Image) -> torch.Tensor:
         x = self.to_uint8(im)
@@ -230,11 +232,6 @@ class _AugmentTransform:
         if x.dtype == torch.uint8:
             return self.normalize.normalized(x.numpy())
         return self.normalize.normalize(x)
-
-    @property
-    def plannable(self) -> bool:
-        """Whether ``plan`` can draw for every augmentation (otherwise only ``__call__`` applies them)."""
-        return _plannable(self.augmentations)
 
     def plan(self) -> Plan:
         """Draw one call's random parameters from torch's global generator (cheap: no pixel is touched)."""

@@ -11,8 +11,10 @@ The out-of-distribution detector's fit (``medclf.serve.predictor.image_features`
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -21,7 +23,7 @@ from torch import nn
 from medclf._microbatch import OneImagePerCore
 from medclf._onnx_export import onnx_bytes, onnx_session
 
-__all__ = ["PARITY_LOGITS", "GraphLogits", "ModelRunner"]
+__all__ = ["PARITY_LOGITS", "GraphLogits", "ModelRunner", "decoded_chunks"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,8 @@ class ModelRunner:
         self._try_graph = graph
         self._graph: GraphLogits | None = None
         self._module = (_Features if features else _Logits)(model).eval()
+        param = next(model.parameters(), None)
+        self._device = param.device if param is not None else torch.device("cpu")
 
     def __call__(self, image: torch.Tensor, meta: np.ndarray | None = None) -> np.ndarray:
         """``image`` [B, C, H, W] (preprocessed), ``meta`` [B, M] encoded metadata or None -> [B, ...] float32."""
@@ -120,11 +124,9 @@ class ModelRunner:
                 self._graph = GraphLogits.build(self.model, first, None if meta is None else meta[:2])
         if self._graph is not None:
             return self._graph(image.numpy(), meta)
-        param = next(self.model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        m = torch.from_numpy(meta).to(device) if meta is not None and not self.features else None
+        m = torch.from_numpy(meta).to(self._device) if meta is not None and not self.features else None
         with torch.no_grad():
-            return self._module(image.to(device), m).float().cpu().numpy()
+            return self._module(image.to(self._device), m).float().cpu().numpy()
 
     def close(self) -> None:
         if self._graph is not None:
@@ -135,3 +137,17 @@ class ModelRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+T = TypeVar("T")
+
+
+def decoded_chunks(
+    n: int, decode: Callable[[int], T], batch_size: int
+) -> Iterator[tuple[Sequence[int], list[T]]]:
+    """``(indices, [decode(i) for i in indices])`` for ``batch_size`` indices of ``range(n)`` at a time, each chunk
+    decoded on as many threads as torch has (what feeds a :class:`ModelRunner` one batch after another)."""
+    with concurrent.futures.ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        for start in range(0, n, batch_size):
+            chunk = range(start, min(start + batch_size, n))
+            yield chunk, list(pool.map(decode, chunk))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,7 +12,7 @@ import torch
 from medclf.data.transforms import create_transform
 from medclf.errors import BadImageError
 from medclf.evaluate.thresholds import decide, resolve_positive_classes
-from medclf.models._graph_logits import ModelRunner
+from medclf.models._graph_logits import ModelRunner, decoded_chunks
 from medclf.models.run_io import LoadedRun
 
 __all__ = [
@@ -115,12 +114,10 @@ def predict_records(
         except BadImageError as exc:
             return exc
 
-    workers = max(1, torch.get_num_threads())
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool, ModelRunner(model, graph=graph) as run:
-        for start in range(0, len(paths), batch_size):
+    with ModelRunner(model, graph=graph) as run:
+        for chunk, decoded in decoded_chunks(len(paths), decode, batch_size):
             idx, images = [], []
-            chunk = range(start, min(start + batch_size, len(paths)))
-            for i, got in zip(chunk, pool.map(decode, chunk), strict=True):
+            for i, got in zip(chunk, decoded, strict=True):
                 if isinstance(got, BadImageError):
                     if not skip_bad:
                         raise got

@@ -6,7 +6,6 @@ out-of-distribution detector, so every front end gives the same answer for the s
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import json
 import os
@@ -649,26 +648,21 @@ def image_features(
     an ONNX Runtime graph checked against PyTorch (``medclf.models._graph_logits``), else from PyTorch.
     """
     from medclf.data.images import load_image
-    from medclf.models._graph_logits import ModelRunner
+    from medclf.models._graph_logits import ModelRunner, decoded_chunks
     from medclf.models.inference import GRAPH_MIN_IMAGES
 
     transform = create_transform(pre)
 
-    def decode(path: str) -> torch.Tensor | None:
+    def decode(i: int) -> torch.Tensor | None:
         try:
-            return transform(load_image(path))
+            return transform(load_image(paths[i]))
         except MedclfError:
             return None
 
     feats: list[np.ndarray] = []
-    workers = max(1, torch.get_num_threads())
-    graph = len(paths) >= GRAPH_MIN_IMAGES
-    with (
-        concurrent.futures.ThreadPoolExecutor(workers) as pool,
-        ModelRunner(model, features=True, graph=graph) as run,
-    ):
-        for start in range(0, len(paths), batch_size):
-            batch = [t for t in pool.map(decode, paths[start : start + batch_size]) if t is not None]
+    with ModelRunner(model, features=True, graph=len(paths) >= GRAPH_MIN_IMAGES) as run:
+        for _, decoded in decoded_chunks(len(paths), decode, batch_size):
+            batch = [t for t in decoded if t is not None]
             if batch:
                 feats.append(run(torch.stack(batch)))
     return (
