@@ -331,3 +331,17 @@ def test_resumed_run_reports_the_time_of_every_session():
     assert _train_seconds(t0, rows, resumed=True) >= 150.5
     assert _train_seconds(t0, rows, resumed=False) < 10
     assert _train_seconds(None, rows, resumed=True) is None
+
+
+def test_loaders_pin_memory_only_for_a_cuda_device_with_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medclf.config import TrainConfig
+    from medclf.train import engine
+
+    monkeypatch.setattr(engine, "_cuda_available", lambda: True)
+    assert engine._loader_kwargs(TrainConfig(accelerator="gpu", num_workers=4))["pin_memory"]
+    assert engine._loader_kwargs(TrainConfig(accelerator="auto", num_workers=4))["pin_memory"]
+    assert not engine._loader_kwargs(TrainConfig(accelerator="cpu", num_workers=4))["pin_memory"]
+    assert not engine._loader_kwargs(TrainConfig(accelerator="gpu", num_workers=0))["pin_memory"]
+    monkeypatch.setattr(engine, "_cuda_available", lambda: False)
+    kw = engine._loader_kwargs(TrainConfig(accelerator="auto", num_workers=4, batch_size=7))
+    assert not kw["pin_memory"] and kw["persistent_workers"] and kw["batch_size"] == 7

@@ -22,7 +22,7 @@ import pandas as pd
 
 from medclf._atomic import atomic_path, atomic_write_text
 from medclf._malloc import retain_freed_memory
-from medclf.config import RunConfig, dump_config, load_config
+from medclf.config import RunConfig, TrainConfig, dump_config, load_config
 from medclf.errors import ConfigError, DataError, MedclfError
 
 __all__ = ["STRATEGIES", "finalize_run", "load_data", "resolve_split", "train"]
@@ -172,6 +172,28 @@ def train(
         )
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _loader_kwargs(t: TrainConfig) -> dict[str, Any]:
+    """DataLoader options shared by the training and validation loaders of the Lightning strategies."""
+    from medclf.train.batches import collate_skip_bad
+
+    workers = t.num_workers > 0
+    return {
+        "batch_size": t.batch_size,
+        "num_workers": t.num_workers,
+        "collate_fn": collate_skip_bad,
+        "persistent_workers": workers,
+        # page-locked batches let the copy to a CUDA device run asynchronously (the H200 runs of
+        # docs/benchmarks-gpu.md had them); a CPU run gains nothing from them
+        "pin_memory": workers and t.accelerator in ("auto", "gpu", "cuda") and _cuda_available(),
+    }
+
+
 def _check_fresh(run_dir: Path) -> None:
     if (run_dir / "run.json").exists() or (run_dir / CHECKPOINTS / LAST_CKPT).exists():
         raise ConfigError(
@@ -286,7 +308,7 @@ def _train_lightning(
 
     from medclf.data.transforms import create_transform
     from medclf.models import MetadataEncoder, create_model, resolve_preprocessing
-    from medclf.train.batches import EpochSampler, RecordsDataset, collate_skip_bad
+    from medclf.train.batches import EpochSampler, RecordsDataset
     from medclf.train.callbacks import BestWeights, History, PhaseEarlyStopping
     from medclf.train.losses import class_weights
     from medclf.train.module import ClassifierModule, monitor_mode, seed_all
@@ -332,12 +354,7 @@ def _train_lightning(
         enc.transform(val_df) if enc else None,
         skip_bad=cfg.data.skip_bad,
     )
-    loader_kw: dict[str, Any] = {
-        "batch_size": t.batch_size,
-        "num_workers": t.num_workers,
-        "collate_fn": collate_skip_bad,
-        "persistent_workers": t.num_workers > 0,
-    }
+    loader_kw = _loader_kwargs(t)
     train_loader = DataLoader(
         train_ds,
         sampler=EpochSampler(train_ds.labels, seed=t.seed, balanced=t.balanced_sampler),
