@@ -247,3 +247,55 @@ def test_load_image_bytes_roundtrip() -> None:
     im = load_image_bytes(image_bytes(7, fmt="PNG"))
     assert im.size == (24, 20)
     assert isinstance(io.BytesIO(), io.BytesIO)
+
+
+def _photo(w: int, h: int, seed: int = 0) -> Image.Image:
+    """A photo-like image: smooth colour gradients and sensor-like noise."""
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([128 + 60 * np.sin(x / 97 + c) + 40 * np.cos(y / 53 - c) for c in range(3)], -1)
+    rgb += np.random.default_rng(seed).normal(0, 8, rgb.shape)
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+
+
+def test_min_side_decodes_large_jpegs_at_a_reduced_scale(tmp_path: Path) -> None:
+    big = tmp_path / "big.jpg"
+    _photo(2000, 1500).save(big, quality=90)
+    assert load_image(big).size == (2000, 1500)
+    assert load_image(big, min_side=448).size == (1000, 750)  # 1/2: 1/4 would leave 375 < 448
+    assert load_image(big, min_side=224).size == (500, 375)
+    assert load_image(big, min_side=1000).size == (2000, 1500)  # under twice min_side: every pixel
+    assert load_image_bytes(big.read_bytes(), "big.jpg", min_side=448).size == (1000, 750)
+    small = tmp_path / "small.jpg"
+    _photo(400, 300).save(small, quality=90)
+    assert np.array_equal(np.asarray(load_image(small, min_side=160)), np.asarray(load_image(small)))
+    png = tmp_path / "big.png"
+    _photo(1000, 800).save(png)
+    assert load_image(png, min_side=200).size == (1000, 800)  # only JPEG has DCT scaling
+    grey = tmp_path / "grey.jpg"
+    _photo(1600, 1200).convert("L").save(grey, quality=90)
+    im = load_image(grey, min_side=200)
+    assert (im.mode, im.size) == ("L", (400, 300))
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    _photo(2000, 1500).save(rotated, quality=90, exif=exif)
+    assert load_image(rotated, min_side=448).size == (750, 1000)
+    mpo = tmp_path / "phone.mpo"  # what many phone cameras write: JPEG frames in one file
+    frame = _photo(2000, 1500)
+    frame.save(mpo, format="MPO", save_all=True, append_images=[frame])
+    assert load_image(mpo, min_side=448).size == (1000, 750)
+
+
+@pytest.mark.parametrize("size", [(2048, 1536), (4032, 3024)])
+def test_reduced_decode_moves_the_models_input_by_a_grey_level_at_most(tmp_path: Path, size) -> None:
+    from medclf.data.transforms import Preprocessing, create_transform
+
+    pre = Preprocessing(input_size=224)
+    tf = create_transform(pre)
+    path = tmp_path / "photo.jpg"
+    _photo(*size).save(path, quality=90)
+    reduced = load_image(path, min_side=pre.decode_side())
+    assert reduced.size[0] < size[0]
+    full = tf(load_image(path)).numpy()
+    levels = np.abs(tf(reduced).numpy() - full) * 255 * np.asarray(pre.std, np.float32)[:, None, None]
+    assert levels.max() <= 2.0 and levels.mean() < 0.5, (levels.max(), levels.mean())

@@ -118,3 +118,14 @@ def test_augmentations_that_cannot_be_planned_say_so() -> None:
     with pytest.raises(TypeError, match="cannot be planned"):
         crop.plan()
     assert crop(Image.new("RGB", (20, 20))).shape == (3, 16, 16)
+
+
+def test_jpeg_draft_is_on_for_new_preprocessing_and_off_for_runs_saved_before_it() -> None:
+    from medclf.data.transforms import Preprocessing
+
+    pre = Preprocessing(input_size=224)
+    assert pre.jpeg_draft and pre.decode_side() == 448
+    saved = pre.to_dict()
+    assert saved["jpeg_draft"] is True and Preprocessing.from_dict(saved) == pre
+    old = Preprocessing.from_dict({k: v for k, v in saved.items() if k != "jpeg_draft"})
+    assert not old.jpeg_draft and old.decode_side() is None

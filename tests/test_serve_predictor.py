@@ -340,3 +340,30 @@ def test_multiclass_decision_follows_the_positive_group(group_run: Path) -> None
     want = np.where(pm + pb >= 0.3, np.where(pm >= pb, "mel", "bcc"), "nv")
     m = run_metrics(group_run, p.classes, p.positive_classes, p.threshold)
     assert m["val"]["accuracy"] == pytest.approx((want == val["label"].to_numpy()).mean())
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale_unless_the_run_predates_it(
+    tiny_run: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    import json
+    import shutil
+
+    big = tmp_path / "big.jpg"
+    synthetic_image(0, np.random.default_rng(3), size=640).save(big, quality=92)
+    new = Predictor.from_run(tiny_run, backend="torch")
+    side = new.serving.preprocessing.decode_side()
+    assert side and 2 * side <= 640
+    im = new.load(big)
+    assert side <= min(im.size) < 640
+    assert new.load(big.read_bytes(), "upload").size == im.size
+
+    old_dir = shutil.copytree(tiny_run, tmp_path / "old_run")
+    info = json.loads((old_dir / "run.json").read_text())
+    del info["preprocessing"]["jpeg_draft"]  # as written before the option existed
+    (old_dir / "run.json").write_text(json.dumps(info))
+    old = Predictor.from_run(old_dir, backend="torch")
+    assert old.serving.preprocessing.decode_side() is None
+    assert old.load(big).size == (640, 640)
+    p_new, p_old = new.predict(big)[0].probabilities, old.predict(big)[0].probabilities
+    assert max(abs(p_new[c] - p_old[c]) for c in p_new) < 0.02

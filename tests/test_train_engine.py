@@ -46,6 +46,7 @@ def test_scratch_run_folder_describes_itself(data: Path, tmp_path: Path) -> None
     assert 0 <= info["threshold"] <= 1 and info["temperature"] > 0
     assert len(info["data_fingerprint"]) == 64 and info["versions"]["torch"]
     assert info["train_seconds"] > 0 and info["epochs_run"] == 4
+    assert info["preprocessing"]["jpeg_draft"] is True  # large JPEGs decoded at a reduced scale by default
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == [0, 1, 2, 3]
     # a learnable task is learnt
@@ -345,3 +346,11 @@ def test_loaders_pin_memory_only_for_a_cuda_device_with_workers(monkeypatch: pyt
     monkeypatch.setattr(engine, "_cuda_available", lambda: False)
     kw = engine._loader_kwargs(TrainConfig(accelerator="auto", num_workers=4, batch_size=7))
     assert not kw["pin_memory"] and kw["persistent_workers"] and kw["batch_size"] == 7
+
+
+def test_jpeg_draft_off_is_saved_with_the_run(data: Path, tmp_path: Path) -> None:
+    from medclf.models import load_run
+
+    run = train(tiny_cfg(data, "train.epochs=1", "model.jpeg_draft=false"), tmp_path / "run", progress=False)
+    assert json.loads((run / "run.json").read_text())["preprocessing"]["jpeg_draft"] is False
+    assert load_run(run).preprocessing.decode_side() is None

@@ -254,14 +254,18 @@ def test_views_together_decode_once_and_equal_views_one_at_a_time(
         for v in views
     }
     decoded: list[str] = []
+    sides: set[int | None] = set()
     load = F.load_image
-    monkeypatch.setattr(F, "load_image", lambda p: (decoded.append(p), load(p))[1])
+    monkeypatch.setattr(
+        F, "load_image", lambda p, **kw: (decoded.append(p), sides.add(kw.get("min_side")), load(p, **kw))[2]
+    )
     torch.set_num_threads(2)
     try:
         together = F.extract_features(bottom, paths, PRE, views=views, cache_dir=tmp_path / "together", **kw)
     finally:
         torch.set_num_threads(1)
     assert sorted(decoded) == sorted(paths)  # once each, bad image included
+    assert sides == {PRE.decode_side()}  # large JPEGs at the reduced scale that serving will use
     assert together.bad == [str(bad)] and together.kept.tolist() == [0, 1, 3, 4, 5, 6]
     for v in views:
         np.testing.assert_array_equal(together.views[v], alone[v])

@@ -114,22 +114,33 @@ def check_image_header(path: str | os.PathLike[str], *, max_pixels: int = MAX_PI
     return w, h
 
 
-def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(
+    path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS, min_side: int | None = None
+) -> Image.Image:
     """Decode `path` (JPEG, PNG 8/16-bit, BMP, TIFF, GIF, WebP, DICOM) into an RGB or L image.
 
     EXIF orientation is applied; animated images give their first frame; 16-bit and float grayscale are
     stretched to 8 bits; CMYK, palette and alpha images become RGB. Raises `BadImageError` for anything unusable.
+
+    ``min_side``: a JPEG at least twice that size on both sides is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
+    DCT scaling, Pillow's ``draft``), the smallest that keeps both sides at ``min_side`` or more. That skips most
+    of the decoding of a large photo; ``Preprocessing.decode_side`` says what a model's input can take. None
+    (the default) decodes every pixel.
     """
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise _read_error(path, exc) from None
-    return load_image_bytes(data, path, max_pixels=max_pixels)
+    return load_image_bytes(data, path, max_pixels=max_pixels, min_side=min_side)
 
 
 def load_image_bytes(
-    data: bytes, path: str | os.PathLike[str] = "<bytes>", *, max_pixels: int = MAX_PIXELS
+    data: bytes,
+    path: str | os.PathLike[str] = "<bytes>",
+    *,
+    max_pixels: int = MAX_PIXELS,
+    min_side: int | None = None,
 ) -> Image.Image:
     """`load_image` for bytes already in memory (an upload, or a file read once for hashing too)."""
     if len(data) == 0:
@@ -138,17 +149,21 @@ def load_image_bytes(
         from medclf.data._dicom import decode_dicom
 
         return decode_dicom(data, path, max_pixels=max_pixels)
-    return _decode_pillow(data, path, max_pixels)
+    return _decode_pillow(data, path, max_pixels, min_side)
 
 
-def _decode_pillow(data: bytes, path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
+def _decode_pillow(
+    data: bytes, path: str | os.PathLike[str], max_pixels: int, min_side: int | None = None
+) -> Image.Image:
     # Pillow warns about corrupt EXIF, palette transparency etc.: the caller gets an image or a BadImageError
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _decode_pillow_quiet(data, path, max_pixels)
+        return _decode_pillow_quiet(data, path, max_pixels, min_side)
 
 
-def _decode_pillow_quiet(data: bytes, path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
+def _decode_pillow_quiet(
+    data: bytes, path: str | os.PathLike[str], max_pixels: int, min_side: int | None
+) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # we check the pixel count ourselves, below, against our own documented limit
@@ -171,6 +186,9 @@ def _decode_pillow_quiet(data: bytes, path: str | os.PathLike[str], max_pixels: 
             raise BadImageError(path, _too_big_reason((w, h), max_pixels))
         if getattr(im, "is_animated", False):
             im.seek(0)
+        if min_side and im.format in ("JPEG", "MPO") and min(w, h) >= 2 * min_side:
+            # mode None keeps the image's own mode: libjpeg's greyscale conversion differs from Pillow's
+            im.draft(None, (min_side, min_side))
         im.load()
     except BadImageError:
         raise

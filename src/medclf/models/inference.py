@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,11 +27,13 @@ __all__ = [
 ]
 
 
-def open_image(path: str) -> Any:
-    """Decode one image with the data layer's loader (DICOM, 16-bit, EXIF ...), raising BadImageError."""
+def open_image(path: str, min_side: int | None = None) -> Any:
+    """Decode one image with the data layer's loader (DICOM, 16-bit, EXIF ...), raising BadImageError.
+
+    ``min_side``: see ``medclf.data.load_image`` (a run's ``preprocessing.decode_side()``)."""
     from medclf.data import load_image
 
-    return load_image(path)
+    return load_image(path, min_side=min_side)
 
 
 def prob_columns(classes: list[str]) -> list[str]:
@@ -95,7 +98,7 @@ def predict_records(
         raise ValueError(f"engine must be 'auto' or 'torch', not {engine!r}")
     model = loaded_run.model
     model.eval()
-    loader = loader or open_image
+    loader = loader or functools.partial(open_image, min_side=loaded_run.preprocessing.decode_side())
     rows = records.reset_index(drop=True)
     enc = loaded_run.meta_encoder
     if getattr(model, "meta_only", False):

@@ -10,7 +10,10 @@ __all__ = ["resolve_preprocessing"]
 
 
 def resolve_preprocessing(
-    model_or_name: nn.Module | str, input_size: int | None = None, in_chans: int | None = None
+    model_or_name: nn.Module | str,
+    input_size: int | None = None,
+    in_chans: int | None = None,
+    jpeg_draft: bool = True,
 ) -> Preprocessing:
     """The model's ``default_cfg`` (input size, channels, mean, std) with optional overrides."""
     if isinstance(model_or_name, str):
@@ -25,4 +28,5 @@ def resolve_preprocessing(
         in_chans=chans,
         mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        jpeg_draft=jpeg_draft,
     )

@@ -199,7 +199,6 @@ def _parity_inputs(
     predictor: Any, max_images: int = 16
 ) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
     """Real validation/test images of the run when they are on this machine, else random tensors."""
-    from medclf.data.images import load_image
     from medclf.serve.predictor import _split_paths
 
     splits = _split_paths(predictor.run_dir) if predictor.run_dir else {}
@@ -211,7 +210,7 @@ def _parity_inputs(
             if len(xs) >= max_images:
                 break
             try:
-                xs.append(predictor.preprocess(load_image(p)))
+                xs.append(predictor.preprocess(predictor.load(p)))
                 labels.append(label)
             except MedclfError:
                 continue

@@ -249,6 +249,7 @@ class Predictor:
         self.max_pixels = int(max_pixels or MAX_PIXELS)
         self.batch_size = batch_size
         self._transform = create_transform(serving.preprocessing)
+        self._min_side = serving.preprocessing.decode_side()
         self._encoder = None
         if serving.metadata_encoder:
             from medclf.models.metadata import MetadataEncoder
@@ -408,9 +409,9 @@ class Predictor:
         if isinstance(image, Image.Image):
             return image
         if isinstance(image, bytes | bytearray | memoryview):
-            return load_image_bytes(bytes(image), name, max_pixels=limit)
+            return load_image_bytes(bytes(image), name, max_pixels=limit, min_side=self._min_side)
         if isinstance(image, str | os.PathLike):
-            return load_image(image, max_pixels=limit)
+            return load_image(image, max_pixels=limit, min_side=self._min_side)
         raise BadImageError(
             name, f"cannot predict on a {type(image).__name__}; pass a path, bytes or a PIL image"
         )
@@ -652,10 +653,11 @@ def image_features(
     from medclf.models.inference import GRAPH_MIN_IMAGES
 
     transform = create_transform(pre)
+    min_side = pre.decode_side()
 
     def decode(i: int) -> torch.Tensor | None:
         try:
-            return transform(load_image(paths[i]))
+            return transform(load_image(paths[i], min_side=min_side))
         except MedclfError:
             return None
 

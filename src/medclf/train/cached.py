@@ -383,7 +383,7 @@ def train_cached(
         meta_only=cfg.model.metadata_only,
         **kwargs,
     )
-    pre = resolve_preprocessing(model, cfg.model.input_size, cfg.model.in_chans)
+    pre = resolve_preprocessing(model, cfg.model.input_size, cfg.model.in_chans, cfg.model.jpeg_draft)
     positive = (
         classes.index(cfg.eval.positive_class)
         if cfg.eval.positive_class in classes

@@ -8,6 +8,7 @@ prediction tables, run.json.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
@@ -259,7 +260,9 @@ def _train_cached(
         cfg,
         run_dir,
         model=model.cpu().eval(),
-        preprocessing=resolve_preprocessing(model, cfg.model.input_size, cfg.model.in_chans),
+        preprocessing=resolve_preprocessing(
+            model, cfg.model.input_size, cfg.model.in_chans, cfg.model.jpeg_draft
+        ),
         classes=list(dataset.classes),
         meta_encoder=getattr(model, "medclf_meta_encoder", None),
         val_df=val_df,
@@ -306,6 +309,7 @@ def _train_lightning(
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader
 
+    from medclf.data.images import load_image
     from medclf.data.transforms import create_transform
     from medclf.models import MetadataEncoder, create_model, resolve_preprocessing
     from medclf.train.batches import EpochSampler, RecordsDataset
@@ -338,14 +342,16 @@ def _train_lightning(
         meta_only=m.metadata_only,
         **kwargs,
     )
-    pre = resolve_preprocessing(model, m.input_size, m.in_chans)
+    pre = resolve_preprocessing(model, m.input_size, m.in_chans, m.jpeg_draft)
     meta_only = bool(getattr(model, "meta_only", False))
+    loader = functools.partial(load_image, min_side=pre.decode_side())
     train_ds = RecordsDataset(
         train_df,
         classes,
         None if meta_only else create_transform(pre, t.augment),
         enc.transform(train_df) if enc else None,
         skip_bad=cfg.data.skip_bad,
+        loader=loader,
     )
     val_ds = RecordsDataset(
         val_df,
@@ -353,6 +359,7 @@ def _train_lightning(
         None if meta_only else create_transform(pre, "none"),
         enc.transform(val_df) if enc else None,
         skip_bad=cfg.data.skip_bad,
+        loader=loader,
     )
     loader_kw = _loader_kwargs(t)
     train_loader = DataLoader(

@@ -576,6 +576,7 @@ def _run_views(
     from tqdm.auto import tqdm
 
     transforms = {view: _view_transform(pre, view, augment) for view in views}
+    min_side = pre.decode_side()
     # A seeded view draws its random parameters in the main thread, in image order, from a per-image seed, so that
     # the same view of the same image has the same pixels however the work is scheduled. The pixel work itself runs
     # on every core when the draws can be taken apart from it (``plan``); otherwise it waits for the main thread.
@@ -594,7 +595,7 @@ def _run_views(
         i: int, plans: dict[str, Any]
     ) -> tuple[int, dict[str, Image.Image | torch.Tensor] | None, BadImageError | None]:
         try:
-            im = load_image(paths[i])  # DICOM, EXIF, size limits, BadImageError
+            im = load_image(paths[i], min_side=min_side)  # DICOM, EXIF, size limits, BadImageError
         except BadImageError as exc:
             return i, None, exc
         out: dict[str, Image.Image | torch.Tensor] = {}
