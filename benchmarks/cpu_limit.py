@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -328,7 +329,11 @@ def main() -> None:
         ],
         "",
     ]
-    Path(args.out).write_text("\n".join(lines))
+    out = Path(args.out)
+    # sections that other scripts keep in this page (benchmarks/ort_ops.py) survive its regeneration
+    previous = out.read_text() if out.is_file() else ""
+    kept = [m.group(0) for m in re.finditer(r"<!-- (\S+):start -->.*?<!-- \1:end -->", previous, re.S)]
+    out.write_text("\n".join([*lines, *kept, ""] if kept else lines))
     print("\n".join(lines))
 
 
