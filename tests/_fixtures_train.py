@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import types
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +48,13 @@ def tiny_cfg(root: Path, *overrides: str) -> RunConfig:
         "eval.threshold=youden",
     ]
     return load_config(None, [*base, *overrides])
+
+
+def load_benchmark(name: str) -> types.ModuleType:
+    """``benchmarks/NAME.py`` imported as a module (the benchmarks folder is not a package)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", script)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

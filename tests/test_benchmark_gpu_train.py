@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from _fixtures_train import make_folder_data, tiny_cfg
+from _fixtures_train import load_benchmark, make_folder_data, tiny_cfg
 from medclf.config import dump_config
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_train.py"
 
 
 @pytest.mark.slow
 def test_gpu_benchmark_trains_evaluates_and_writes_its_table(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_gpu_train", SCRIPT)
-    assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("gpu_train")
 
     data = make_folder_data(tmp_path / "d", n_per_class=12)
     recipe = tmp_path / "recipe.yaml"
@@ -55,10 +49,7 @@ def test_gpu_benchmark_trains_evaluates_and_writes_its_table(tmp_path: Path) -> 
 
 
 def test_gpu_benchmark_reports_a_failed_training_as_a_row(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_gpu_train2", SCRIPT)
-    assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("gpu_train")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("train: {strategy: cached}\n")
     out = tmp_path / "out"

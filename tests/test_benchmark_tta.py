@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-from _fixtures_train import make_folder_data, tiny_cfg
+from _fixtures_train import load_benchmark, make_folder_data, tiny_cfg
 from medclf.train import train
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "tta.py"
 
 
 def test_tta_benchmark_matches_the_runs_own_predictions(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_tta", SCRIPT)
-    assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("tta")
 
     data = make_folder_data(tmp_path / "d", n_per_class=12)
     run_dir = train(
