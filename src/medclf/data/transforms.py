@@ -51,7 +51,7 @@ class Preprocessing:
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         keys = {"input_size", "in_chans", "mean", "std", "resize", "jpeg_draft"}
         kw = {k: (tuple(v) if k in ("mean", "std") else v) for k, v in d.items() if k in keys}
-        # a run saved before `jpeg_draft` existed was trained on fully decoded images: keep decoding them so
+        # a run saved before `jpeg_draft` existed was trained on fully decoded images: it keeps decoding every pixel
         kw.setdefault("jpeg_draft", False)
         return cls(**kw)
 
