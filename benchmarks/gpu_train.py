@@ -7,8 +7,9 @@ Each variant is the real CLI in a subprocess: ``medclf train CONFIG --set train.
 --set train.accelerator=gpu ...`` (the recipe's own keys otherwise), then ``medclf evaluate RUN --no-gradcam``
 on the run's own grouped test split. While training runs, ``nvidia-smi`` is read twice a second for the GPU's
 memory in use and its utilisation. Results: one JSON line per variant in ``OUT/results.jsonl`` and a table in
-the section ``--section`` of docs/benchmarks-gpu.md (``--doc``). ``--accelerator cpu`` runs the same steps on a
-machine without a GPU (that is how the script is tested). Research use only: no output is a diagnosis.
+the section ``--section`` of docs/benchmarks-gpu.md (``--doc``). Each variant's run folder, ``OUT/VARIANT``,
+is replaced. ``--accelerator cpu`` runs the same steps on a machine without a GPU (that is how the script is
+tested). Research use only: no output is a diagnosis.
 """
 
 from __future__ import annotations
