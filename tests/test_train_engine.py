@@ -354,3 +354,12 @@ def test_jpeg_draft_off_is_saved_with_the_run(data: Path, tmp_path: Path) -> Non
     run = train(tiny_cfg(data, "train.epochs=1", "model.jpeg_draft=false"), tmp_path / "run", progress=False)
     assert json.loads((run / "run.json").read_text())["preprocessing"]["jpeg_draft"] is False
     assert load_run(run).preprocessing.decode_side() is None
+
+
+def test_a_gpu_without_loader_workers_is_warned_about() -> None:
+    from medclf.train.engine import _starved_gpu_message
+
+    message = _starved_gpu_message("CUDAAccelerator", 0)
+    assert message and "train.num_workers" in message and "docs/scaling.md" in message
+    assert _starved_gpu_message("CUDAAccelerator", 8) is None
+    assert _starved_gpu_message("CPUAccelerator", 0) is None

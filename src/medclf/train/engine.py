@@ -195,6 +195,17 @@ def _loader_kwargs(t: TrainConfig) -> dict[str, Any]:
     }
 
 
+def _starved_gpu_message(accelerator: str, num_workers: int) -> str | None:
+    """What to say when a GPU trains on batches that the training process decodes alone (Lightning's own warning
+    about few workers is silenced, since 0 is the right choice on a small CPU)."""
+    if accelerator != "CUDAAccelerator" or num_workers > 0:
+        return None
+    return (
+        "train.num_workers=0 on a GPU: every image is decoded and augmented in the training process while the GPU "
+        "waits; set train.num_workers to about the CPU cores per GPU (docs/scaling.md)"
+    )
+
+
 def _check_fresh(run_dir: Path) -> None:
     if (run_dir / "run.json").exists() or (run_dir / CHECKPOINTS / LAST_CKPT).exists():
         raise ConfigError(
@@ -419,6 +430,9 @@ def _train_lightning(
             f"train.precision={t.precision!r}: Lightning refused them ({exc}); without a GPU use "
             "--set train.accelerator=cpu (see docs/scaling.md)"
         ) from None
+    starved = _starved_gpu_message(type(trainer.accelerator).__name__, t.num_workers)
+    if starved and trainer.is_global_zero:
+        logging.getLogger(__name__).warning(starved)
     ckpt_path = ckpt_dir / LAST_CKPT if resume else None
     with warnings.catch_warnings():
         for message in _QUIET:
