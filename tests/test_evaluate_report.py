@@ -88,3 +88,12 @@ def test_plot_functions_return_pngs(tmp_path: Path) -> None:
         )
         is not None
     )
+
+
+def test_gallery_decodes_a_large_jpeg_at_a_reduced_scale(tmp_path: Path) -> None:
+    from medclf.evaluate.report import THUMBNAIL, _open_image
+
+    path = tmp_path / "large.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8)).save(path)
+    im = _open_image(str(path))
+    assert im is not None and im.size == (1000, 750) and min(im.size) >= 2 * THUMBNAIL

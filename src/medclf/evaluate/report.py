@@ -93,7 +93,10 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _thumbnail(image: Image.Image, size: int = 224) -> str:
+THUMBNAIL = 224
+
+
+def _thumbnail(image: Image.Image, size: int = THUMBNAIL) -> str:
     im = image.convert("RGB")
     im.thumbnail((size, size))
     buf = io.BytesIO()
@@ -103,11 +106,12 @@ def _thumbnail(image: Image.Image, size: int = 224) -> str:
 
 def _open_image(path: str) -> Image.Image | None:
     # the data layer's decoder first (DICOM, 16-bit); plain Pillow as a fallback; a missing or unreadable
-    # image must not stop the report (its gallery card says "image unavailable")
+    # image must not stop the report (its gallery card says "image unavailable"); a large JPEG is decoded at a
+    # reduced scale that still leaves twice the thumbnail's pixels
     try:
         from medclf.data.images import load_image
 
-        return load_image(path)
+        return load_image(path, min_side=2 * THUMBNAIL)
     except Exception:
         pass
     try:
