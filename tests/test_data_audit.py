@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from _fixtures_data import class_tree, ham_tree, msld_tree
@@ -92,3 +93,30 @@ def test_premade_fold_copies_are_not_duplicates(tmp_path: Path) -> None:
 def test_clean_folder_has_no_findings(tmp_path: Path) -> None:
     r = audit_dataset(class_tree(tmp_path, {"a": 3, "b": 3}))
     assert r["exact_duplicates"] == [] and r["bad_files"] == [] and r["near_duplicates"] == []
+
+
+def test_audit_reports_the_full_size_of_a_large_jpeg_it_decodes_at_a_reduced_scale(tmp_path: Path) -> None:
+    from medclf.data.audit import _examine
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:1500, 0:2000] / 1000
+    rgb = np.full((1500, 2000, 3), 128.0) + rng.normal(0, 6, (1500, 2000, 3))
+    for _ in range(40):  # blobs of many sizes: a broad spectrum, as in a photo
+        cx, cy, s = rng.uniform(0, 2), rng.uniform(0, 1.5), rng.uniform(0.02, 0.4)
+        rgb += rng.uniform(-80, 80, 3) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s))[..., None]
+    big = tmp_path / "big.jpg"
+    Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(big, quality=90)
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown portrait
+    Image.open(big).save(turned, quality=90, exif=exif)
+    assert _examine(str(big)).size == (2000, 1500)
+    assert _examine(str(turned)).size == (1500, 2000)
+    # the perceptual hash of the reduced decode matches that of the full decode within a few bits
+    import imagehash
+
+    from medclf.data.images import load_image
+
+    full = np.packbits(imagehash.phash(load_image(big), hash_size=16).hash.flatten()).view(">u8")
+    reduced = _examine(str(big)).phash
+    assert int(np.bitwise_count(full.astype(np.uint64) ^ reduced).sum()) <= 8

@@ -31,6 +31,9 @@ NEAR_DUPLICATE_THRESHOLD = 20
 sets here distinct chest X-rays are >= 38 apart and resized/re-encoded copies <= 20."""
 
 _HASH_SIZE = 16  # 16x16 = 256-bit pHash: 64 bits put distinct chest X-rays only ~4 bits apart
+# imagehash's pHash looks at a 64x64 copy (hash size x 4); a large JPEG is decoded at a reduced scale that keeps
+# at least four times that
+_DECODE_SIDE = 4 * 4 * _HASH_SIZE
 _SHOW_BAD = 20  # bad files named in the printed summary; audit.json lists them all
 
 
@@ -62,11 +65,14 @@ def _examine(path: str) -> _ImageFacts:
     info = describe_image_bytes(data)
     facts.format, facts.mode = info["format"], info["mode"]  # type: ignore[assignment]
     try:
-        im = load_image_bytes(data, path)
+        im = load_image_bytes(data, path, min_side=_DECODE_SIDE)
     except BadImageError as exc:
         facts.error = exc.reason
         return facts
-    facts.size = im.size
+    stored = info["size"]
+    reduced = stored is not None and im.size not in (stored, stored[::-1])  # type: ignore[index]
+    # a reduced decode: the size that decoding every pixel gives, from the header and its EXIF orientation
+    facts.size = info["shown_size"] if reduced else im.size  # type: ignore[assignment]
     if facts.mode is None:
         facts.mode = im.mode
     bits = imagehash.phash(im, hash_size=_HASH_SIZE).hash.flatten()

@@ -50,16 +50,27 @@ def _formats() -> list[str]:
 
 
 def describe_image_bytes(data: bytes) -> dict[str, object]:
-    """Format, mode and size of an encoded image as stored (before `load_image` converts it); cheap."""
+    """Format, mode and size of an encoded image as stored (before `load_image` converts it), and the size
+    `load_image` gives it when it decodes every pixel (``shown_size``: EXIF orientation applied); cheap."""
     if is_dicom_bytes(data):
-        return {"format": "DICOM", "mode": None, "size": None}
+        return {"format": "DICOM", "mode": None, "size": None, "shown_size": None}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             im = Image.open(io.BytesIO(data), formats=_formats())
-            return {"format": im.format, "mode": im.mode, "size": im.size}
+            w, h = im.size
+            try:
+                turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap width and height
+            except Exception:  # a broken EXIF block: load_image keeps such an image unrotated
+                turned = False
+            return {
+                "format": im.format,
+                "mode": im.mode,
+                "size": (w, h),
+                "shown_size": (h, w) if turned else (w, h),
+            }
     except Exception:
-        return {"format": None, "mode": None, "size": None}
+        return {"format": None, "mode": None, "size": None, "shown_size": None}
 
 
 def is_dicom_bytes(data: bytes) -> bool:
