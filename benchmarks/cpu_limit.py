@@ -46,8 +46,11 @@ print(json.dumps({"gflops": 2 * n**3 / best / 1e9, "blas": info}))
 """
 
 
-def numpy_gemm() -> dict:
+def numpy_gemm(threads: int | None = None) -> dict:
+    """numpy's OpenBLAS 2048³ fp32 GEMM in a fresh process (on ``threads`` threads; default: all)."""
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    if threads:
+        env["OPENBLAS_NUM_THREADS"] = str(threads)
     out = subprocess.run(
         [sys.executable, "-c", GEMM_CHILD], env=env, capture_output=True, text=True, check=True
     )

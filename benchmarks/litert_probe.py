@@ -29,16 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-cpu.md"
 
 
-def best_ms(run, rounds: int, n: int) -> float:
+def ms_per_call(run, n: int) -> float:
+    """Mean milliseconds of ``n`` calls of ``run`` after 20 warm-up calls."""
     for _ in range(20):
         run()
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            run()
-        best = min(best, (time.perf_counter() - t0) / n * 1e3)
-    return best
+    t0 = time.perf_counter()
+    for _ in range(n):
+        run()
+    return (time.perf_counter() - t0) / n * 1e3
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     times = dict.fromkeys(engines, float("inf"))
     for _ in range(a.rounds):  # interleaved: the engines share the VM's slow and fast moments
         for name, (run, _version) in engines.items():
-            times[name] = min(times[name], best_ms(run, 1, a.images))
+            times[name] = min(times[name], ms_per_call(run, a.images))
     base = times["ONNX Runtime"]
     rows = [
         "## LiteRT (XNNPACK) and torch.compile against ONNX Runtime: EfficientNet-Lite0's trunk, one core",

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,19 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-cpu.md"
 
 
-def one_core_gemm() -> float:
-    from cpu_limit import GEMM_CHILD
-
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    env["OPENBLAS_NUM_THREADS"] = "1"
-    out = subprocess.run(
-        [sys.executable, "-c", GEMM_CHILD], env=env, capture_output=True, text=True, check=True
-    )
-    return float(json.loads(out.stdout)["gflops"])
-
-
-def conv_kind(groups: int, in_channels: int, kernel: tuple[int, ...]) -> str:
-    if groups > 1 and groups == in_channels:
+def conv_kind(depthwise: bool, kernel: tuple[int, ...]) -> str:
+    if depthwise:
         return "depthwise"
     return "1×1 (pointwise)" if tuple(kernel) == (1, 1) else f"{kernel[0]}×{kernel[1]} (stem)"
 
@@ -54,7 +41,8 @@ def torch_flops(bottom, size: int) -> collections.Counter:
     def hook(mod, _inp, out) -> None:
         kh, kw = mod.kernel_size
         per_output = 2 * (mod.in_channels // mod.groups) * kh * kw
-        flops[conv_kind(mod.groups, mod.in_channels, mod.kernel_size)] += per_output * out[0].numel()
+        depthwise = mod.groups > 1 and mod.groups == mod.in_channels
+        flops[conv_kind(depthwise, mod.kernel_size)] += per_output * out[0].numel()
 
     handles = [m.register_forward_hook(hook) for m in bottom.modules() if isinstance(m, torch.nn.Conv2d)]
     with torch.inference_mode():
@@ -80,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--doc", default=str(DOC))
     a = ap.parse_args(argv)
 
-    limit = one_core_gemm()
+    from cpu_limit import numpy_gemm
+
+    limit = float(numpy_gemm(threads=1)["gflops"])
     model = create_model("efficientnet_lite0", num_classes=2, pretrained=True).eval()
     bottom = split_backbone(model, 0).bottom.eval()
     flops = torch_flops(bottom, a.size)
@@ -123,8 +113,9 @@ def main(argv: list[str] | None = None) -> None:
             continue
         groups = attrs["group"].i if "group" in attrs else 1
         kernel = tuple(attrs["kernel_shape"].ints) if "kernel_shape" in attrs else (1, 1)
-        channels = groups if groups > 1 else 0  # only depthwise needs it, and there groups == channels
-        shares[conv_kind(groups, channels, kernel)] += e["dur"]
+        shares[conv_kind(groups > 1, kernel)] += e[
+            "dur"
+        ]  # EfficientNet's only grouped convolutions are depthwise
     total_us = sum(shares.values())
     total_flop = sum(flops.values())
     rows = [

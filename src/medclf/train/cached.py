@@ -350,7 +350,8 @@ def train_cached(
     """Train ``cfg`` with the cached strategy on the ``train``/``val`` rows of ``split_df``.
 
     Returns the model (standard surface; ``model.medclf_meta_encoder`` holds the fitted metadata encoder when the
-    recipe fuses metadata, ``model.medclf_bad_images`` the skipped images) and the per-epoch history.
+    recipe fuses metadata, ``model.medclf_preprocessing`` the preprocessing its features were computed with,
+    ``model.medclf_bad_images`` the skipped images) and the per-epoch history.
     """
     from medclf.models import create_model, resolve_preprocessing
 
@@ -455,5 +456,6 @@ def train_cached(
         },
     )
     model.medclf_meta_encoder = enc
+    model.medclf_preprocessing = pre
     model.medclf_bad_images = bad
     return model.eval(), history

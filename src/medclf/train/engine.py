@@ -256,7 +256,6 @@ def _train_cached(
             "train.strategy=cached is not available in this build (medclf.train.cached is missing); "
             "use --set train.strategy=finetune or full"
         ) from None
-    from medclf.models import resolve_preprocessing
     from medclf.train.history import HistoryFile
 
     params = inspect.signature(train_cached).parameters
@@ -271,9 +270,7 @@ def _train_cached(
         cfg,
         run_dir,
         model=model.cpu().eval(),
-        preprocessing=resolve_preprocessing(
-            model, cfg.model.input_size, cfg.model.in_chans, cfg.model.jpeg_draft
-        ),
+        preprocessing=model.medclf_preprocessing,
         classes=list(dataset.classes),
         meta_encoder=getattr(model, "medclf_meta_encoder", None),
         val_df=val_df,
