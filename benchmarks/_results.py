@@ -6,8 +6,10 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-serving.md"
 
@@ -56,6 +58,13 @@ def write_section(name: str, body: str, doc: Path = DOC, header: str = _HEADER) 
 
     atomic_write_text(doc, text)
     print(f"updated {doc}")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table; `|` in a cell is escaped."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def git_rev() -> str:

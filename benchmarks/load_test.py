@@ -1,13 +1,16 @@
-"""Bounded load test of `medclf serve` on 127.0.0.1: mixed good and bad uploads, concurrency, memory.
+"""Bounded load test of `medclf serve` on 127.0.0.1: mixed good and bad uploads, hostile clients, memory.
 
 Starts the real server — by default the `medclf serve RUN --port P` command in its own process (``--server
 inprocess``: uvicorn in a thread of this process instead) — sends N requests from C threads (80% valid JPEGs, 20%
 bad: empty, truncated, text, decompression bomb, over the size limit), and records status codes, latency
-percentiles and the server's resident memory along the way. Pass: zero 5xx, every bad upload a 4xx, every good
-upload a 200, memory flat (growth over the second half of the run < 20 MB).
+percentiles and the server's resident memory along the way. Then two hostile phases: sockets held open idle or
+with half-sent headers while /health is timed, and B concurrent uploads of a few-kB lossless WebP whose canvas is
+huge (over the pixel limit: refused) or just under it (decoded), with the server's peak memory and /health
+latency meanwhile. Pass: zero 5xx, every upload the expected status, memory flat over the second half of the
+mixed run (< 20 MB), /health under 1 s while idle sockets are held and while the big canvases decode.
 
     python benchmarks/load_test.py [--requests 2000] [--concurrency 8] [--model efficientnet_lite0]
-        [--server subprocess|inprocess] [--no-write]
+        [--idle-sockets 100] [--big-uploads 16] [--server subprocess|inprocess] [--no-write]
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import os
 import socket
 import subprocess
@@ -30,11 +34,113 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory (VmRSS) or its peak since the last reset (VmHWM) of process ``pid``, in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Restart VmHWM from the current RSS (Linux: /proc/PID/clear_refs); False where that is not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def lossless_canvas(side: int) -> bytes:
+    """A flat side x side image as lossless WebP: a few kB of file, side² pixels once decoded."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 120, 150)).save(buf, format="WEBP", lossless=True)
+    return buf.getvalue()
+
+
+def idle_socket_phase(url: str, n_idle: int, n_half: int = 10, calls: int = 20) -> dict[str, object]:
+    """Hold ``n_idle`` silent sockets and ``n_half`` with half-sent headers open while timing /health."""
+
+    host, port = url.rsplit("/", 1)[1].rsplit(":", 1)
+    socks = [socket.create_connection((host, int(port)), timeout=10) for _ in range(n_idle + n_half)]
+    try:
+        for s in socks[n_idle:]:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        time.sleep(0.5)
+        results = []
+        for _ in range(calls):
+            results.append(timed_health(url))
+            time.sleep(0.05)
+    finally:
+        for s in socks:
+            s.close()
+    return {
+        "statuses": Counter(s for s, _ in results),
+        "max_ms": max(ms for _, ms in results) * 1000,
+        "ok": all(s == 200 and sec < 1.0 for s, sec in results),
+    }
+
+
+def timed_health(url: str) -> tuple[int, float]:
+    """(status, seconds) of one GET /health; status -1 when the request failed."""
+    import httpx
+
+    t = time.perf_counter()
+    try:
+        status = httpx.get(url + "/health", timeout=10).status_code
+    except httpx.HTTPError:
+        status = -1
+    return status, time.perf_counter() - t
+
+
+def big_canvas_phase(url: str, server_pid: int, n: int, side: int) -> dict[str, object]:
+    """``n`` concurrent uploads of one ``side`` x ``side`` lossless WebP; /health timed and RSS sampled meanwhile."""
+    import threading
+
+    import httpx
+
+    data = lossless_canvas(side)
+    stop = threading.Event()
+    health: list[tuple[int, float]] = []
+    rss: list[float] = []
+
+    def watch() -> None:
+        while not stop.is_set():
+            rss.append(rss_mb(server_pid))
+            health.append(timed_health(url))
+            time.sleep(0.02)
+
+    def send(_: int) -> int:
+        try:
+            r = httpx.post(url + "/predict", files={"file": ("big.webp", data, "image/webp")}, timeout=300)
+            return r.status_code
+        except httpx.HTTPError:
+            return -1
+
+    before = rss_mb(server_pid)
+    peak_known = reset_peak_rss(server_pid)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    t0 = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            statuses = list(pool.map(send, range(n)))
+    finally:
+        wall = time.perf_counter() - t0
+        stop.set()
+        watcher.join(timeout=30)
+    peak = max([*rss, rss_mb(server_pid, "VmHWM") if peak_known else 0.0])
+    return {
+        "bytes": len(data),
+        "statuses": Counter(statuses),
+        "wall_s": wall,
+        "rss_before": before,
+        "rss_peak": peak,
+        "health_max_ms": max((sec for _, sec in health), default=float("nan")) * 1000,
+        "health_ok": bool(health) and all(s == 200 and sec < 1.0 for s, sec in health),
+    }
 
 
 def payloads(limit_bytes: int) -> dict[str, tuple[bytes, str, int]]:
@@ -44,7 +150,7 @@ def payloads(limit_bytes: int) -> dict[str, tuple[bytes, str, int]]:
 
     good = jpeg_bytes(224, 1)
     bomb = io.BytesIO()
-    Image.new("L", (8000, 8000)).save(bomb, format="PNG")  # ~70 kB file, 64 Mpx > the 50 Mpx limit
+    Image.new("L", (8000, 8000)).save(bomb, format="PNG")  # ~70 kB file, 64 Mpx > the pixel limit
     return {
         "good": (good, "image/jpeg", 200),
         "good_png": (jpeg_bytes(300, 2), "image/jpeg", 200),
@@ -63,6 +169,10 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument(
+        "--idle-sockets", type=int, default=100, help="idle sockets held open (plus 10 half-sent)"
+    )
+    ap.add_argument("--big-uploads", type=int, default=16, help="concurrent big-canvas uploads")
+    ap.add_argument(
         "--server",
         choices=("subprocess", "inprocess"),
         default="subprocess",
@@ -76,6 +186,11 @@ def main() -> int:
     import httpx
     from serve_latency import make_bench_run
 
+    from medclf.serve.api import ServerConfig
+
+    max_px = ServerConfig().max_pixels
+    over_side = max(7000, math.isqrt(2 * max_px))  # 49 Mpx or twice the limit: refused from the header
+    under_side = math.isqrt(max_px) - 100  # just under it: decoded in full
     limit_mb = 2.0
     bodies = payloads(int(limit_mb * 1024 * 1024))
     bad_kinds = [k for k in bodies if not k.startswith("good")]
@@ -121,6 +236,9 @@ def main() -> int:
                     mem.append(rss_mb(server_pid))
             wall = time.perf_counter() - t0
             client.close()
+            idle = idle_socket_phase(url, args.idle_sockets)
+            over = big_canvas_phase(url, server_pid, args.big_uploads, over_side)
+            under = big_canvas_phase(url, server_pid, args.big_uploads, under_side)
 
     statuses = Counter(s for _, s, _ in results)
     wrong = [(k, s) for k, s, _ in results if s != bodies[k][2]]
@@ -142,8 +260,8 @@ def main() -> int:
         f"## Load test: {args.requests} requests, {args.concurrency} concurrent, {args.model}, ONNX backend",
         "",
         f"{len(good_ms)} valid JPEG uploads and {len(bad_ms)} bad ones "
-        f"({', '.join(bad_kinds)}), upload limit {limit_mb:g} MiB, pixel limit 50 Mpx; {where}, client and "
-        f"server on 127.0.0.1 sharing the {os.cpu_count()} cores.",
+        f"({', '.join(bad_kinds)}), upload limit {limit_mb:g} MiB, pixel limit {max_px / 1e6:g} Mpx; {where}, "
+        f"client and server on 127.0.0.1 sharing the {os.cpu_count()} cores.",
         "",
         "| measure | value |",
         "|---|---|",
@@ -155,8 +273,25 @@ def main() -> int:
         f"| latency bad uploads p50 / p90 / p99 (ms, under load) | {q(bad_ms)} |",
         f"| {rss_what} after warm-up → end (MB) | {mem[0]:.0f} → {mem[-1]:.0f} (growth {growth:+.0f}; second half {late:+.0f}) |",
         f"| RSS after each eighth of the requests (MB) | {' → '.join(f'{m:.0f}' for m in mem)} |",
-        f"| result | {'PASS' if five == 0 and not wrong and late < 20 else 'FAIL'} |",
+        f"| /health while {args.idle_sockets} idle + 10 half-sent sockets are held open (20 calls) | "
+        f"{counts(idle['statuses'])}, slowest {idle['max_ms']:.0f} ms |",
     ]
+    for label, side, phase in (("over", over_side, over), ("under", under_side, under)):
+        lines += [
+            f"| {args.big_uploads} concurrent {side} x {side} lossless WebP ({phase['bytes']:,} bytes, "
+            f"{side * side / 1e6:.0f} Mpx, {label} the limit) | {counts(phase['statuses'])} in "
+            f"{phase['wall_s']:.1f} s; /health meanwhile slowest {phase['health_max_ms']:.0f} ms; {rss_what} "
+            f"{phase['rss_before']:.0f} → peak {phase['rss_peak']:.0f} MB |",
+        ]
+    hostile_ok = (
+        idle["ok"]
+        and over["statuses"] == Counter({413: args.big_uploads})
+        and under["statuses"] == Counter({200: args.big_uploads})
+        and over["health_ok"]
+        and under["health_ok"]
+    )
+    passed = five == 0 and not wrong and late < 20 and hostile_ok
+    lines += [f"| result | {'PASS' if passed else 'FAIL'} |"]
     print("\n".join(lines))
     if wrong:
         print("unexpected:", Counter(wrong).most_common(5))
@@ -164,7 +299,11 @@ def main() -> int:
         from _results import write_section
 
         write_section("load", "\n".join(lines))
-    return 0 if five == 0 and not wrong else 1
+    return 0 if five == 0 and not wrong and hostile_ok else 1
+
+
+def counts(statuses: Counter) -> str:
+    return ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items()))
 
 
 @contextlib.contextmanager

@@ -38,6 +38,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _results import markdown_table as _table
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "studies.md"
 CONFIGS = ROOT / "configs"
@@ -171,12 +173,6 @@ def _secs(v: Any) -> str:
     if v is None:
         return "n/a"
     return f"{v:.0f} s" if v < 120 else f"{v / 60:.1f} min"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _paired(compare_json: dict[str, Any]) -> str:
@@ -538,7 +534,8 @@ def study_skin_bm(ctx: argparse.Namespace, steps: Steps, data: Data) -> str:
         "train.strategy=finetune",
         f"model.input_size={64 if ctx.smoke else ctx.ft_input_size}",
         f"train.head_epochs={1 if ctx.smoke else ctx.ft_head_epochs}",
-        f"train.epochs={1 if ctx.smoke else ctx.ft_epochs}",
+        # train.epochs counts the head epochs too
+        f"train.epochs={2 if ctx.smoke else ctx.ft_head_epochs + ctx.ft_epochs}",
         f"train.finetune_blocks={ctx.ft_blocks}",
     )
     steps.train("skin_bm_finetune", [recipe, *d, *ft_sets, *smoke], ft)
@@ -1021,8 +1018,9 @@ def _scaled(epochs: int, scale: float) -> int:
 def _ft_label(run: Path) -> str:
     cfg = _json_yaml(run / "config.yaml")
     m, t = cfg.get("model") or {}, cfg.get("train") or {}
+    head, epochs = int(t.get("head_epochs") or 0), int(t.get("epochs") or 0)  # epochs counts the head's
     return (
-        f"{m.get('input_size')} px, {t.get('head_epochs')} head + {t.get('epochs')} epochs, "
+        f"{m.get('input_size')} px, {head} head + {epochs - head} epochs, "
         f"top {t.get('finetune_blocks')} blocks"
     )
 

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/train_real.py skin_bm --extract-only   # only fill the feature cache
 
 Reads ``../shared/datasets`` (or $MEDCLF_SHARED_DATASETS); features are cached in $MEDCLF_CACHE_DIR (default
-/tmp/medclf-cache here). Splits are grouped (HAM10000 by lesion_id, chest X-ray by patient) and stratified,
+/tmp/medclf-cache here). Splits are medclf's (HAM10000 by lesion_id, chest X-ray by patient; stratified by class and group size),
 70/15/15 with seed 0; every choice is made on validation and the test split is only scored.
 Prints machine, date, command, wall time and peak RSS with every result.
 """
@@ -81,19 +81,10 @@ def load_records(name: str) -> tuple[pd.DataFrame, list[str], list[str]]:
 
 
 def grouped_split(df: pd.DataFrame, seed: int = 0, val: float = 0.15, test: float = 0.15) -> pd.Series:
-    """Stratified, grouped 70/15/15 split (one group never spans two parts)."""
-    from sklearn.model_selection import StratifiedGroupKFold
+    """medclf's grouped, stratified 70/15/15 split (`medclf.data.make_split`, as the recipes use)."""
+    from medclf.data import make_split
 
-    split = pd.Series("train", index=df.index)
-    n_test = round(1 / test)
-    sgkf = StratifiedGroupKFold(n_splits=n_test, shuffle=True, random_state=seed)
-    _, test_idx = next(sgkf.split(df, df.label, df.group))
-    split.iloc[test_idx] = "test"
-    rest = df.index[split == "train"]
-    sgkf = StratifiedGroupKFold(n_splits=round((1 - test) / val), shuffle=True, random_state=seed + 1)
-    _, val_idx = next(sgkf.split(df.loc[rest], df.label[rest], df.group[rest]))
-    split.loc[rest[val_idx]] = "val"
-    return split
+    return make_split(df, val=val, test=test, seed=seed)["split"]
 
 
 # ------------------------------------------------------------------------------------------- features

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from medclf.cli import main
@@ -53,6 +54,38 @@ def test_split_and_folds(synth_csv: Path, tmp_path: Path, capsys: pytest.Capture
     assert sorted(read_split_csv(folds)["fold"].unique()) == [0, 1, 2]
     assert main(["data", "split", str(synth_csv), "--folds", "3", "--val", "0.1", "--out", str(folds)]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_split_by_the_csv_group_column(
+    synth_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the CSV's patient_id column becomes `group`: naming it gives the same split as the spec's own rule
+    named, plain = tmp_path / "named.csv", tmp_path / "plain.csv"
+    common = ["data", "split", str(synth_csv), "--seed", "1"]
+    assert main([*common, "--group-by", "patient_id", "--out", str(named)]) == 0
+    assert main([*common, "--out", str(plain)]) == 0
+    recs = read_split_csv(named)
+    assert recs["group"].str.fullmatch(r"P\d+").all()
+    pd.testing.assert_frame_equal(recs, read_split_csv(plain))
+    folds = tmp_path / "folds.csv"
+    assert main([*common, "--group-by", "patient_id", "--folds", "3", "--out", str(folds)]) == 0
+    assert read_split_csv(folds)["group"].str.fullmatch(r"P\d+").all()
+    capsys.readouterr()
+    assert main([*common, "--group-by", "lesion", "--out", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "'patient_id' (the column `group` comes from), a metadata column (age, sex, site)" in err
+    assert "'regex:PATTERN'" in err and "Traceback" not in err
+
+
+def test_recipe_group_by_names_the_csv_column(synth_csv: Path) -> None:
+    from medclf.config import load_config
+    from medclf.data.splits import group_leaks
+    from medclf.train.engine import load_data, resolve_split
+
+    cfg = load_config(None, [f"data.root={synth_csv}", "data.group_by=patient_id"])
+    split = resolve_split(cfg, load_data(cfg))
+    assert split["group"].str.fullmatch(r"P\d+").all() and not group_leaks(split)
+    assert set(split["split"]) == {"train", "val", "test"}
 
 
 def test_split_regex_group_on_kfold_and_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

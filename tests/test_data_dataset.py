@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 
 from _fixtures_data import class_tree, cxr_tree, dicom_bytes, ham_tree, msld_tree, write_image
-from medclf.data import DatasetSpec, load_dataset
+from medclf.data import DatasetSpec, load_dataset, resolve_spec
 from medclf.errors import ConfigError, DataError
 
 
@@ -231,3 +232,26 @@ def test_class_counts(tmp_path: Path) -> None:
     cxr_tree(tmp_path)
     counts = load_dataset(tmp_path).class_counts()
     assert isinstance(counts, pd.DataFrame) and counts.loc["train", "NORMAL"] == 12
+
+
+def test_spec_rules_on_another_folder_read_it_in_its_own_layout(tmp_path: Path) -> None:
+    home = tmp_path / "site_a"
+    home.mkdir()
+    rules = DatasetSpec(root=str(home), layout="split-folders", name="site_a", class_map={"benign": "b"})
+    folders = class_tree(tmp_path / "folders", {"benign": 2, "malignant": 2})
+    spec = resolve_spec(folders, rules)
+    assert (spec.layout, spec.name, spec.class_map) == ("folders", None, {"benign": "b"})
+    assert load_dataset(spec).classes == ["b", "malignant"]
+    # on the spec's own folder, or for a spec without a root, the spec's layout is the data's
+    assert resolve_spec(home, rules).layout == "split-folders"
+    assert resolve_spec(folders, dataclasses.replace(rules, root=None)).layout == "split-folders"
+    # the table a spec names is found although another labels table sits beside it
+    ham = ham_tree(tmp_path / "ham")
+    (ham / "other.csv").write_text("image,label\nx,y\n", encoding="utf-8")
+    csv_rules = DatasetSpec(root=str(home), layout="csv", csv="HAM10000_metadata.csv", group_by="lesion_id")
+    ds = load_dataset(resolve_spec(ham, csv_rules))
+    assert ds.layout == "csv" and ds.records.attrs["group_rule"] == "lesion_id"
+    # a spec .yaml as DATA: the fields it sets win, SPEC fills in the rest
+    (ham / "ham.yaml").write_text("root: .\ncsv: HAM10000_metadata.csv\nclass_map: {nv: naevus}\n")
+    spec = resolve_spec(ham / "ham.yaml", dataclasses.replace(csv_rules, class_map={"mel": "melanoma"}))
+    assert (spec.layout, spec.class_map, spec.group_by) == ("csv", {"nv": "naevus"}, "lesion_id")

@@ -31,6 +31,17 @@ def test_ham10000_lesions_never_span_two_splits(shared_datasets: Path) -> None:
     assert ds.records["group"].nunique() == 6350
 
 
+def test_readme_ham10000_split_by_lesion_id(shared_datasets: Path, tmp_path: Path) -> None:
+    from medclf.cli import main
+    from medclf.data import read_split_csv
+
+    out = tmp_path / "split.csv"
+    args = ["--group-by", "lesion_id", "--val", "0.15", "--test", "0.15", "--out", str(out)]
+    assert main(["data", "split", str(shared_datasets / "ham10000"), *args]) == 0
+    split = read_split_csv(out)  # checks that no group spans two splits
+    assert split["group"].str.fullmatch(r"HAM_\d+").all() and split["group"].nunique() == 6350
+
+
 def test_cxr_patients_never_span_two_splits(shared_datasets: Path) -> None:
     ds = load_dataset(_spec("cxr_pneumonia3", shared_datasets), verify="none")
     counts = ds.records["label"].value_counts()

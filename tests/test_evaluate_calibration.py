@@ -7,12 +7,14 @@ import pytest
 
 from medclf.errors import DataError
 from medclf.evaluate.calibration import (
+    MIN_CALIBRATION_IMAGES,
     apply_temperature,
     expected_calibration_error,
     fit_temperature,
     log_probs,
     reliability_curve,
     softmax,
+    temperature_skip_reason,
 )
 
 
@@ -64,3 +66,12 @@ def test_bad_inputs() -> None:
         apply_temperature(np.zeros((3, 2)), 0.0)
     with pytest.raises(DataError, match="NaN"):
         fit_temperature(np.array([[np.nan, 0.0]]), np.array([0]))
+
+
+def test_no_temperature_is_fitted_on_a_tiny_validation_split() -> None:
+    reason = temperature_skip_reason(30)
+    assert reason and "30 validation images" in reason and "T = 1" in reason
+    assert (
+        temperature_skip_reason(MIN_CALIBRATION_IMAGES - 1)
+        and temperature_skip_reason(MIN_CALIBRATION_IMAGES) is None
+    )

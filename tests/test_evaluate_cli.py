@@ -80,3 +80,42 @@ def test_evaluate_errors_are_one_line(tmp_path: Path, capsys) -> None:
 def test_predictions_fixture_has_contract_columns() -> None:
     df = make_predictions(5)
     assert list(df.columns) == ["path", "label", "group", "prob_benign", "prob_malignant", "pred"]
+
+
+def test_evaluate_warns_about_a_class_absent_from_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import medclf.models
+    import medclf.models.inference
+
+    classes = ["a", "b", "c"]
+    run = make_run_dir(tmp_path, tuple(classes), threshold=None, positive_class=None)
+    # class c is in train and val only: the test split has none of it
+    labels = {s: ["abc"[i % 3] for i in range(30)] for s in ("train", "val")}
+    labels["test"] = ["ab"[i % 2] for i in range(40)]
+    rows = []
+    for split, names in labels.items():
+        for i, label in enumerate(names):
+            path = tmp_path / f"{split}_{i}.png"
+            Image.new("RGB", (4, 4)).save(path)
+            rows.append({"path": str(path), "label": label, "group": f"{split}{i}", "split": split})
+    pd.DataFrame(rows).to_csv(run / "split.csv", index=False)
+
+    def fake_predict(loaded, records, batch_size=64, skip_bad=False):
+        onehot = np.eye(3)[records["label"].map(classes.index).to_numpy()]
+        probs = 0.8 * onehot + 0.2 / 3
+        return records[["path", "label", "group"]].assign(
+            **{f"prob_{c}": probs[:, j] for j, c in enumerate(classes)}
+        )
+
+    fake_run = SimpleNamespace(classes=classes, model=SimpleNamespace(parameters=lambda: iter([])))
+    monkeypatch.setattr(medclf.models, "load_run", lambda run_dir: fake_run)
+    monkeypatch.setattr(medclf.models.inference, "predict_frame", fake_predict)
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), "--out", str(out), "--bootstrap", "50", "--no-gradcam"]) == 0
+    printed = capsys.readouterr().out
+    assert "warning: test has no image of class 'c'" in printed
+    assert "class 'a'" not in printed  # 20 test images of a: no warning
+    assert any(
+        "no image of class 'c'" in w for w in json.loads((out / "metrics.json").read_text())["warnings"]
+    )

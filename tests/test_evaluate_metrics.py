@@ -231,3 +231,55 @@ def test_paired_bootstrap_detects_a_better_model() -> None:
     assert res["auc"]["diff"] > 0 and res["auc"]["ci95"][0] > 0 and res["auc"]["p_value"] < 0.01
     same = paired_bootstrap(y, np.c_[1 - good, good], np.c_[1 - good, good], ["b", "m"], n_boot=100)
     assert same["auc"]["diff"] == 0 and same["accuracy"]["ci95"] == [0.0, 0.0]
+
+
+def _wilson(k: int, n: int, z: float = norm.ppf(0.975)) -> tuple[float, float]:
+    """The Wilson score interval written out (Wilson 1927), independent of the implementation under test."""
+    p = k / n
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    return centre - half, centre + half
+
+
+def test_a_collapsed_bootstrap_is_replaced_by_the_wilson_interval() -> None:
+    """15 positives, all caught: every resample says 1.000, which hides how few cases there were."""
+    y = np.r_[np.zeros(15, int), np.ones(15, int)]
+    p1 = np.r_[np.linspace(0.05, 0.3, 15), np.linspace(0.7, 0.95, 15)]
+    m = compute_metrics(y, np.c_[1 - p1, p1], ["b", "m"], n_boot=500)
+    assert m["sensitivity"] == 1.0
+    lo, hi = m["ci95"]["sensitivity"]
+    assert lo < 0.85 and hi == pytest.approx(1.0)
+    assert (lo, hi) == pytest.approx(_wilson(15, 15))
+    assert m["ci95_method"]["sensitivity"] == "wilson" and "sensitivity" in m["ci95_degenerate"]
+    assert m["ci95"]["accuracy"] == pytest.approx(_wilson(30, 30))
+    # per-class recall too; the AUC has no exact interval, so its collapsed bootstrap stays and is marked
+    assert m["per_class_ci95"]["m"]["recall"] == pytest.approx(_wilson(15, 15))
+    assert m["per_class_ci95_method"]["m"]["recall"] == "wilson"
+    assert m["ci95"]["auc"] == [1.0, 1.0] and m["ci95_method"]["auc"] == "bootstrap (degenerate)"
+    json.dumps(json_safe(m), allow_nan=False)
+
+
+def test_few_distinct_resamples_also_count_as_collapsed() -> None:
+    # 5 positives, 4 caught: the resampled sensitivity takes at most 6 values
+    y = np.r_[np.zeros(60, int), np.ones(5, int)]
+    p1 = np.r_[np.linspace(0.05, 0.45, 60), [0.9, 0.8, 0.7, 0.6, 0.2]]
+    m = compute_metrics(y, np.c_[1 - p1, p1], ["b", "m"], n_boot=500)
+    assert m["sensitivity"] == pytest.approx(0.8)
+    assert m["ci95_method"]["sensitivity"] == "wilson"
+    assert "distinct" in m["ci95_degenerate"]["sensitivity"]
+    assert m["ci95"]["sensitivity"] == pytest.approx(_wilson(4, 5))
+
+
+def test_a_usable_bootstrap_is_kept_with_the_wilson_interval_beside_it() -> None:
+    y, p = _probs(600, 2, seed=11)
+    m = compute_metrics(y, p, ["b", "m"], n_boot=500)
+    assert 0.05 < m["sensitivity"] < 0.95
+    assert m["ci95_method"]["sensitivity"] == "bootstrap" and not m["ci95_degenerate"]
+    tp = int(((p[:, 1] >= 0.5) & (y == 1)).sum())
+    assert m["wilson95"]["sensitivity"] == pytest.approx(_wilson(tp, int((y == 1).sum())))
+    # on a few hundred cases the two methods agree about the width
+    (blo, bhi), (wlo, whi) = m["ci95"]["sensitivity"], m["wilson95"]["sensitivity"]
+    assert 0.7 < (bhi - blo) / (whi - wlo) < 1.4
+    # balanced accuracy's exact-style interval is the mean of its per-class recall intervals
+    recalls = [_wilson(int(((p.argmax(1) == c) & (y == c)).sum()), int((y == c).sum())) for c in (0, 1)]
+    assert m["wilson95"]["balanced_accuracy"] == pytest.approx(np.mean(recalls, axis=0))

@@ -175,3 +175,57 @@ def test_multiclass_run_with_a_positive_group(tmp_path: Path) -> None:
     sweep = pd.read_csv(tmp_path / "e" / "threshold_sweep.csv")
     row = sweep.iloc[(sweep["threshold"] - 0.35).abs().argmin()]
     assert row["sensitivity"] == pytest.approx(m["sensitivity"])
+
+
+def test_a_small_validation_split_keeps_t1_and_the_default_threshold(tmp_path: Path) -> None:
+    small = make_run_dir(tmp_path / "small", threshold=None, temperature=None)
+    make_predictions(30, seed=99, prefix="val", separation=4.0).to_csv(
+        small / "val_predictions.csv", index=False
+    )
+    df = make_predictions(300, seed=5)
+    m = evaluate_predictions(df, CLASSES, tmp_path / "e_small", run_dir=small, n_boot=0)
+    cal = m["calibration"]
+    assert cal["temperature"] == 1.0 and "30 validation images" in cal["skipped"]
+    assert m["threshold"] == 0.5 and "default threshold 0.5" in m["threshold_skipped"]
+    assert m["threshold_source"].startswith("default 0.5")
+    saved = json.loads((tmp_path / "e_small" / "metrics.json").read_text())
+    assert saved["calibration"]["skipped"] == cal["skipped"] and saved["threshold_skipped"]
+    assert cal["skipped"] in saved["warnings"] and m["threshold_skipped"] in saved["warnings"]
+    html = (tmp_path / "e_small" / "report.html").read_text(encoding="utf-8")
+    assert "temperature not fitted" in html and "threshold not chosen" in html
+    assert "too small to fit the decision threshold and the temperature" in html  # the model card's limits
+    # the same run with 200 validation predictions fits both
+    big = make_run_dir(tmp_path / "big", threshold=None, temperature=None)
+    m = evaluate_predictions(df, CLASSES, tmp_path / "e_big", run_dir=big, n_boot=0)
+    assert m["calibration"]["skipped"] is None and m["calibration"]["temperature"] != 1.0
+    assert m["threshold_skipped"] is None and m["threshold_source"].startswith("chosen now")
+
+
+def test_fits_skipped_during_training_are_reported(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path, threshold=0.5, temperature=1.0)
+    info = json.loads((run / "run.json").read_text())
+    skipped_t = "temperature scaling not fitted: 12 validation images"
+    skipped_thr = "operating point not chosen: 5 positive images"
+    info.update(
+        temperature_skipped=skipped_t,
+        threshold_skipped=skipped_thr,
+        warnings=["val has only 5 image(s) of class 'malignant'", skipped_t, skipped_thr],
+    )
+    (run / "run.json").write_text(json.dumps(info))
+    m = evaluate_predictions(make_predictions(300, seed=5), CLASSES, tmp_path / "e", run_dir=run, n_boot=0)
+    assert m["threshold_source"].startswith("default 0.5") and m["threshold_skipped"] == skipped_thr
+    assert "not fitted" in m["calibration"]["source"] and m["calibration"]["skipped"] == skipped_t
+    assert sorted(m["warnings"]) == sorted(info["warnings"])  # each once, though the skips are the run's too
+
+
+def test_a_class_absent_from_the_evaluated_images_is_warned(tmp_path: Path) -> None:
+    classes = ["nv", "mel", "bcc"]
+    df = make_predictions(150, tuple(classes), seed=8)
+    df = df[df["label"] != "bcc"]
+    m = evaluate_predictions(df, classes, tmp_path / "e", n_boot=0)
+    assert any("no image of class 'bcc'" in w for w in m["warnings"])
+    assert not any("'nv'" in w for w in m["warnings"])  # a class with enough images is not named
+    saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert saved["warnings"] == m["warnings"]
+    html = (tmp_path / "e" / "report.html").read_text(encoding="utf-8")
+    assert "no image of class &#39;bcc&#39;" in html or "no image of class 'bcc'" in html

@@ -14,6 +14,7 @@ from medclf.evaluate.thresholds import (
     parse_rule,
     positive_scores,
     resolve_positive_classes,
+    threshold_skip_reason,
     threshold_sweep,
 )
 
@@ -154,3 +155,14 @@ def test_resolve_positive_classes_reads_old_and_new_runs() -> None:
     assert resolve_positive_classes(["b", "m"], "b", ["b"]) == ["b"]
     assert resolve_positive_classes(["nv", "mel", "bcc"], None) == []  # arg-max
     assert resolve_positive_classes(["nv", "mel", "bcc"], None, ["mel", "bcc"]) == ["mel", "bcc"]
+
+
+def test_no_rule_is_applied_on_a_validation_split_too_small_for_it() -> None:
+    y, _ = _data(30)  # 30 images: below the 50 a rule needs, whatever the class mix
+    reason = threshold_skip_reason(y, "youden")
+    assert reason and "default threshold 0.5" in reason and f"{int(y.sum())} positive" in reason
+    y_rare = np.r_[np.ones(6, int), np.zeros(200, int)]  # plenty of images, 6 positives
+    assert "6 positive" in threshold_skip_reason(y_rare, "sensitivity:0.95")
+    assert threshold_skip_reason(y_rare, 0.3) is None  # a fixed number is not fitted
+    big, _ = _data(400)
+    assert threshold_skip_reason(big, "youden") is None

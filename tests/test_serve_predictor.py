@@ -223,23 +223,37 @@ def test_concurrent_predictions_equal_sequential(predictors, tiny_run) -> None: 
 
 
 def test_ood_detector_is_cached_and_refit_when_weights_change(tiny_run, tmp_path) -> None:  # noqa: F811
+    import json
     import shutil
 
+    from _fixtures_serve import make_run
+    from medclf.errors import MedclfError
     from medclf.serve.ood import FeatureOOD
 
     cache = tiny_run / "ood.safetensors"
-    assert cache.is_file()  # written by the first Predictor.from_run
+    assert cache.is_file()  # written by the first Predictor.from_run, and recorded in the manifest
+    assert "ood.safetensors" in json.loads((tiny_run / "manifest.json").read_text())["sha256"]
     info = FeatureOOD.read_info(cache)
     assert info["n_fit"] == len(_split(tiny_run, "train")) and info["calib_split"] == "val"
     copy = tmp_path / "run"
     shutil.copytree(tiny_run, copy)
     FeatureOOD.fit(np.random.default_rng(0).normal(size=(10, 16))).save(copy / "ood.safetensors")
-    # no weights digest in the stale file: it is refitted from split.csv
+    # a detector the manifest does not vouch for is refused; deleted, it is refitted from split.csv
+    with pytest.raises(MedclfError, match=r"ood.safetensors does not match .* delete it"):
+        Predictor.from_run(copy, backend="torch")
+    (copy / "ood.safetensors").unlink()
     p = Predictor.from_run(copy, backend="torch")
     assert p.ood.n_fit == info["n_fit"]
-    (copy / "split.csv").unlink()
-    (copy / "ood.safetensors").unlink()
-    bare = Predictor.from_run(copy, backend="torch")
+    # one the manifest does not list (copied in) is ignored and refitted
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["sha256"]["ood.safetensors"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    FeatureOOD.fit(np.random.default_rng(0).normal(size=(10, 16)) + 5).save(copy / "ood.safetensors")
+    assert Predictor.from_run(copy, backend="torch").ood.n_fit == info["n_fit"]
+    # the training images are not on this machine: no OOD detector
+    elsewhere = make_run(tmp_path / "elsewhere")
+    shutil.rmtree(tmp_path / "elsewhere" / "images")
+    bare = Predictor.from_run(elsewhere, backend="torch")
     assert bare.ood is None and not bare.predict(noise_image())[0].refer_reasons[1:]
 
 
@@ -360,8 +374,11 @@ def test_large_jpegs_are_decoded_at_a_reduced_scale_unless_the_run_predates_it(
 
     old_dir = shutil.copytree(tiny_run, tmp_path / "old_run")
     info = json.loads((old_dir / "run.json").read_text())
-    del info["preprocessing"]["jpeg_draft"]  # as written before the option existed
+    # as written before the option (and the manifest) existed
+    del info["preprocessing"]["jpeg_draft"]
+    info["format_version"] = 1
     (old_dir / "run.json").write_text(json.dumps(info))
+    (old_dir / "manifest.json").unlink()
     old = Predictor.from_run(old_dir, backend="torch")
     assert old.serving.preprocessing.decode_side() is None
     assert old.load(big).size == (640, 640)

@@ -135,3 +135,31 @@ def test_cv_without_config_runs_the_default_recipe(tmp_path: Path) -> None:
     cached = json.loads((tmp_path / "cv" / "fold_1" / "logs" / "cached.json").read_text())
     assert run["model"]["name"] == "efficientnet_lite0" and cached["finetune_blocks"] == 7
     assert len(json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())["folds"]) == 2
+
+
+def test_train_warns_about_small_splits_and_skips_fits_they_cannot_support(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pandas as pd
+
+    data = make_folder_data(tmp_path / "d", n_per_class=12, classes=("a", "b", "c"))
+    rows = []
+    for path in sorted(data.rglob("*.png")):
+        label, i = path.parent.name, int(path.stem[2:5]) * 2 + int(path.stem[-1])
+        # class c only in train: val and test have none of it
+        split = "train" if label == "c" or i < 6 else "val" if i < 9 else "test"
+        rows.append({"path": str(path), "label": label, "group": path.stem, "split": split})
+    pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
+    args = ["train", "--data", str(data), *TINY, "--out", str(tmp_path / "run")]
+    args += ["--set", f"data.split_csv={tmp_path / 'split.csv'}", "--set", "eval.positive_classes=[c]"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert (
+        "warning: test has no image of class 'c'" in out and "warning: val has no image of class 'c'" in out
+    )
+    assert "warning: temperature scaling not fitted" in out and "warning: operating point not chosen" in out
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert any("test has no image of class 'c'" in w for w in info["warnings"])
+    # 6 validation images: T = 1 and the default threshold, each with the reason
+    assert info["temperature"] == 1.0 and "6 validation images" in info["temperature_skipped"]
+    assert info["threshold"] == 0.5 and "0 positive" in info["threshold_skipped"]

@@ -25,6 +25,18 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_folder_data(tmp_path_factory.mktemp("data"))
 
 
+@pytest.fixture()
+def fit_on_tiny_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let a dozen validation images fit the temperature and threshold (the minimums are for real data;
+    these tests are about where the fits come from)."""
+    import medclf.evaluate.calibration as calibration
+    import medclf.evaluate.thresholds as thresholds
+
+    monkeypatch.setattr(calibration, "MIN_CALIBRATION_IMAGES", 1)
+    monkeypatch.setattr(thresholds, "MIN_THRESHOLD_IMAGES", 1)
+    monkeypatch.setattr(thresholds, "MIN_THRESHOLD_CASES", 1)
+
+
 def test_scratch_run_folder_describes_itself(data: Path, tmp_path: Path) -> None:
     run = train(tiny_cfg(data, "train.epochs=4"), tmp_path / "run", progress=False)
     for name in (
@@ -43,7 +55,10 @@ def test_scratch_run_folder_describes_itself(data: Path, tmp_path: Path) -> None
         assert (run / name).exists(), name
     info = json.loads((run / "run.json").read_text())
     assert info["classes"] == ["benign", "malignant"] and info["positive_class"] == "malignant"
-    assert 0 <= info["threshold"] <= 1 and info["temperature"] > 0
+    # about 12 validation images: too few to fit either, so T = 1 and the default threshold, and run.json says so
+    assert info["images"]["val"] < 50
+    assert info["threshold"] == 0.5 and info["temperature"] == 1.0
+    assert info["threshold_skipped"] in info["warnings"] and info["temperature_skipped"] in info["warnings"]
     assert len(info["data_fingerprint"]) == 64 and info["versions"]["torch"]
     assert info["train_seconds"] > 0 and info["epochs_run"] == 4
     assert info["preprocessing"]["jpeg_draft"] is True  # large JPEGs decoded at a reduced scale by default
@@ -63,6 +78,7 @@ def test_scratch_run_folder_describes_itself(data: Path, tmp_path: Path) -> None
         train(tiny_cfg(data), run, progress=False)
 
 
+@pytest.mark.usefixtures("fit_on_tiny_validation")
 def test_threshold_and_temperature_come_from_validation(data: Path, tmp_path: Path) -> None:
     from medclf.evaluate.calibration import fit_temperature
     from medclf.evaluate.thresholds import choose_threshold
@@ -91,7 +107,7 @@ def test_threshold_and_temperature_come_from_validation(data: Path, tmp_path: Pa
         (
             "train.strategy=finetune",
             "train.head_epochs=1",
-            "train.epochs=1",
+            "train.epochs=2",
             "train.finetune_blocks=1",
             "train.scheduler=cosine",
             "train.augment=standard",
@@ -128,7 +144,7 @@ def test_finetune_freezes_backbone_in_phase_one(data: Path, tmp_path: Path) -> N
             snapshots.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
 
     cfg = tiny_cfg(
-        data, "train.strategy=finetune", "train.head_epochs=1", "train.epochs=1", "train.finetune_blocks=1"
+        data, "train.strategy=finetune", "train.head_epochs=1", "train.epochs=2", "train.finetune_blocks=1"
     )
     init = {}
 
@@ -148,12 +164,27 @@ def test_finetune_freezes_backbone_in_phase_one(data: Path, tmp_path: Path) -> N
     assert not torch.equal(snapshots[1][top_conv], snapshots[0][top_conv])  # top block trains in phase 2
 
 
+def test_finetune_epochs_count_the_head_epochs(data: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(
+        data, "train.strategy=finetune", "train.head_epochs=2", "train.epochs=3", "train.finetune_blocks=1"
+    )
+    run = train(cfg, tmp_path / "run", progress=False)
+    assert list(pd.read_csv(run / "history.csv")["phase"]) == ["head", "head", "train"]
+    assert json.loads((run / "run.json").read_text())["epochs_run"] == 3
+    for head in (3, 5):
+        with pytest.raises(ConfigError, match=r"train\.epochs counts the head epochs too"):
+            train(
+                tiny_cfg(data, "train.strategy=finetune", f"train.head_epochs={head}", "train.epochs=3"),
+                tmp_path / "x",
+            )
+
+
 def test_resume_after_crash_equals_uninterrupted(data: Path, tmp_path: Path) -> None:
     cfg = tiny_cfg(
         data,
         "train.strategy=finetune",
         "train.head_epochs=1",
-        "train.epochs=2",
+        "train.epochs=3",
         "train.finetune_blocks=1",
         "train.augment=standard",
         "model.drop_rate=0.3",
@@ -269,6 +300,7 @@ def test_real_skin_images_through_the_engine(tmp_path: Path) -> None:
     assert len(pd.read_csv(run / "test_predictions.csv")) == info["images"]["test"]
 
 
+@pytest.mark.usefixtures("fit_on_tiny_validation")
 def test_multiclass_positive_group_threshold_from_validation_only(tmp_path: Path) -> None:
     from medclf.evaluate.thresholds import choose_threshold
     from medclf.train.engine import finalize_run
@@ -363,3 +395,14 @@ def test_a_gpu_without_loader_workers_is_warned_about() -> None:
     assert message and "train.num_workers" in message and "docs/scaling.md" in message
     assert _starved_gpu_message("CUDAAccelerator", 8) is None
     assert _starved_gpu_message("CPUAccelerator", 0) is None
+
+
+def test_recipe_spec_on_another_folder_reads_that_folders_layout(data: Path) -> None:
+    # configs/skin_bm.yaml's dataset spec says split-folders (its own data); --data here is class-per-folder
+    from medclf.config import load_config
+    from medclf.train.engine import load_data
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "skin_bm.yaml"
+    ds = load_data(load_config(recipe, [f"data.root={data}"]))
+    assert (ds.layout, ds.classes, ds.spec.layout) == ("folders", ["benign", "malignant"], "folders")
+    assert ds.name == data.name and len(ds) == 48

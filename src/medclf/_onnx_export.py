@@ -56,6 +56,10 @@ def onnx_session(
         return OpenVinoSession(model, num_threads=num_threads, precision=precision)
     import onnxruntime as ort
 
+    # ORT_DISABLE_TELEMETRY (set by `import medclf`) stops ONNX Runtime's telemetry only when it comes before
+    # ONNX Runtime's import; when other code imported it first, this at least stops this process's events
+    if os.environ.get("ORT_DISABLE_TELEMETRY") != "0":
+        ort.disable_telemetry_events()
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if num_threads:

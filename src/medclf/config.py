@@ -40,7 +40,8 @@ class DataConfig:
     """Which images, which labels, which split."""
 
     root: str | None = None
-    """Dataset folder. Its layout is auto-detected unless `spec` says otherwise."""
+    """Dataset folder. Its layout is auto-detected; `spec`'s layout applies only when `spec` describes this same
+    folder (or names no root)."""
     spec: str | dict[str, Any] | None = None
     """A DatasetSpec: path to a YAML file, or the spec's fields inline (layout, label rule, groups, metadata)."""
     split_csv: str | None = None
@@ -91,9 +92,9 @@ class TrainConfig:
     strategy: str = "cached"
     """cached (frozen-backbone features once, then the head: fast on CPU), finetune (two phases), full, scratch."""
     epochs: int = 30
-    """Maximum epochs (of the head, for `cached`; of phase 2, for `finetune`)."""
+    """Maximum epochs in all (for `cached`: of the head; for `finetune`: the head epochs included)."""
     head_epochs: int = 5
-    """Phase 1 of `finetune`: epochs with the backbone frozen."""
+    """Phase 1 of `finetune`: the first `head_epochs` of `epochs` train the head on a frozen backbone."""
     finetune_blocks: int = 2
     """Top backbone blocks unfrozen in phase 2 of `finetune` (and trained from cached maps by `cached`)."""
     finetune_lr_scale: float = 0.1

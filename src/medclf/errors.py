@@ -6,7 +6,7 @@ message must say *what* is wrong (naming the file, row or field) and *how* to fi
 
 from __future__ import annotations
 
-__all__ = ["BadImageError", "ConfigError", "DataError", "MedclfError"]
+__all__ = ["BadImageError", "ConfigError", "DataError", "MedclfError", "WriteError"]
 
 
 class MedclfError(Exception):
@@ -28,3 +28,10 @@ class BadImageError(DataError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class WriteError(MedclfError, OSError):
+    """A file or folder cannot be written (disk full, read-only, no permission).
+
+    Also an ``OSError``, so code that tolerates a failed optional write (a cache) still catches it.
+    """

@@ -13,6 +13,7 @@ from medclf.data.splits import (
     make_split,
     read_split_csv,
     select_fold,
+    small_split_warnings,
     summarize_split,
     write_split_csv,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "read_split_csv",
     "resolve_spec",
     "select_fold",
+    "small_split_warnings",
     "summarize_split",
     "synth_dataset",
     "write_split_csv",

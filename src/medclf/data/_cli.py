@@ -125,7 +125,15 @@ def _info(args: argparse.Namespace) -> int:
 def _split(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from medclf.data.splits import group_leaks, make_folds, make_split, summarize_split, write_split_csv
+    from medclf.data.splits import (
+        group_leaks,
+        make_folds,
+        make_split,
+        small_split_warnings,
+        split_makeup_warnings,
+        summarize_split,
+        write_split_csv,
+    )
     from medclf.errors import ConfigError
 
     if args.folds is not None and (args.val is not None or args.test is not None):
@@ -154,6 +162,8 @@ def _split(args: argparse.Namespace) -> int:
         print(
             f"warning: {len(leaks)} group(s) span several splits (shipped that way), e.g. {leaks[0]['group']!r}"
         )
+    for line in split_makeup_warnings(recs) + small_split_warnings(recs, ds.classes):
+        print(f"warning: {line}")
     _print_bad(ds.bad_files)
     print(f"wrote {out}")
     return 0

@@ -9,6 +9,7 @@ thread pool (Pillow decodes outside the GIL). Nothing is cached.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ import pandas as pd
 
 from medclf._atomic import atomic_write_json, atomic_write_text
 from medclf.data.dataset import Dataset, load_dataset
-from medclf.data.splits import group_leaks
+from medclf.data.splits import group_leaks, small_split_warnings, split_makeup_warnings, summarize_split
 
 __all__ = ["NEAR_DUPLICATE_THRESHOLD", "audit_dataset", "format_audit", "write_audit"]
 
@@ -242,6 +243,11 @@ def audit_dataset(
         ],
     }
     leakage = group_leaks(recs)
+    split_makeup = (
+        json.loads(summarize_split(recs, classes).to_json(orient="records"))  # plain JSON types
+        if "split" in recs or "fold" in recs
+        else []
+    )
 
     # -- metadata ------------------------------------------------------------------------------------------
     meta: dict[str, Any] = {}
@@ -289,9 +295,10 @@ def audit_dataset(
         },
         "groups": groups,
         "group_leakage": leakage,
+        "split_makeup": split_makeup,
         "metadata": meta,
     }
-    report["warnings"] = _warnings(report)
+    report["warnings"] = _warnings(report) + split_makeup_warnings(recs) + small_split_warnings(recs, classes)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     return report
 

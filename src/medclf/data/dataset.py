@@ -5,6 +5,7 @@ The records contract is in docs/architecture.md §1.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -67,15 +68,20 @@ def resolve_spec(
 ) -> DatasetSpec:
     """`DATA [--spec SPEC]` on the command line -> one spec.
 
-    DATA is a folder (auto-detected, or described by its own ``dataset.yaml``) or a spec .yaml; an explicit SPEC
-    applies its rules to the folder DATA.
+    DATA is a folder (auto-detected, or described by its own ``dataset.yaml``) or a spec .yaml. An explicit SPEC
+    applies its rules (labels, classes, groups, metadata, CSV columns) to DATA: to a folder as they are (its own
+    ``dataset.yaml`` is then not read), to a DATA spec wherever that spec leaves a field unset. SPEC's layout
+    describes SPEC's own root: on another folder the layout is detected there, unless a DATA spec names one.
     """
+    own: dict[str, Any] = {}  # the fields DATA's own spec sets, which SPEC does not override
     if isinstance(data, DatasetSpec):
         base = data
+        own = _fields_set(data)
     else:
         p = Path(data).expanduser()
         if p.is_file() and p.suffix.lower() in (".yaml", ".yml"):
             base = DatasetSpec.from_yaml(p)
+            own = _fields_set(base)
         elif p.is_dir() and spec is None and (p / SPEC_FILENAME).is_file():
             base = DatasetSpec.from_yaml(p / SPEC_FILENAME)
             if base.root is None:
@@ -87,9 +93,32 @@ def resolve_spec(
     if spec is None:
         return base
     s = spec if isinstance(spec, DatasetSpec) else DatasetSpec.from_yaml(spec)
-    if isinstance(data, DatasetSpec) and base.root is None:
-        return s
-    return s.with_root(base.root) if base.root is not None else s
+    merged = dataclasses.replace(s, **own)
+    if base.root is None:
+        return merged
+    root = Path(base.root).expanduser().resolve()
+    if "layout" in own or s.root is None or Path(s.root).expanduser().resolve() == root or not root.is_dir():
+        return merged.with_root(root)
+    # SPEC was written for another folder (a run's dataset.yaml, a recipe's spec): DATA is read in its own layout
+    # and named after itself
+    return dataclasses.replace(
+        merged.with_root(root), layout=_detect_layout(root, merged), name=own.get("name")
+    )
+
+
+def _fields_set(spec: DatasetSpec) -> dict[str, Any]:
+    default = DatasetSpec()
+    return {
+        f.name: getattr(spec, f.name)
+        for f in dataclasses.fields(spec)
+        if f.name != "root" and getattr(spec, f.name) != getattr(default, f.name)
+    }
+
+
+def _detect_layout(root: Path, spec: DatasetSpec) -> str:
+    if spec.csv and (root / spec.csv).is_file():
+        return "csv"  # a table the spec names is the data's, even when other CSVs sit beside it
+    return detect_layout(root, tuple(spec.extensions))
 
 
 def load_dataset(
@@ -116,7 +145,7 @@ def load_dataset(
     if not root.is_dir():
         raise DataError(f"dataset root {root} is not a folder; pass the folder that holds the data")
     spec = spec.with_root(root)
-    layout = spec.layout if spec.layout != "auto" else detect_layout(root, tuple(spec.extensions))
+    layout = spec.layout if spec.layout != "auto" else _detect_layout(root, spec)
 
     bad: list[tuple[str, str]] = []
 
@@ -232,6 +261,9 @@ def load_dataset(
             for col, values in table.items()
         }
     )
+    # a CSV's group column becomes `group` and is not kept under its own name: the rule travels with the
+    # records so that a later group_by naming that column (`--group-by lesion_id`) is understood
+    records.attrs["group_rule"] = group_rule
     return Dataset(
         records=records,
         classes=classes,

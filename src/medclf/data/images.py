@@ -22,6 +22,7 @@ __all__ = [
     "IMAGE_FORMATS",
     "MAX_PIXELS",
     "check_image_header",
+    "decoded_size",
     "describe_image_bytes",
     "is_dicom_bytes",
     "load_image",
@@ -197,9 +198,7 @@ def _decode_pillow_quiet(
             raise BadImageError(path, _too_big_reason((w, h), max_pixels))
         if getattr(im, "is_animated", False):
             im.seek(0)
-        if min_side and im.format in ("JPEG", "MPO") and min(w, h) >= 2 * min_side:
-            # mode None keeps the image's own mode: libjpeg's greyscale conversion differs from Pillow's
-            im.draft(None, (min_side, min_side))
+        _draft(im, min_side)
         im.load()
     except BadImageError:
         raise
@@ -217,6 +216,30 @@ def _decode_pillow_quiet(
         # in place: without an orientation tag this is a no-op, where the copying form duplicates every image
         ImageOps.exif_transpose(im, in_place=True)
     return _normalise_mode(im)
+
+
+def _draft(im: Image.Image, min_side: int | None) -> None:
+    """Have a large JPEG decode at the reduced DCT scale that keeps both sides at ``min_side`` or more."""
+    w, h = im.size
+    if min_side and im.format in ("JPEG", "MPO") and min(w, h) >= 2 * min_side:
+        # mode None keeps the image's own mode: libjpeg's greyscale conversion differs from Pillow's
+        im.draft(None, (min_side, min_side))
+
+
+def decoded_size(data: bytes, *, min_side: int | None = None) -> tuple[int, int] | None:
+    """(width, height) of the pixels `load_image_bytes(data, min_side=...)` decodes, read from the header alone:
+    a JPEG's reduced DCT scale counts. None for DICOM and for what Pillow cannot open (`load_image_bytes` then
+    says what is wrong)."""
+    if is_dicom_bytes(data):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=_formats()) as im:
+                _draft(im, min_side)
+                return im.size
+    except Exception:
+        return None
 
 
 def _normalise_mode(im: Image.Image) -> Image.Image:

@@ -1,6 +1,7 @@
 """Splits are data: stratified by label, grouped by patient/lesion, deterministic by seed, written as CSV.
 
-`make_split` assigns train/val/test; `make_folds` assigns fold 0..K-1 (scikit-learn `StratifiedGroupKFold`).
+`make_split` assigns train/val/test and `make_folds` fold 0..K-1, each split or fold with its share of every class,
+of every group size and of the metadata (`_assign_groups`).
 Splits the data already ships (split folders, MSLD pre-made folds) are respected, never re-split.
 """
 
@@ -17,6 +18,7 @@ from medclf.data.spec import compile_capture_regex
 from medclf.errors import ConfigError, DataError
 
 __all__ = [
+    "MIN_EVAL_IMAGES",
     "SPLITS",
     "apply_group_rule",
     "group_leaks",
@@ -24,6 +26,8 @@ __all__ = [
     "make_split",
     "read_split_csv",
     "select_fold",
+    "small_split_warnings",
+    "split_makeup_warnings",
     "summarize_split",
     "write_split_csv",
 ]
@@ -34,10 +38,18 @@ _BASE_COLUMNS = ("path", "label", "group", "split", "fold", "augmented")
 
 def apply_group_rule(records: pd.DataFrame, group_by: str | None) -> pd.DataFrame:
     """Recompute `group` from a records column or 'regex:PATTERN' on the file name (first capture group;
-    files it does not match keep their current group)."""
+    files it does not match keep their current group).
+
+    The rule `group` already follows is in `records.attrs["group_rule"]` (`load_dataset` puts it there): naming
+    it again changes nothing. That is how a CSV's group column works although it is not kept under its own name
+    (HAM10000's lesion_id becomes `group`). The result's `attrs["group_rule"]` is the rule applied."""
     if not group_by:
         return records
+    current = records.attrs.get("group_rule")
+    if group_by == current:
+        return records
     out = records.copy()
+    out.attrs["group_rule"] = group_by
     if group_by.startswith("regex:"):
         rx = compile_capture_regex(group_by[len("regex:") :], "--group-by")
         names = out["path"].map(lambda p: os.path.basename(str(p)))
@@ -45,10 +57,15 @@ def apply_group_rule(records: pd.DataFrame, group_by: str | None) -> pd.DataFram
         out["group"] = [f if f else g for f, g in zip(found, out["group"], strict=True)]
         return out
     if group_by not in out.columns:
-        cols = ", ".join(c for c in out.columns if c not in ("path", "label", "split", "fold", "augmented"))
-        raise ConfigError(
-            f"--group-by {group_by!r}: no such column (available: {cols}); use a metadata column or 'regex:PATTERN'"
-        )
+        from_column = isinstance(current, str) and not current.startswith("regex:")
+        options = [f"{current!r} (the column `group` comes from)"] if from_column else []
+        metadata = [c for c in out.columns if c not in _BASE_COLUMNS]
+        if metadata:
+            options.append(f"a metadata column ({', '.join(metadata)})")
+        options.append("'regex:PATTERN' on the file name (first capture group)")
+        names = ", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[-1]
+        other = "; any other CSV column can be named in the dataset spec's `group_by:`" if from_column else ""
+        raise ConfigError(f"--group-by / data.group_by {group_by!r}: no such column; use {names}{other}")
     values = out[group_by]
     out["group"] = [str(v) if not _missing(v) else g for v, g in zip(values, out["group"], strict=True)]
     return out
@@ -58,30 +75,66 @@ def _missing(v: object) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v)) or v == ""
 
 
+def _metadata_key(pool: pd.DataFrame, first: pd.DataFrame) -> list[np.ndarray]:
+    """Sort keys from the metadata columns (each group's first row): categorical values as they are, numeric
+    ones in quintiles, so that the walk in `_assign_groups` also spreads age, sex or body site."""
+    keys = []
+    for col in pool.columns:
+        if col in _BASE_COLUMNS:
+            continue
+        values = first[col]
+        if pd.api.types.is_numeric_dtype(values):
+            if values.notna().sum() < 5:
+                continue
+            keys.append(pd.qcut(values.rank(method="first"), 5, labels=False).fillna(-1).to_numpy())
+        else:
+            keys.append(values.fillna("").astype(str).to_numpy())
+    return keys
+
+
 def _assign_groups(pool: pd.DataFrame, fractions: dict[str, float], seed: int) -> dict[str, str]:
-    """Greedy stratified group assignment: largest groups first, each to the split that still needs most of
-    its classes (the StratifiedGroupKFold idea, with unequal split sizes)."""
+    """Group -> split name, for any split sizes; no group lands in two splits.
+
+    Systematic sampling over a sorted list: groups are ordered by their majority class, then size bin (largest
+    first: 1, 2, 3-4, 5-8, ...), then metadata, then size, then at random (`seed`); walking that list, each group goes to the split furthest
+    below its share of the images so far. Every split thus gets its share of each class, of each group size
+    and of each metadata value. (scikit-learn's `StratifiedGroupKFold` makes equal folds only, and balances
+    group sizes less well: `benchmarks/split_quality.py`.)
+    """
     names = [s for s, f in fractions.items() if f > 0]
-    counts = pd.crosstab(pool["group"].astype(str), pool["label"].astype(str))
-    groups = counts.index.to_numpy()
-    mat = counts.to_numpy(dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(groups))
-    sizes = mat.sum(axis=1)
-    order = order[np.argsort(-sizes[order], kind="stable")]
-    totals = mat.sum(axis=0)
-    frac = np.array([fractions[s] for s in names])
+    frac = np.array([fractions[s] for s in names], dtype=np.float64)
     frac = frac / frac.sum()
-    target = frac[:, None] * totals[None, :]
-    filled = np.zeros_like(target)
-    assign: dict[str, str] = {}
+    groups = pool["group"].astype(str)
+    counts = pd.crosstab(groups, pool["label"].astype(str))
+    if len(counts) < len(names):
+        raise DataError(
+            f"only {len(counts)} group(s) for {len(names)} splits; add data, or use fewer splits or folds"
+        )
+    size = counts.sum(axis=1).to_numpy()
+    first = pool.assign(group=groups).drop_duplicates("group").set_index("group").loc[counts.index]
+    rng = np.random.default_rng(seed)
+    size_bin = np.ceil(np.log2(size)).astype(int)  # 1, 2, 3-4, 5-8, ...
+    keys = [
+        rng.random(len(size)),
+        -size,
+        *reversed(_metadata_key(pool, first)),
+        -size_bin,
+        counts.to_numpy().argmax(axis=1),
+    ]
+    order = np.lexsort(keys)
+    filled = rng.random(len(names)) * frac * size.max()  # a random start: no split is favoured by position
+    total = filled.sum()
+    split = np.empty(len(size), dtype=int)
     for gi in order:
-        g = mat[gi]
-        need = ((target - filled) * g[None, :]).sum(axis=1) / g.sum()
-        s = int(np.argmax(need))  # ties: the first split in train, val, test order
-        filled[s] += g
-        assign[groups[gi]] = names[s]
-    return assign
+        total += size[gi]
+        s = int(np.argmax(frac * total - filled))
+        filled[s] += size[gi]
+        split[gi] = s
+    for s in range(len(names)):  # tiny data: give an empty split the smallest group of the fullest split
+        if not (split == s).any():
+            donor = np.flatnonzero(split == np.bincount(split, minlength=len(names)).argmax())
+            split[donor[np.argmin(size[donor])]] = s
+    return dict(zip(counts.index, np.asarray(names, dtype=object)[split], strict=True))
 
 
 def make_split(
@@ -135,10 +188,8 @@ def make_split(
 
 
 def make_folds(records: pd.DataFrame, k: int = 5, seed: int = 0, group_by: str | None = None) -> pd.DataFrame:
-    """Add a `fold` column 0..k-1 (fold i is held out in round i): scikit-learn StratifiedGroupKFold, shuffled
-    by `seed`. Records with pre-made folds are returned unchanged."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
+    """Add a `fold` column 0..k-1 (fold i is held out in round i): grouped, stratified by label, group size and
+    metadata, deterministic by `seed`. Records with pre-made folds are returned unchanged."""
     if "fold" in records.columns:
         return records
     if k < 2:
@@ -155,18 +206,8 @@ def make_folds(records: pd.DataFrame, k: int = 5, seed: int = 0, group_by: str |
     n_groups = recs["group"].nunique()
     if n_groups < k:
         raise DataError(f"only {n_groups} groups for {k} folds; use fewer folds (--folds) or more data")
-    cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    fold = np.full(len(recs), -1, dtype=int)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore", UserWarning
-        )  # "least populated class has fewer members than n_splits"
-        for i, (_, held) in enumerate(
-            cv.split(np.zeros(len(recs)), recs["label"].astype(str), recs["group"].astype(str))
-        ):
-            fold[held] = i
+    assign = _assign_groups(recs, {str(i): 1.0 / k for i in range(k)}, seed)
+    fold = recs["group"].astype(str).map(assign).astype(int).to_numpy()
     recs["fold"] = fold
     return _order_columns(recs)
 
@@ -225,7 +266,7 @@ def group_leaks(records: pd.DataFrame) -> list[dict[str, object]]:
 
 
 def summarize_split(records: pd.DataFrame, classes: list[str] | None = None) -> pd.DataFrame:
-    """Per split / fold: images, groups and images per class."""
+    """Per split / fold: images, groups, images per group (mean, max) and images per class."""
     classes = classes or sorted(records["label"].astype(str).unique())
     keys = [c for c in ("fold", "split") if c in records.columns]
     if not keys:
@@ -244,11 +285,100 @@ def summarize_split(records: pd.DataFrame, classes: list[str] | None = None) -> 
         row: dict[str, object] = dict(zip(keys or ["part"], key, strict=False))
         row["images"] = len(part)
         row["groups"] = part["group"].nunique()
+        sizes = part.groupby("group").size()
+        row["img/group"] = round(float(sizes.mean()), 2) if len(sizes) else 0.0
+        row["max/group"] = int(sizes.max()) if len(sizes) else 0
         counts = part["label"].astype(str).value_counts()
         for c in classes:
             row[c] = int(counts.get(c, 0))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+MAKEUP_CLASS_GAP = 0.05
+"""A val/test part (or fold) whose share of a class differs from the rest's by more than this is flagged."""
+MAKEUP_GROUP_SIZE_GAP = 0.25
+"""... and one whose images per group differ by more than this fraction."""
+
+
+def split_makeup_warnings(records: pd.DataFrame) -> list[str]:
+    """Sentences for each val/test split (or generated fold) whose make-up differs from training's: class
+    shares more than `MAKEUP_CLASS_GAP` apart, or images per group more than `MAKEUP_GROUP_SIZE_GAP` apart.
+    Such a split does not represent the data, so figures measured on it are biased."""
+    if "fold" in records.columns and "split" in records.columns:
+        return []  # pre-made folds: shipped as they are, rows repeat across folds
+    if "split" in records.columns:
+        key = records["split"].astype(str)
+        parts = [(s, records[key == s], records[key == "train"]) for s in ("val", "test") if (key == s).any()]
+        if not (key == "train").any():
+            return []
+    elif "fold" in records.columns:
+        parts = [(f"fold {int(k)}", p, records[records["fold"] != k]) for k, p in records.groupby("fold")]
+    else:
+        return []
+    out = []
+    for name, part, ref in parts:
+        share = part["label"].astype(str).value_counts(normalize=True)
+        ref_share = ref["label"].astype(str).value_counts(normalize=True)
+        gap = share.sub(ref_share, fill_value=0).abs()
+        if len(gap) and gap.max() > MAKEUP_CLASS_GAP:
+            c = gap.idxmax()
+            out.append(
+                f"{name}: class {c!r} is {share.get(c, 0):.1%} of its images against {ref_share.get(c, 0):.1%} in "
+                "training; re-split with `medclf data split` (stratified by class)"
+            )
+        per_group = len(part) / max(part["group"].nunique(), 1)
+        ref_per_group = len(ref) / max(ref["group"].nunique(), 1)
+        if abs(per_group / ref_per_group - 1) > MAKEUP_GROUP_SIZE_GAP:
+            out.append(
+                f"{name}: {per_group:.2f} images per group against {ref_per_group:.2f} in training — its patients "
+                "or lesions are not like the others, so its figures are biased; re-split with `medclf data split`"
+            )
+    return out
+
+
+MIN_EVAL_IMAGES = 10
+"""Fewer images of a class than this in a val or test split (or fold) draws a warning: a proportion from under
+ten cases has an interval too wide to read."""
+
+
+def small_split_warnings(
+    records: pd.DataFrame, classes: list[str] | None = None, min_images: int = MIN_EVAL_IMAGES
+) -> list[str]:
+    """One sentence per (val/test split, class) with fewer than `min_images` images, or none at all.
+
+    Folds are checked one by one (the held-out fold is the test split of its round)."""
+    classes = classes or sorted(records["label"].astype(str).unique())
+    if "split" in records.columns:
+        by = [c for c in ("fold",) if c in records.columns]
+        parts = records.groupby(by) if by else [((None,), records)]
+        views = []
+        for key, part in parts:
+            k = key[0] if isinstance(key, tuple) else key
+            for s in ("val", "test"):
+                sub = part[part["split"].astype(str) == s]
+                if len(sub):
+                    views.append((s if k is None else f"fold {k} {s}", sub))
+    elif "fold" in records.columns:
+        views = [(f"fold {int(k)}", part) for k, part in records.groupby("fold")]
+    else:
+        return []
+    out = []
+    for where, sub in views:
+        counts = sub["label"].astype(str).value_counts()
+        for c in classes:
+            n = int(counts.get(c, 0))
+            if n == 0:
+                out.append(
+                    f"{where} has no image of class {c!r}: its sensitivity and AUC cannot be measured there; "
+                    "add data of that class or use fewer splits/folds"
+                )
+            elif n < min_images:
+                out.append(
+                    f"{where} has only {n} image(s) of class {c!r} (under {min_images}): figures for it are "
+                    "very uncertain; read their intervals"
+                )
+    return out
 
 
 def write_split_csv(records: pd.DataFrame, path: str | os.PathLike[str]) -> Path:

@@ -205,14 +205,14 @@ def synth_dataset(
     elif layout == "split-folders":
         import pandas as pd
 
-        from medclf.data.splits import _assign_groups
+        from medclf.data.splits import make_split
 
         pool = pd.DataFrame(
             {"group": [les.patient for les, _, _ in items], "label": [les.label for les, _, _ in items]}
         )
-        assign = _assign_groups(pool, {"train": 0.7, "val": 0.15, "test": 0.15}, seed)
-        for les, stem, arr in items:
-            _write(out / assign[les.patient] / les.label / f"{stem}.jpg", _jpeg(arr))
+        split = make_split(pool, val=0.15, test=0.15, seed=seed)["split"]
+        for (les, stem, arr), part in zip(items, split, strict=True):
+            _write(out / part / les.label / f"{stem}.jpg", _jpeg(arr))
     elif layout == "kfold":
         rng = np.random.default_rng(seed + 1)
         fold_of = dict(zip(patients, rng.permutation(np.arange(len(patients)) % folds), strict=True))

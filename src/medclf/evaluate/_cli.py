@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `medclf train`")
     p.add_argument(
-        "--data", help="evaluate these images instead (the run's dataset.yaml rules applied to this folder)"
+        "--data",
+        help="evaluate these images instead: any folder (read in its own layout with the run's dataset rules; "
+        "of split folders, the --split part) or a dataset spec .yaml",
     )
     p.add_argument(
         "--split",
@@ -99,17 +101,21 @@ def _print_summary(metrics: dict) -> None:
     from medclf import DISCLAIMER
 
     ci = metrics.get("ci95") or {}
+    ci_method = metrics.get("ci95_method") or {}
     keys = ["sensitivity", "specificity", "auc"] if "sensitivity" in metrics else []
     keys += ["macro_auc"] if "sensitivity" not in metrics or len(metrics["classes"]) > 2 else []
     keys += ["accuracy", "balanced_accuracy", "macro_f1", "ece", "top1_accuracy", "top1_balanced_accuracy"]
-    print(f"{metrics['n']} images")
+    print(f"{metrics['n']} images: {metrics.get('evaluated_on', '')}")
     for k in keys:
         v = metrics.get(k)
         if v is None or v != v:
             continue
         lo, hi = ci.get(k, [None, None])
         interval = f"  [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None and lo == lo else ""
-        print(f"  {k:<22} {v:.3f}{interval}")
+        method = str(ci_method.get(k, "bootstrap"))
+        print(f"  {k:<22} {v:.3f}{interval}" + (f" ({method})" if interval and method != "bootstrap" else ""))
+    for line in metrics.get("warnings", []):
+        print(f"  warning: {line}")
     for note in metrics.get("notes", []):
         print(f"  note: {note}")
     print(DISCLAIMER)

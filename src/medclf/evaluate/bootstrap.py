@@ -16,7 +16,12 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-__all__ = ["percentile_interval", "resample_weights"]
+__all__ = ["MIN_DISTINCT_REPLICATES", "degenerate_reason", "percentile_interval", "resample_weights"]
+
+MIN_DISTINCT_REPLICATES = 10
+"""A percentile interval read off fewer distinct replicate values than this is treated as degenerate."""
+# a proportion over a handful of cases takes only a few values across resamples: its percentiles are then a step
+# function of one or two images, not an interval
 
 
 def _units(y: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -64,3 +69,25 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(samples, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
+
+
+def degenerate_reason(
+    samples: np.ndarray, interval: tuple[float, float], point: float, proportion: bool = False
+) -> str | None:
+    """Why a percentile interval says nothing about the uncertainty of ``point``, or None when it is usable.
+
+    Degenerate: zero width, fewer than ``MIN_DISTINCT_REPLICATES`` distinct replicate values, or (``proportion``)
+    an estimate of exactly 0 or 1, which no resample of the same cases can move beyond."""
+    samples = np.asarray(samples, dtype=np.float64)
+    samples = samples[np.isfinite(samples)]
+    lo, hi = interval
+    if samples.size == 0 or not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(point)):
+        return None  # undefined, not degenerate: reported as null
+    if proportion and point in (0.0, 1.0):
+        return f"the estimate is {point:g}: resampling the same cases cannot give a value beyond it"
+    if hi - lo <= 1e-12:
+        return "every resample gave the same value"
+    distinct = np.unique(samples).size
+    if distinct < MIN_DISTINCT_REPLICATES:
+        return f"the resamples took only {distinct} distinct values (too few cases)"
+    return None

@@ -80,11 +80,16 @@ def _json(path: Path) -> dict[str, Any]:
 
 def load_entry(path: str | Path, *, n_boot: int = 1000, seed: int = 0) -> Entry:
     """Read one folder as a leaderboard entry (see the module docstring for what it may be)."""
-    from medclf.evaluate.pipeline import _params, prediction_arrays, read_run_context
+    from medclf.evaluate.pipeline import INCOMPLETE_FILE, _params, prediction_arrays, read_run_context
 
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"{path} is not a folder; pass run, evaluation or cross-validation folders")
+    if (path / INCOMPLETE_FILE).exists():
+        raise DataError(
+            f"{path}: this evaluation did not finish (it holds an {INCOMPLETE_FILE} marker: interrupted, or still "
+            "running), so its files may be partial; run medclf evaluate again"
+        )
     if (path / "metrics.json").is_file():
         m = _json(path / "metrics.json")
         run = m.get("run") or {}

@@ -3,6 +3,10 @@
 All metrics are written as *weighted* statistics of per-image quantities, evaluated on a ``[B, n]`` weight
 matrix: ``W = 1`` gives the point estimate and bootstrap count matrices give the replicates. One code path for
 both means the interval is always the interval of the reported number.
+
+Metrics that are proportions of images (accuracy, sensitivity, specificity, PPV, NPV, per-class precision,
+recall and specificity; balanced accuracy as the mean of its per-class recalls) also get a Wilson score interval,
+which is reported instead of the bootstrap's when the bootstrap degenerates (``bootstrap.degenerate_reason``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from medclf.errors import DataError
-from medclf.evaluate.bootstrap import percentile_interval, resample_weights
+from medclf.evaluate.bootstrap import degenerate_reason, percentile_interval, resample_weights
 from medclf.evaluate.calibration import bin_index
 from medclf.evaluate.thresholds import decide
 
@@ -26,6 +30,7 @@ __all__ = [
     "paired_bootstrap",
     "weighted_auc",
     "weighted_average_precision",
+    "wilson_interval",
 ]
 
 HEADLINE_METRICS = (
@@ -45,6 +50,11 @@ TOP1_METRICS = ("top1_accuracy", "top1_balanced_accuracy", "top1_macro_f1")
 point's (the figures a paper without an operating point reports)."""
 _PER_CLASS_CI = ("precision", "recall", "specificity", "f1", "auc")
 ECE_BINS = 15
+WILSON = "wilson"
+WILSON_MEAN = "wilson (mean of per-class intervals)"
+BOOTSTRAP = "bootstrap"
+BOOTSTRAP_DEGENERATE = "bootstrap (degenerate)"
+"""``ci95_method`` values: which method gave each reported interval."""
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -212,6 +222,70 @@ def _float(x: Any) -> float:
     return float(x) if x is not None else float("nan")
 
 
+def wilson_interval(successes: float, n: float, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of the proportion ``successes / n`` (NaN when ``n`` is 0).
+
+    Unlike a bootstrap it keeps a width at 0/n and n/n: 15 of 15 gives about 0.80–1.00."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    from scipy.stats import binomtest
+
+    ci = binomtest(round(successes), round(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def _proportions(inp: _Inputs, point: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """(successes, trials) of every metric that is a proportion of images: headline ones by name, per-class
+    ones as ``{metric: (successes [k], trials [k])}``. Balanced accuracy is listed by its per-class recalls."""
+    cm = point["confusion_matrix"][0]
+    tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    fp, fn = predicted - tp, support - tp
+    tn = cm.sum() - tp - fp - fn
+    headline: dict[str, Any] = {
+        "accuracy": (tp.sum(), cm.sum()),
+        "balanced_accuracy": [(tp[c], support[c]) for c in range(inp.k) if support[c] > 0],
+    }
+    if inp.positive is not None:
+        btn, bfp, bfn, btp = inp.bin_cells.sum(axis=0)
+        headline.update(
+            sensitivity=(btp, btp + bfn),
+            specificity=(btn, btn + bfp),
+            ppv=(btp, btp + bfp),
+            npv=(btn, btn + bfn),
+        )
+    if inp.top1 is not None:
+        cm1 = inp.top1.cells.sum(axis=0).reshape(inp.k, inp.k)
+        tp1, support1 = np.diag(cm1), cm1.sum(axis=1)
+        headline["top1_accuracy"] = (tp1.sum(), cm1.sum())
+        headline["top1_balanced_accuracy"] = [(tp1[c], support1[c]) for c in range(inp.k) if support1[c] > 0]
+    per_class = {"precision": (tp, predicted), "recall": (tp, support), "specificity": (tn, tn + fp)}
+    return headline, per_class
+
+
+def _wilson(counts: Any, level: float) -> tuple[tuple[float, float], str]:
+    """The Wilson interval of one proportion, or of a mean of per-class proportions (the mean of their bounds)."""
+    if isinstance(counts, list):
+        bounds = [wilson_interval(k, n, level) for k, n in counts]
+        if not bounds:
+            return (float("nan"), float("nan")), WILSON_MEAN
+        return (float(np.mean([b[0] for b in bounds])), float(np.mean([b[1] for b in bounds]))), WILSON_MEAN
+    return wilson_interval(counts[0], counts[1], level), WILSON
+
+
+def _choose_interval(
+    samples: np.ndarray, point: float, level: float, wilson: tuple[float, float] | None, method: str
+) -> tuple[list[float], str, str | None]:
+    """(interval, method, why the bootstrap was degenerate): the bootstrap's percentile interval, or the Wilson
+    one when the bootstrap degenerated and the metric is a proportion."""
+    boot = percentile_interval(samples, level)
+    reason = degenerate_reason(samples, boot, point, proportion=wilson is not None)
+    if reason is None:
+        return list(boot), BOOTSTRAP, None
+    if wilson is not None and all(np.isfinite(wilson)):
+        return list(wilson), method, reason
+    return list(boot), BOOTSTRAP_DEGENERATE, reason
+
+
 def check_inputs(
     y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -271,6 +345,12 @@ def compute_metrics(
 
     ``groups`` (patient/lesion id per image) makes the bootstrap resample whole groups. ``n_boot=0`` skips
     intervals. Undefined values (e.g. the AUC of a class absent from ``y_true``) are NaN and listed in ``notes``.
+
+    Intervals: ``ci95`` / ``per_class_ci95`` hold the reported ones and ``ci95_method`` /
+    ``per_class_ci95_method`` the method of each (``bootstrap``, ``wilson``, ``wilson (mean of per-class
+    intervals)`` or ``bootstrap (degenerate)`` where no exact interval exists); ``wilson95`` /
+    ``per_class_wilson95`` the Wilson intervals of the proportions; ``ci95_degenerate`` why a headline bootstrap
+    interval was degenerate.
     """
     y, p = check_inputs(y_true, probs, classes)
     k = len(classes)
@@ -354,13 +434,42 @@ def compute_metrics(
                 reps[m].append(values[m])
             for m in _PER_CLASS_CI:
                 per_class_reps[m].append(values[f"per_class_{m}"])
-        result["ci95"] = {m: list(percentile_interval(np.concatenate(reps[m]), level)) for m in names}
+        # proportions also get a Wilson interval; it replaces a degenerate bootstrap (e.g. 15 of 15 positives
+        # caught: every resample gives 1.000, an interval of zero width that hides how few cases there were)
+        counts, pc_counts = _proportions(inp, point)
+        ci: dict[str, list[float]] = {}
+        wilson: dict[str, list[float]] = {}
+        method: dict[str, str] = {}
+        degenerate: dict[str, str] = {}
+        for m in names:
+            w_ci, w_method = _wilson(counts[m], level) if m in counts else (None, "")
+            if w_ci is not None:
+                wilson[m] = list(w_ci)
+            ci[m], method[m], why = _choose_interval(
+                np.concatenate(reps[m]), result[m], level, w_ci, w_method
+            )
+            if why:
+                degenerate[m] = why
+        result["ci95"] = ci
         pc_ci: dict[str, dict[str, list[float]]] = {name: {} for name in classes}
+        pc_wilson: dict[str, dict[str, list[float]]] = {name: {} for name in classes}
+        pc_method: dict[str, dict[str, str]] = {name: {} for name in classes}
         for m in _PER_CLASS_CI:
             stacked = np.concatenate(per_class_reps[m], axis=0)
             for c, name in enumerate(classes):
-                pc_ci[name][m] = list(percentile_interval(stacked[:, c], level))
+                w_ci = None
+                if m in pc_counts:
+                    w_ci = wilson_interval(pc_counts[m][0][c], pc_counts[m][1][c], level)
+                    pc_wilson[name][m] = list(w_ci)
+                pc_ci[name][m], pc_method[name][m], _ = _choose_interval(
+                    stacked[:, c], per_class[name][m], level, w_ci, WILSON
+                )
         result["per_class_ci95"] = pc_ci
+        result["ci95_method"] = method
+        result["ci95_degenerate"] = degenerate
+        result["wilson95"] = wilson
+        result["per_class_ci95_method"] = pc_method
+        result["per_class_wilson95"] = pc_wilson
         result["bootstrap"] = {
             "n_resamples": int(n_boot),
             "seed": int(seed),

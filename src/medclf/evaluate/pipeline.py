@@ -27,14 +27,25 @@ from medclf.evaluate.calibration import (
     fit_temperature,
     log_probs,
     reliability_curve,
+    temperature_skip_reason,
 )
 from medclf.evaluate.metrics import compute_metrics, json_safe
-from medclf.evaluate.thresholds import choose_threshold, decide, positive_scores, threshold_sweep
+from medclf.evaluate.thresholds import (
+    DEFAULT_THRESHOLD,
+    choose_threshold,
+    decide,
+    positive_scores,
+    threshold_skip_reason,
+    threshold_sweep,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["evaluate_predictions", "evaluate_run", "prediction_arrays", "read_run_context"]
+__all__ = ["INCOMPLETE_FILE", "evaluate_predictions", "evaluate_run", "prediction_arrays", "read_run_context"]
+
+INCOMPLETE_FILE = "INCOMPLETE"
+"""Present in an evaluation folder from the first file written to the last: an interrupted evaluation keeps it."""
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -268,13 +279,17 @@ def evaluate_predictions(
     pdf: bool = False,
     gallery_size: int = 12,
     notes: Sequence[str] = (),
+    split_name: str = "test",
 ) -> dict[str, Any]:
     """Write predictions.csv, metrics.json, plots/*.png and report.html (and report.pdf) to ``out_dir``.
 
     ``pred_df`` (and ``val_pred_df``) are predictions.csv tables. Their probabilities carry the run's temperature
     when ``temperature_applied`` (as ``predict_frame`` writes them); the temperature and the threshold are
     taken, in order, from the arguments, from ``run_dir/run.json``, or fitted on the *validation* predictions
-    (``val_pred_df`` or ``run_dir/val_predictions.csv``) — never on ``pred_df``. Returns the metrics dict.
+    (``val_pred_df`` or ``run_dir/val_predictions.csv``) — never on ``pred_df`` — and not fitted at all on too
+    few validation images (``calibration.temperature_skip_reason``, ``thresholds.threshold_skip_reason``).
+    ``warnings`` in the result lists classes with too few evaluated images (``pred_df`` named as the
+    ``split_name`` split), fits that were skipped, and the run's own warnings. Returns the metrics dict.
     """
     out_dir = Path(out_dir)
     classes = [str(c) for c in classes]
@@ -297,18 +312,31 @@ def evaluate_predictions(
                     "these results are optimistic; report the test split"
                 )
 
+    from medclf.data.splits import small_split_warnings
+
+    evaluated = pred_df[["label"]].astype(str).assign(split=split_name if split_name == "val" else "test")
+    warning_lines = small_split_warnings(evaluated, classes)
+
     # temperature: the probabilities' own temperature is undone, then the chosen one applied
     t_run = info.get("temperature")
     t_in = float(t_run) if (temperature_applied and t_run) else 1.0
     logits = log_probs(p_in) * t_in
     val_logits = log_probs(val[1]) * t_in if val is not None else None
+    t_skipped = None
     if temperature is not None:
         t_final, t_source = float(temperature), "given"
+    elif t_run and info.get("temperature_skipped"):
+        t_final, t_skipped = float(t_run), str(info["temperature_skipped"])
+        t_source = "run.json (not fitted during training: too few validation images)"
     elif t_run:
         t_final, t_source = float(t_run), "run.json (fitted on validation during training)"
     elif val is not None and eval_cfg.get("calibrate", True):
-        t_final = fit_temperature(val_logits, val[0])
-        t_source = f"fitted now on {len(val[0])} validation predictions"
+        t_skipped = temperature_skip_reason(len(val[0]))
+        if t_skipped:
+            t_final, t_source = 1.0, f"none (only {len(val[0])} validation predictions to fit on)"
+        else:
+            t_final = fit_temperature(val_logits, val[0])
+            t_source = f"fitted now on {len(val[0])} validation predictions"
     else:
         t_final, t_source = 1.0, "none (no validation predictions to fit on)"
     probs_before = apply_temperature(logits, 1.0)
@@ -327,17 +355,26 @@ def evaluate_predictions(
     positive = _positive_indices(classes, positive_names)
     thr: float | None = None
     thr_source = ""
+    thr_skipped = None
     rule = threshold_rule or eval_cfg.get("threshold") or "youden"
     if positive is not None:
         pos_names = [classes[i] for i in positive]
         if threshold is not None:
             thr, thr_source = float(threshold), "given"
+        elif info.get("threshold") is not None and info.get("threshold_skipped"):
+            thr, thr_skipped = float(info["threshold"]), str(info["threshold_skipped"])
+            thr_source = f"default {thr:g} (run.json: not chosen during training, too few validation images)"
         elif info.get("threshold") is not None:
             thr, thr_source = float(info["threshold"]), "run.json (chosen on validation during training)"
         elif val_probs is not None:
             y_val_bin = np.isin(val[0], positive).astype(np.int8)  # type: ignore[index]
-            thr = choose_threshold(y_val_bin, positive_scores(val_probs, classes, pos_names), rule)
-            thr_source = f"chosen now on {len(y_val_bin)} validation predictions (rule {rule})"
+            thr_skipped = threshold_skip_reason(y_val_bin, rule)
+            if thr_skipped:
+                thr = DEFAULT_THRESHOLD
+                thr_source = f"default {thr:g} (too few validation predictions to apply rule {rule})"
+            else:
+                thr = choose_threshold(y_val_bin, positive_scores(val_probs, classes, pos_names), rule)
+                thr_source = f"chosen now on {len(y_val_bin)} validation predictions (rule {rule})"
         else:
             thr, thr_source = 0.5, "default 0.5 (no validation predictions: not tuned)"
             notes.append(
@@ -352,10 +389,17 @@ def evaluate_predictions(
     if positive is not None:
         metrics["threshold_source"] = thr_source
         metrics["threshold_rule"] = rule if thr_source.startswith("chosen") else None
+        metrics["threshold_skipped"] = thr_skipped
+    # the evaluated set's own warnings first, then skipped fits, then the run's (its split, as trained)
+    for line in [t_skipped, thr_skipped, *(info.get("warnings") or [])]:
+        if line and line not in warning_lines:
+            warning_lines.append(str(line))
+    metrics["warnings"] = warning_lines
     ece_before = expected_calibration_error(probs_before, y)
     metrics["calibration"] = {
         "temperature": t_final,
         "source": t_source,
+        "skipped": t_skipped,
         "ece_before": ece_before,
         "ece_after": metrics["ece"],
         "n_bins": 15,
@@ -380,6 +424,7 @@ def evaluate_predictions(
     prob_cols = [f"prob_{c}" for c in classes]
     rest = [c for c in out.columns if c not in (*first, *prob_cols, "pred")]
     out = out[[*first, *prob_cols, "pred", *rest]]
+    _mark_incomplete(out_dir)
     with atomic_path(out_dir / "predictions.csv") as tmp:
         out.to_csv(tmp, index=False)
 
@@ -412,7 +457,16 @@ def evaluate_predictions(
             [fig for _, fig in figures.values()],
             title or f"Evaluation: {name}",
         )
+    (out_dir / INCOMPLETE_FILE).unlink(missing_ok=True)
     return metrics
+
+
+def _mark_incomplete(out_dir: Path) -> None:
+    atomic_write_text(
+        out_dir / INCOMPLETE_FILE,
+        "medclf evaluate was writing this folder and did not finish (interrupted, or still running): its files "
+        "may be partial or left from an earlier evaluation. Run medclf evaluate again.\n",
+    )
 
 
 def _make_figures(
@@ -472,7 +526,7 @@ def _write_pdf(path: Path, metrics: dict[str, Any], figures: list[Any], title: s
     page = Figure(figsize=(8.27, 11.69))
     lines = [title, "", DISCLAIMER, "", f"{metrics['n']} images", ""]
     lines += [f"{r['label']:<28} {r['value']:>7}   {r['ci']}" for r in _headline_rows(metrics)]
-    lines += ["", *metrics.get("notes", [])]
+    lines += ["", *(f"warning: {w}" for w in metrics.get("warnings", [])), *metrics.get("notes", [])]
     page.text(0.06, 0.95, "\n".join(lines), va="top", family="monospace", fontsize=9, wrap=True)
     with atomic_path(path, suffix=".pdf") as tmp, PdfPages(tmp) as pdf:
         pdf.savefig(page)
@@ -526,6 +580,12 @@ def evaluate_run(
     audit = _read_json(Path(audit_path)) if audit_path else None
     if audit_path and audit is None:
         raise DataError(f"--audit {audit_path}: file not found; write one with `medclf data audit`")
+    _mark_incomplete(Path(out_dir))  # before skipped.csv; evaluate_predictions removes it after its last file
+    if skipped:
+        atomic_write_text(
+            Path(out_dir) / "skipped.csv",
+            pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(index=False),
+        )
     metrics = evaluate_predictions(
         pred_df,
         loaded.classes,
@@ -539,12 +599,8 @@ def evaluate_run(
         pdf=pdf,
         explain=explain,
         notes=[f"{len(skipped)} unreadable images were skipped (listed in skipped.csv)"] if skipped else [],
+        split_name=split,
     )
-    if skipped:
-        atomic_write_text(
-            Path(out_dir) / "skipped.csv",
-            pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(index=False),
-        )
     return metrics
 
 
@@ -580,23 +636,45 @@ def _records(
         if "augmented" in records.columns:
             records = records[~records["augmented"].fillna(False).astype(bool)]
         return records.reset_index(drop=True), f"split={split} of the run's split.csv", []
-    from medclf.data import DatasetSpec, load_dataset
+    import dataclasses
+
+    from medclf.data import DatasetSpec, load_dataset, resolve_spec
+    from medclf.errors import ConfigError
 
     spec_path = run_dir / "dataset.yaml"
-    data_path = Path(data)
-    if spec_path.is_file():
-        spec = DatasetSpec.from_yaml(spec_path).with_root(data_path)
+    rules = DatasetSpec.from_yaml(spec_path) if spec_path.is_file() else None
+    # a folder is read in its own layout with the run's rules; a spec .yaml keeps what it says (resolve_spec)
+    spec = resolve_spec(data, rules)
+    if spec.layout not in ("csv", "auto") and spec.group_by and not spec.group_by.startswith("regex:"):
+        # the run grouped by a CSV column; images without a table have none, so each image is its own group
+        spec = dataclasses.replace(spec, group_by=None)
+    try:
         ds = load_dataset(spec, skip_bad=skip_bad)
-    else:
-        ds = load_dataset(data_path, skip_bad=skip_bad)
+    except (ConfigError, DataError) as exc:
+        if rules is None:
+            raise
+        raise DataError(
+            f"--data {data} (read as layout {spec.layout} with the run's dataset rules, {spec_path}): {exc}; if "
+            "those rules do not fit this data, describe it in a dataset spec .yaml (layout, csv columns, class_map, "
+            "group_by) and pass that as --data"
+        ) from None
     records = ds.records
-    if "fold" in records.columns:
-        records = records.drop_duplicates("path")
-    if split != "all" and "split" in records.columns and (records["split"] == split).any():
+    premade = "fold" in records.columns
+    if premade:
+        records = records.drop_duplicates("path")  # one row per image: its role in the first pre-made fold
+    parts = [
+        s for s in ("train", "val", "test") if "split" in records.columns and (records["split"] == s).any()
+    ]
+    if split == "all" or not parts:
+        where = f"all {len(records)} images of {ds.root}"
+    elif split in parts:
         records = records[records["split"] == split]
-        where = f"split={split} of {data_path.name}"
+        where = f"split={split} of {ds.root}" + (" (its first pre-made fold)" if premade else "")
     else:
-        where = f"all images of {data_path.name}"
+        raise DataError(
+            f"--data {ds.root} has {', '.join(parts)} split folders but no {split}; pass --split all to score every "
+            f"image, --split {parts[-1]}, or point --data at one split folder"
+        )
     if "augmented" in records.columns:
         records = records[~records["augmented"].fillna(False).astype(bool)]
     return records.reset_index(drop=True), where, list(ds.bad_files)

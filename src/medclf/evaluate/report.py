@@ -83,10 +83,19 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{float(value):.{digits}f}"
 
 
-def _fmt_ci(ci: Sequence[float | None] | None) -> str:
+_CI_METHOD_LABELS = {
+    "wilson": "Wilson",
+    "wilson (mean of per-class intervals)": "Wilson, per-class mean",
+    "bootstrap (degenerate)": "bootstrap collapsed: too few cases",
+}
+"""How the report marks an interval that is not a plain bootstrap one (metrics.ci95_method)."""
+
+
+def _fmt_ci(ci: Sequence[float | None] | None, method: str | None = None) -> str:
     if not ci or any(v is None or not math.isfinite(v) for v in ci):
         return ""
-    return f"95% CI {ci[0]:.3f}–{ci[1]:.3f}"
+    label = _CI_METHOD_LABELS.get(method or "")
+    return f"95% CI {ci[0]:.3f}–{ci[1]:.3f}" + (f" ({label})" if label else "")
 
 
 def _b64(data: bytes) -> str:
@@ -138,12 +147,31 @@ def confident_errors(pred_df: pd.DataFrame, classes: Sequence[str], limit: int =
 
 def default_limits(metrics: Mapping[str, Any]) -> list[str]:
     """Generic limits of a model card; callers add the data-specific ones."""
+    threshold_default = f"threshold {_fmt(metrics.get('threshold'))}"
+    skipped = (metrics.get("threshold_skipped"), (metrics.get("calibration") or {}).get("skipped"))
+    unfitted = [
+        (name, default)
+        for (name, default), why in zip(
+            (("decision threshold", threshold_default), ("temperature", "T = 1")), skipped, strict=True
+        )
+        if why
+    ]
+    if unfitted:
+        names, defaults = " and the ".join(n for n, _ in unfitted), ", ".join(d for _, d in unfitted)
+        fitted_text = (
+            f"The validation split was too small to fit the {names}: the default ({defaults}) is used; a site "
+            "should fit its own on its labelled data before relying on the decisions."
+        )
+    else:
+        fitted_text = (
+            "The decision threshold and the temperature were chosen on validation data; a new site should "
+            "re-check them on its own labelled data before relying on them."
+        )
     items = [
         "Evaluated retrospectively on images from the same source as the training data; performance on other "
         "hospitals, devices, populations (e.g. skin types, ages) or image qualities is unknown.",
         "Not prospectively or clinically validated; not a medical device.",
-        "The decision threshold and the temperature were chosen on validation data; a new site should "
-        "re-check them on its own labelled data before relying on them.",
+        fitted_text,
         "The model sees only the image (and metadata, if configured): no history, no examination, no other tests.",
     ]
     small = [
@@ -192,6 +220,7 @@ def _summarise(obj: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, st
 
 def _headline_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
     ci = metrics.get("ci95") or {}
+    ci_method = metrics.get("ci95_method") or {}
     names: list[str] = []
     if "sensitivity" in metrics:
         names += ["sensitivity", "specificity", "ppv", "npv", "auc", "average_precision"]
@@ -209,7 +238,7 @@ def _headline_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
         return f"{text} ({group})" if group and m in screening else text
 
     return [
-        {"label": label(m), "value": _fmt(metrics.get(m)), "ci": _fmt_ci(ci.get(m))}
+        {"label": label(m), "value": _fmt(metrics.get(m)), "ci": _fmt_ci(ci.get(m), ci_method.get(m))}
         for m in names
         if m in metrics
     ]
@@ -217,15 +246,19 @@ def _headline_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
 
 def _per_class_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
     pc_ci = metrics.get("per_class_ci95") or {}
+    pc_method = metrics.get("per_class_ci95_method") or {}
     rows = []
     for name, pc in (metrics.get("per_class") or {}).items():
-        ci = pc_ci.get(name, {})
+        ci, method = pc_ci.get(name, {}), pc_method.get(name, {})
 
-        def cell(key: str, ci_key: str | None = None, ci=ci, pc=pc) -> str:
+        def cell(key: str, ci_key: str | None = None, ci=ci, pc=pc, method=method) -> str:
             text = _fmt(pc.get(key))
             bounds = ci.get(ci_key or key)
             if text != "–" and bounds and all(b is not None and math.isfinite(b) for b in bounds):
                 text += f" [{bounds[0]:.2f}, {bounds[1]:.2f}]"
+                # the marks the table's footnote explains
+                kind = str(method.get(ci_key or key) or "")
+                text += "*" if kind.startswith("wilson") else "†" if kind == "bootstrap (degenerate)" else ""
             return text
 
         rows.append(
@@ -265,8 +298,12 @@ def _operating_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     else:
         rows.append(("decision", "the class with the highest probability"))
     cal = metrics.get("calibration") or {}
+    if metrics.get("threshold_skipped"):
+        rows.append(("threshold not chosen", str(metrics["threshold_skipped"])))
     if cal:
         rows.append(("temperature", f"{_fmt(cal.get('temperature'))} ({cal.get('source', '')})"))
+        if cal.get("skipped"):
+            rows.append(("temperature not fitted", str(cal["skipped"])))
         rows.append(("ECE before → after", f"{_fmt(cal.get('ece_before'))} → {_fmt(cal.get('ece_after'))}"))
     return rows
 
@@ -334,6 +371,8 @@ def write_report(
         if boot
         else "not computed"
     )
+    if boot and any(str(v).startswith("wilson") for v in (metrics.get("ci95_method") or {}).values()):
+        bootstrap_text += "; Wilson score intervals where marked, because the bootstrap collapsed there"
     split_summary = split_summary or {}
     html = template.render(
         title=title or "medclf evaluation report",
@@ -347,6 +386,7 @@ def write_report(
         bootstrap_text=bootstrap_text,
         headline=_headline_rows(metrics),
         notes=list(metrics.get("notes") or []),
+        warnings=list(metrics.get("warnings") or []),
         operating=_operating_rows(metrics),
         figures=figs,
         per_class=_per_class_rows(metrics),

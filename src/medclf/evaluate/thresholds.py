@@ -22,14 +22,28 @@ import numpy as np
 from medclf.errors import ConfigError, DataError
 
 __all__ = [
+    "DEFAULT_THRESHOLD",
+    "MIN_THRESHOLD_CASES",
+    "MIN_THRESHOLD_IMAGES",
     "choose_threshold",
     "choose_threshold_ovr",
     "decide",
     "parse_rule",
     "positive_scores",
     "resolve_positive_classes",
+    "threshold_skip_reason",
     "threshold_sweep",
 ]
+
+DEFAULT_THRESHOLD = 0.5
+"""The operating point when none may be chosen: positive when the (summed) positive probability is at least 0.5."""
+MIN_THRESHOLD_IMAGES = 50
+"""Fewer validation images than this and no threshold rule is applied (the default threshold is kept)."""
+# the same floor as the temperature's (calibration.MIN_CALIBRATION_IMAGES): below it the chosen cut point is noise
+MIN_THRESHOLD_CASES = 10
+"""Fewer positive, or fewer negative, validation images than this and no threshold rule is applied."""
+# on under 10 positives the validation sensitivity moves in steps of more than 0.1, so a target such as 0.95 or
+# Youden's maximum is decided by one or two images
 
 
 def parse_rule(rule: str | float) -> tuple[str, float | None]:
@@ -128,6 +142,33 @@ def choose_threshold(y_true: np.ndarray, p_pos: np.ndarray, rule: str | float) -
         # even the highest score as threshold is not specific enough: call nothing positive
         return float(np.nextafter(thr[0], np.inf)) if thr[0] < 1.0 else 1.0
     return float(thr[int(np.nonzero(ok)[0][-1])])
+
+
+def threshold_skip_reason(
+    y_true: np.ndarray,
+    rule: str | float,
+    min_images: int | None = None,
+    min_cases: int | None = None,
+) -> str | None:
+    """Why ``rule`` should not be applied to these 0/1 validation labels, or None when it may be.
+
+    A fixed number needs no data. Otherwise at least ``MIN_THRESHOLD_IMAGES`` images and ``MIN_THRESHOLD_CASES``
+    positives and negatives are needed; the caller then keeps ``DEFAULT_THRESHOLD`` and reports the sentence."""
+    kind, _ = parse_rule(rule)
+    if kind == "fixed":
+        return None
+    images = MIN_THRESHOLD_IMAGES if min_images is None else min_images
+    cases = MIN_THRESHOLD_CASES if min_cases is None else min_cases
+    y = np.asarray(y_true).ravel().astype(bool)
+    n, n_pos = int(y.size), int(y.sum())
+    n_neg = n - n_pos
+    if n >= images and min(n_pos, n_neg) >= cases:
+        return None
+    return (
+        f"operating point not chosen by rule {rule!s}: the validation split has {n_pos} positive and {n_neg} "
+        f"negative images, fewer than the {cases} of each (and {images} in all) it needs; "
+        f"the default threshold {DEFAULT_THRESHOLD:g} is used"
+    )
 
 
 def positive_scores(probs: np.ndarray, classes: Sequence[str], positive_classes: Sequence[str]) -> np.ndarray:

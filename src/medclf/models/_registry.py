@@ -12,6 +12,7 @@ from torch import nn
 from medclf.errors import ConfigError
 
 __all__ = [
+    "FILE_KWARGS",
     "ModelEntry",
     "create_model",
     "get_model_entry",
@@ -32,6 +33,10 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+
+FILE_KWARGS = frozenset({"checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"})
+"""timm options that make it read a file or download (``checkpoint_path`` goes to ``torch.load``): a recipe or a
+run.json must not be able to point the model at a file, so ``create_model`` refuses them."""
 
 
 def _snake(name: str) -> str:
@@ -117,6 +122,12 @@ def create_model(
     """
     if num_classes < 2:
         raise ConfigError(f"model {name!r}: num_classes must be at least 2, got {num_classes}")
+    files = sorted(FILE_KWARGS & set(kw))
+    if files:
+        raise ConfigError(
+            f"model.kwargs.{files[0]}: model options may not name weight or config files (timm would load it, "
+            "possibly unpickling it); remove it and use model.pretrained, or the offline weight packages"
+        )
     _ensure_builtin()
     if meta_only:
         from medclf.models.fusion import MetadataOnlyModel

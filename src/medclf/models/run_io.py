@@ -1,13 +1,20 @@
 """Run-folder model I/O: weights in safetensors, everything else in run.json. Nothing is ever unpickled.
 
-``run.json`` stores the sha256 of ``model.safetensors``; ``load_run`` refuses weights that do not match it, so
-a swapped or edited file is caught before it is used.
+``manifest.json`` holds the sha256 of every file of the run folder that decides what the run answers
+(``SEALED_FILES``: the weights, run.json, config.yaml, dataset.yaml, split.csv and the OOD detector). ``load_run``
+refuses a folder whose files do not match it, checks run.json's fields by type and range, and refuses a model
+whose weights or output on a fixed probe input are not finite, so an edited threshold, a relabelled class list, a
+replaced file or a diverged model is caught before anything is predicted with it.
+
+Run folders saved before the manifest existed (``format_version`` 1) load with a warning: their weights are still
+checked against the sha256 in run.json, their other files are not.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +23,42 @@ from typing import Any
 import torch
 from torch import nn
 
-from medclf._atomic import atomic_path, atomic_write_json
+from medclf._atomic import atomic_path, atomic_write_json, atomic_write_text, json_text, make_dir
 from medclf.data.transforms import Preprocessing
-from medclf.errors import MedclfError
+from medclf.errors import ConfigError, MedclfError
 from medclf.evaluate.thresholds import resolve_positive_classes
 from medclf.models.metadata import MetadataEncoder
 
-__all__ = ["RUN_FORMAT", "WEIGHTS_FILE", "LoadedRun", "load_run", "save_run_model", "sha256_file"]
+__all__ = [
+    "MANIFEST_FILE",
+    "OOD_FILE",
+    "RUN_FORMAT",
+    "SEALED_FILES",
+    "WEIGHTS_FILE",
+    "LoadedRun",
+    "check_finite_model",
+    "load_run",
+    "read_manifest",
+    "save_run_model",
+    "seal_file",
+    "sha256_file",
+    "verify_run_files",
+]
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
-RUN_FORMAT = 1
+MANIFEST_FILE = "manifest.json"
+OOD_FILE = "ood.safetensors"
+SEALED_FILES = (WEIGHTS_FILE, "run.json", "config.yaml", "dataset.yaml", "split.csv", OOD_FILE)
+"""The run-folder files ``manifest.json`` records: what the run decides with, and which images it is evaluated
+and its OOD detector fitted on."""
+_CACHES = (OOD_FILE,)
+"""Sealed files that are rebuilt when absent (so they may be missing, and one the manifest does not list is
+ignored rather than refused)."""
+RUN_FORMAT = 2
+"""2: the run folder has a manifest.json. 1: saved before the manifest existed."""
+_MAX_INPUT_SIZE = 4096
 _PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 
 
@@ -61,14 +94,24 @@ class LoadedRun:
 
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as exc:
+        raise _read_error(path, exc) from None
     return h.hexdigest()
 
 
+def _read_error(path: str | Path, exc: OSError) -> MedclfError:
+    return MedclfError(
+        f"cannot read {path}: {exc.strerror or exc}; check that the file exists and that you may read it"
+    )
+
+
 def save_run_model(run_dir: str | Path, model: nn.Module, info: dict[str, Any]) -> dict[str, Any]:
-    """Write ``model.safetensors`` then ``run.json`` (both atomically); returns the run.json dict written.
+    """Write ``model.safetensors``, ``manifest.json``, then ``run.json`` (each atomically); returns the run.json
+    dict written.
 
     ``info`` holds the run description (classes, preprocessing, threshold, ...); the model spec is taken from
     ``model.medclf_spec`` (set by ``create_model``) unless ``info`` has a ``model`` entry.
@@ -78,8 +121,7 @@ def save_run_model(run_dir: str | Path, model: nn.Module, info: dict[str, Any]) 
     from medclf.models.tta import unwrap_tta
 
     model = unwrap_tta(model)  # the views live in info["tta"]; the weights are the inner model's
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = make_dir(run_dir)
     info = dict(info)
     if "model" not in info:
         spec = getattr(model, "medclf_spec", None)
@@ -91,9 +133,106 @@ def save_run_model(run_dir: str | Path, model: nn.Module, info: dict[str, Any]) 
         save_model(model, str(tmp))
         digest = sha256_file(tmp)
     info["weights"] = {"file": WEIGHTS_FILE, "format": "safetensors", "sha256": digest}
-    info.setdefault("format_version", RUN_FORMAT)
-    atomic_write_json(run_dir / "run.json", _jsonable(info))
+    info["format_version"] = RUN_FORMAT
+    text = json_text(_jsonable(info))
+    # the manifest goes first (with run.json's digest computed from the text about to be written), so run.json
+    # stays the last file written: a folder killed before it is not a run, and --resume finishes it
+    _write_manifest(run_dir, {"run.json": hashlib.sha256(text.encode("utf-8")).hexdigest()})
+    atomic_write_text(run_dir / "run.json", text)
     return info
+
+
+def _write_manifest(run_dir: Path, known: dict[str, str]) -> None:
+    digests = {
+        name: known.get(name) or sha256_file(run_dir / name)
+        for name in SEALED_FILES
+        if name in known or (run_dir / name).is_file()
+    }
+    atomic_write_json(run_dir / MANIFEST_FILE, {"format": 1, "sha256": digests})
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, str] | None:
+    """{file name: sha256} from the run folder's manifest.json; None when it has none (saved before manifests)."""
+    path = Path(run_dir) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise _read_error(path, exc) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = None
+    digests = data.get("sha256") if isinstance(data, dict) else None
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        raise MedclfError(f"{path}: not a medclf manifest (damaged?); restore the file or retrain the run")
+    return {str(k): v for k, v in digests.items()}
+
+
+def seal_file(run_dir: str | Path, name: str) -> None:
+    """Record ``name`` (a cache written after the run was saved: the OOD detector) in the run's manifest.
+
+    A folder saved before manifests existed gets none: a manifest must describe the files as they were saved.
+    """
+    run_dir = Path(run_dir)
+    digests = read_manifest(run_dir)
+    if digests is None:
+        return
+    digests[name] = sha256_file(run_dir / name)
+    atomic_write_json(run_dir / MANIFEST_FILE, {"format": 1, "sha256": digests})
+
+
+def verify_run_files(run_dir: str | Path, info: dict[str, Any]) -> dict[str, str] | None:
+    """Check the run folder's files against ``manifest.json``; returns its {file: sha256}.
+
+    None, with a warning, for a folder saved before manifests existed (``format_version`` 1 in run.json). A
+    sealed file that differs from its digest, is missing, or was added after the run was saved is refused with a
+    ``MedclfError`` naming it (an OOD detector may be missing: it is refitted).
+    """
+    run_dir = Path(run_dir)
+    digests = read_manifest(run_dir)
+    if digests is None:
+        if info.get("format_version", 1) != 1:
+            raise MedclfError(
+                f"{run_dir / MANIFEST_FILE} is missing (deleted, or the save was interrupted), so the run folder's "
+                "files cannot be checked; restore it from the original run folder, or retrain the run"
+            )
+        log.warning(
+            "%s was saved by an older medclf without manifest.json: its weights are checked against run.json, but "
+            "changes to run.json, config.yaml, split.csv or ood.safetensors would go unnoticed; retrain it to get "
+            "a manifest",
+            run_dir,
+        )
+        return None
+    unknown = sorted(set(digests) - set(SEALED_FILES))
+    if unknown:
+        raise MedclfError(
+            f"{run_dir / MANIFEST_FILE} lists {unknown[0]!r}, which is not a run-folder file medclf writes; "
+            "restore manifest.json from the original run folder, or retrain the run"
+        )
+    for name in SEALED_FILES:
+        path = run_dir / name
+        fix = (
+            "delete it (it is refitted from the run's training images)"
+            if name in _CACHES
+            else "restore the original file, or retrain the run"
+        )
+        if name not in digests:
+            if path.is_file() and name not in _CACHES:
+                raise MedclfError(
+                    f"{path} is not in manifest.json (it was added after the run was saved); "
+                    "remove it, or retrain the run"
+                )
+            continue
+        if not path.is_file():
+            if name in _CACHES:
+                continue
+            raise MedclfError(f"{path} is missing (manifest.json lists it); {fix}")
+        if sha256_file(path) != digests[name]:
+            raise MedclfError(
+                f"{path} does not match the sha256 recorded in manifest.json (changed after the run was saved); "
+                f"refusing to load the run — {fix}"
+            )
+    return digests
 
 
 def _jsonable(obj: Any) -> Any:
@@ -119,11 +258,152 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
         )
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except OSError as exc:
+        raise _read_error(path, exc) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MedclfError(f"{path}: not valid JSON ({exc}); the run folder is damaged, retrain it") from None
     if not isinstance(info, dict) or "model" not in info or "classes" not in info:
         raise MedclfError(f"{path}: missing 'model' or 'classes'; the run folder is damaged, retrain it")
     return info
+
+
+def _check_info(info: dict[str, Any], path: Path) -> None:
+    """run.json's fields by type and range: a ``MedclfError`` naming the first bad one."""
+    from medclf.models._registry import FILE_KWARGS
+
+    def bad(name: str, should: str) -> MedclfError:
+        return MedclfError(
+            f"{path}: {name} {should} (it is {info_value(name)!r}); restore the run's own run.json or retrain the run"
+        )
+
+    def info_value(name: str) -> Any:
+        value: Any = info
+        for key in name.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    def number(name: str, lo: float, hi: float | None = None, *, lo_open: bool = False) -> None:
+        v = info_value(name)
+        if v is None:
+            return
+        ok = (
+            _is_number(v)
+            and math.isfinite(v)
+            and (lo < v if lo_open else lo <= v)
+            and (hi is None or v <= hi)
+        )
+        if not ok:
+            limits = f"{'>' if lo_open else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
+            raise bad(name, f"must be a finite number {limits}")
+
+    classes = info.get("classes")
+    if (
+        not isinstance(classes, list)
+        or len(classes) < 2
+        or not all(isinstance(c, str) and c for c in classes)
+    ):
+        raise bad("classes", "must be a list of at least 2 class names")
+    if len(set(classes)) != len(classes):
+        raise bad("classes", "must not name a class twice")
+    spec = info.get("model")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise bad("model", "must be an object with the model's name")
+    if not _is_int(spec.get("num_classes")) or spec["num_classes"] != len(classes):
+        raise bad("model.num_classes", f"must be {len(classes)}, the number of classes")
+    if spec.get("in_chans") is not None and spec["in_chans"] not in (1, 3):
+        raise bad("model.in_chans", "must be 1 or 3")
+    kwargs = spec.get("kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise bad("model.kwargs", "must be an object")
+    files = sorted(FILE_KWARGS & set(kwargs or {}))
+    if files:
+        raise bad(
+            f"model.kwargs.{files[0]}", "must not be set: medclf never lets a run folder name a file to load"
+        )
+    number("threshold", 0.0, 1.0)
+    number("temperature", 0.0, lo_open=True)
+    number("refer_below", 0.0, 1.0)
+    pre = info.get("preprocessing")
+    if pre is not None:
+        if not isinstance(pre, dict):
+            raise bad("preprocessing", "must be an object")
+        size = pre.get("input_size")
+        if not _is_int(size) or not 1 <= size <= _MAX_INPUT_SIZE:
+            raise bad(
+                "preprocessing.input_size", f"must be a whole number of pixels from 1 to {_MAX_INPUT_SIZE}"
+            )
+        if pre.get("in_chans", 3) not in (1, 3):
+            raise bad("preprocessing.in_chans", "must be 1 or 3")
+        for key in ("mean", "std"):
+            values = pre.get(key)
+            if values is not None and (
+                not isinstance(values, list)
+                or not values
+                or not all(_is_number(v) and math.isfinite(v) and (key == "mean" or v > 0) for v in values)
+            ):
+                raise bad(
+                    f"preprocessing.{key}",
+                    "must be a list of finite numbers" + (" > 0" if key == "std" else ""),
+                )
+        if pre.get("resize", "squash") not in ("squash", "center_crop"):
+            raise bad("preprocessing.resize", "must be squash or center_crop")
+        if not isinstance(pre.get("jpeg_draft", False), bool):
+            raise bad("preprocessing.jpeg_draft", "must be true or false")
+    pos = info.get("positive_class")
+    if pos is not None and pos not in classes:
+        raise bad("positive_class", "must be one of the classes")
+    group = info.get("positive_classes")
+    if group is not None and (not isinstance(group, list) or not all(c in classes for c in group)):
+        raise bad("positive_classes", "must be a list of the run's classes")
+    tta = info.get("tta")
+    if tta is not None:
+        from medclf.models.tta import check_tta_views
+
+        if not isinstance(tta, list):
+            raise bad("tta", "must be a list of test-time views")
+        try:
+            check_tta_views(tta, where=f"{path}: tta")
+        except ConfigError as exc:
+            raise MedclfError(f"{exc}; restore the run's own run.json or retrain the run") from None
+    enc = info.get("metadata_encoder")
+    if enc is not None and not isinstance(enc, dict):
+        raise bad("metadata_encoder", "must be an object")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def check_finite_model(model: nn.Module, pre: Preprocessing, num_meta: int, where: str | Path) -> None:
+    """Refuse a model that cannot make decisions: NaN or infinite weights, or a NaN or infinite output on a fixed
+    probe input (softmax of NaN logits would compare false with every threshold and read as the negative class)."""
+    retrain = "retrain the run (if training diverged, with a lower train.lr)"
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise MedclfError(
+                f"{where}: weight {name!r} holds NaN or infinite values, so the model cannot be used; {retrain}"
+            )
+    g = torch.Generator().manual_seed(0)
+    shape = (1, pre.in_chans, pre.input_size, pre.input_size)
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (pre.mean, pre.std))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = ((torch.rand(shape, generator=g) - mean) / std).to(device)
+    meta = torch.zeros(1, num_meta, device=device) if num_meta else None
+    try:
+        with torch.inference_mode():
+            out = model(x, meta)
+    except Exception as exc:  # a model that cannot even run on a well-formed input is not usable either
+        raise MedclfError(
+            f"{where}: the model fails on a probe image ({type(exc).__name__}: {exc}); {retrain}"
+        ) from None
+    if not bool(torch.isfinite(out).all()):
+        raise MedclfError(
+            f"{where}: the model's output for a probe image is NaN or infinite, so it cannot be used; {retrain}"
+        )
 
 
 def load_run(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -> LoadedRun:
@@ -134,7 +414,7 @@ def load_run(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -
 
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
-    weights = info.get("weights") or {}
+    weights = info.get("weights") if isinstance(info.get("weights"), dict) else {}
     fname = str(weights.get("file", WEIGHTS_FILE))
     if (
         Path(fname).name != fname
@@ -148,18 +428,25 @@ def load_run(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -
     wpath = run_dir / fname
     if not wpath.is_file():
         raise MedclfError(f"{wpath} is missing; the run folder is incomplete — retrain or restore it")
+    checked = verify_run_files(run_dir, info) or {}
     expected = weights.get("sha256")
-    actual = sha256_file(wpath)
+    actual = checked.get(fname) or sha256_file(wpath)  # the manifest check has just read the file
     if not expected or actual != expected:
         raise MedclfError(
             f"{wpath} does not match the sha256 recorded in run.json (file changed after training or run.json "
             "edited); refusing to load it — restore the original file or retrain"
         )
+    _check_info(info, run_dir / "run.json")
     spec = info["model"]
     kwargs = dict(spec.get("kwargs") or {})
-    model = create_model(
-        spec["name"], int(spec["num_classes"]), pretrained=False, in_chans=spec.get("in_chans"), **kwargs
-    )
+    try:
+        model = create_model(
+            spec["name"], int(spec["num_classes"]), pretrained=False, in_chans=spec.get("in_chans"), **kwargs
+        )
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise MedclfError(
+            f"{run_dir / 'run.json'}: cannot build its model {spec['name']!r} ({exc}); retrain the run"
+        ) from None
     try:
         load_model(model, str(wpath), strict=True, device=str(map_location))
     except Exception as exc:  # safetensors raises plain exceptions on a corrupt header or shape mismatch
@@ -167,10 +454,6 @@ def load_run(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -
             f"{wpath}: cannot load the weights into {spec['name']} ({exc}); retrain the run"
         ) from None
     model.eval()
-    if info.get("tta"):
-        from medclf.models.tta import with_tta
-
-        model = with_tta(model, [str(v) for v in info["tta"]])
     classes = [str(c) for c in info["classes"]]
     pre = Preprocessing.from_dict(info["preprocessing"]) if info.get("preprocessing") else None
     if pre is None:
@@ -178,6 +461,11 @@ def load_run(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -
 
         pre = resolve_preprocessing(model)
     enc = MetadataEncoder.from_dict(info["metadata_encoder"]) if info.get("metadata_encoder") else None
+    check_finite_model(model, pre, enc.dim if enc else 0, wpath)
+    if info.get("tta"):
+        from medclf.models.tta import with_tta
+
+        model = with_tta(model, [str(v) for v in info["tta"]])
     threshold = info.get("threshold")
     temperature = info.get("temperature") or 1.0
     return LoadedRun(

@@ -69,6 +69,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=_BACKENDS, default="onnx", help=_BACKEND_HELP)
     p.add_argument("--bf16", action="store_true", help=_BF16_HELP)
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MiB (default 20)")
+    p.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=16.0,
+        help="uploads that would decode to more pixels get 413, judged from the header (default 16; a JPEG "
+        "counts at the reduced scale it is decoded at)",
+    )
     p.add_argument("--workers-threads", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_serve)
 
@@ -120,6 +127,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from medclf import DISCLAIMER
     from medclf.errors import MedclfError
+    from medclf.serve.predictor import NonFiniteOutputError
 
     files, missing = expand_inputs(args.paths)
     for m in missing:
@@ -136,7 +144,15 @@ def _predict(args: argparse.Namespace) -> int:
         if not batch_x:
             return
         meta = predictor.encode_metadata(None, len(batch_x))
-        for path, pred in zip(batch_paths, predictor.predict_arrays(np.stack(batch_x), meta), strict=True):
+        try:
+            preds = predictor.predict_arrays(np.stack(batch_x), meta)
+        except NonFiniteOutputError as exc:  # those images are errors, never decisions
+            preds = exc.predictions
+        for path, pred in zip(batch_paths, preds, strict=True):
+            if pred is None:
+                bad.append(f"{path}: {NonFiniteOutputError.REASON}")
+                tqdm.write(f"error: {bad[-1]}", file=sys.stderr)
+                continue
             row: dict[str, object] = {"path": str(path)}
             row.update({f"prob_{c}": round(v, 6) for c, v in pred.probabilities.items()})
             row.update(
@@ -212,8 +228,16 @@ def _serve(args: argparse.Namespace) -> int:
     from medclf.serve.server import run_server
 
     api_key = args.api_key or os.environ.get("MEDCLF_API_KEY") or None
+    if not args.max_megapixels > 0:
+        from medclf.errors import ConfigError
+
+        raise ConfigError(f"--max-megapixels {args.max_megapixels:g}: give a positive number, e.g. 16")
     predictor = _load_predictor(args.run_dir, args.backend, bf16=args.bf16)
-    cfg = ServerConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), api_key=api_key)
+    cfg = ServerConfig(
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=int(args.max_megapixels * 1_000_000),
+        api_key=api_key,
+    )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"warning: listening on {args.host}: put a TLS reverse proxy in front and set --api-key",

@@ -1,26 +1,38 @@
 """REST API (FastAPI) over one ``Predictor``: /predict, /explain, /health, /model.
 
 Uploads are read into memory with a hard size limit and parsed there (never spooled to a temporary file, as
-Starlette's form parser does for large files), decoded with the pixel limit, and dropped when the request ends.
-Neither the image, its file name nor its metadata is logged.
+Starlette's form parser does for large files), checked against the pixel limit from their header, decoded and
+run in a few worker threads (never on the event loop, so /health answers while they work), and dropped when the
+request ends. Neither the image, its file name nor its metadata is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hmac
 import io
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from medclf import DISCLAIMER, __version__
+from medclf.data.images import MAX_PIXELS, decoded_size
 from medclf.errors import BadImageError, ConfigError, MedclfError
 
 __all__ = ["ServerConfig", "create_app"]
+
+T = TypeVar("T")
+
+_BIG_PIXELS = 4_000_000
+"""Uploads that decode to more pixels than this (or whose size the header does not tell) decode one at a time."""
 
 _IMAGE_TYPES = (
     "image/jpeg",
@@ -41,19 +53,69 @@ class ServerConfig:
 
     max_upload_bytes: int = 20 * 1024 * 1024
     """Largest request body; bigger uploads get 413 before they are read."""
-    max_pixels: int = 50_000_000
-    """Decoded images with more pixels are refused (413): the decompression-bomb guard."""
+    max_pixels: int = 16_000_000
+    """Uploads that would decode to more pixels get 413, judged from the header before any pixel is decoded
+    (a 3 kB lossless WebP can claim 7000 x 7000 pixels and cost 0.8 GB to decode). A JPEG counts at the reduced
+    scale it is decoded at (``Preprocessing.decode_side``), so a 24-megapixel camera JPEG passes."""
     request_timeout_s: float = 30.0
     """A request body that takes longer than this to arrive gets 408."""
+    header_timeout_s: float = 10.0
+    """A connection must send a complete request line and headers within this many seconds of opening (or of
+    its previous response); otherwise it is closed, with 408 when it had sent part of a request."""
+    max_connections: int = 512
+    """Open sockets; past this the one that has waited longest without sending a request is closed."""
+    max_requests: int = 16
+    """/predict and /explain requests in progress (receiving, queued or computing); more get 503 with
+    Retry-After. Idle sockets do not count."""
+    workers: int | None = None
+    """Threads that decode uploads and run the model (default: the CPU cores, at most 4). Uploads that decode
+    to more than 4 Mpx, and DICOM, are also decoded one at a time, so their memory does not grow with the
+    number of cores."""
+    explain_queue: int = 2
+    """Explanations that may wait behind the running one, per kind (Grad-CAM and Grad-CAM++ share one queue,
+    Score-CAM has its own); more get 503 with Retry-After."""
     api_key: str | None = None
     """When set, /predict, /explain and /model need the header ``X-API-Key: <key>``."""
     allowed_types: tuple[str, ...] = field(default=_IMAGE_TYPES)
     """Accepted content types of the ``file`` part."""
 
 
+def _default_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(4, cores)
+
+
 class _HTTPError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        self.status, self.detail = status, detail
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+@contextlib.contextmanager
+def _admit(limiter: anyio.CapacityLimiter, what: str, retry_after_s: int) -> Iterator[None]:
+    """Hold one of ``limiter``'s tokens for the block, or answer 503 at once when none is free."""
+    try:
+        limiter.acquire_nowait()
+    except anyio.WouldBlock:
+        raise _HTTPError(
+            503,
+            f"the server is busy ({what}); try again in {retry_after_s} s",
+            {"Retry-After": str(retry_after_s)},
+        ) from None
+    try:
+        yield
+    finally:
+        limiter.release()
+
+
+class _Lane:
+    """Work that runs ``running`` at a time in worker threads, with at most ``waiting`` more queued."""
+
+    def __init__(self, running: int, waiting: int) -> None:
+        self.admitted = anyio.CapacityLimiter(running + waiting)
+        self.threads = anyio.CapacityLimiter(running)
 
 
 @dataclass
@@ -166,9 +228,18 @@ def create_app(predictor: Any, config: ServerConfig | None = None) -> FastAPI:
         description=f"Medical image classifier ({', '.join(predictor.classes)}). {DISCLAIMER}",
     )
 
+    requests = anyio.CapacityLimiter(cfg.max_requests)
+    work = anyio.CapacityLimiter(cfg.workers or _default_workers())
+    big = anyio.CapacityLimiter(1)
+    # Grad-CAM calls run one at a time (they hook the model), Score-CAM's on a copy of its own: a 15-second
+    # Score-CAM then delays neither predictions nor Grad-CAM, and its queue is short because each costs seconds
+    explain_lanes = {"grad": _Lane(1, cfg.explain_queue), "score": _Lane(1, cfg.explain_queue)}
+
     @app.exception_handler(_HTTPError)
     async def _http_error(_: Request, exc: _HTTPError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail, "disclaimer": DISCLAIMER}, status_code=exc.status)
+        return JSONResponse(
+            {"detail": exc.detail, "disclaimer": DISCLAIMER}, status_code=exc.status, headers=exc.headers
+        )
 
     def check_key(request: Request) -> None:
         if cfg.api_key is None:
@@ -177,7 +248,8 @@ def create_app(predictor: Any, config: ServerConfig | None = None) -> FastAPI:
         if not hmac.compare_digest(given.encode(), cfg.api_key.encode()):
             raise _HTTPError(401, "missing or wrong API key; send it in the X-API-Key header")
 
-    async def read_upload(request: Request) -> tuple[Any, dict[str, Any] | None]:
+    async def read_upload(request: Request) -> tuple[bytes, dict[str, Any] | None]:
+        """The ``file`` part's bytes and the metadata fields (nothing decoded yet)."""
         check_key(request)
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > cfg.max_upload_bytes:
@@ -199,6 +271,8 @@ def create_app(predictor: Any, config: ServerConfig | None = None) -> FastAPI:
             raise _HTTPError(
                 408, f"the upload took longer than {cfg.request_timeout_s:.0f} s; try again"
             ) from None
+        except ClientDisconnect:  # an everyday event, not a server error with a traceback in the log
+            raise _HTTPError(400, "the client closed the connection before the upload ended") from None
         upload = _parse_multipart(body, request.headers.get("content-type", ""))
         if not upload.data:
             raise _HTTPError(400, "the uploaded file is empty (0 bytes); choose the image file again")
@@ -207,13 +281,37 @@ def create_app(predictor: Any, config: ServerConfig | None = None) -> FastAPI:
                 415,
                 f"content type {upload.content_type!r} is not an image; send JPEG, PNG, BMP, TIFF, GIF, WebP or DICOM",
             )
-        try:
-            image = predictor.load(upload.data, "upload", max_pixels=cfg.max_pixels)
-        except BadImageError as exc:
-            status = 413 if "too large" in exc.reason else 400
-            raise _HTTPError(status, f"the uploaded file cannot be used: {exc.reason}") from None
-        metadata = _metadata(upload.fields)
-        return image, metadata
+        return upload.data, _metadata(upload.fields)
+
+    async def on_upload(fn: Callable[[Any], T], data: bytes, threads: anyio.CapacityLimiter) -> T:
+        """``fn(image)`` in a worker thread on the decoded upload, after its header passed the pixel limit."""
+        size = await anyio.to_thread.run_sync(
+            functools.partial(decoded_size, data, min_side=predictor.serving.preprocessing.decode_side()),
+            limiter=work,
+        )
+        if size is not None and size[0] * size[1] > cfg.max_pixels:
+            w, h = size
+            raise _HTTPError(
+                413,
+                f"the uploaded image is too large: {w} x {h} = {w * h:,} pixels, and this server decodes at "
+                f"most {cfg.max_pixels:,} (a decompression-bomb guard); downscale it, or start the server "
+                "with a higher --max-megapixels if you trust the source",
+            )
+        # the header has been checked; DICOM (size unknown) is checked from its Rows and Columns in load
+        limit = cfg.max_pixels if size is None else max(cfg.max_pixels, MAX_PIXELS)
+
+        def job() -> T:
+            try:
+                image = predictor.load(data, "upload", max_pixels=limit)
+            except BadImageError as exc:
+                status = 413 if "too large" in exc.reason else 400
+                raise _HTTPError(status, f"the uploaded file cannot be used: {exc.reason}") from None
+            return fn(image)
+
+        if size is not None and size[0] * size[1] <= _BIG_PIXELS:
+            return await anyio.to_thread.run_sync(job, limiter=threads)
+        async with big:  # one big decode at a time: its memory, not the core count, sets the ceiling
+            return await anyio.to_thread.run_sync(job, limiter=threads)
 
     def _metadata(fields: dict[str, str]) -> dict[str, Any] | None:
         if not meta_fields:
@@ -245,14 +343,18 @@ def create_app(predictor: Any, config: ServerConfig | None = None) -> FastAPI:
         check_key(request)
         return predictor.model_card()
 
+    def predict_image(image: Any, metadata: dict[str, Any] | None) -> Any:
+        try:
+            return predictor.predict([image], metadata)[0]
+        except MedclfError as exc:
+            raise _HTTPError(422, str(exc)) from None
+
     @app.post("/predict", openapi_extra=_upload_schema(meta_fields))
     async def predict(request: Request) -> dict[str, Any]:
         """Predict one image (multipart field ``file``; metadata as optional form fields)."""
-        image, metadata = await read_upload(request)
-        try:
-            pred = (await run_in_threadpool(predictor.predict, [image], metadata))[0]
-        except MedclfError as exc:
-            raise _HTTPError(422, str(exc)) from None
+        with _admit(requests, f"{cfg.max_requests} requests in progress", 1):
+            data, metadata = await read_upload(request)
+            pred = await on_upload(functools.partial(predict_image, metadata=metadata), data, work)
         out = pred.to_dict()
         out["threshold"] = predictor.threshold
         out["positive_class"] = predictor.positive_class
@@ -269,27 +371,39 @@ def create_app(predictor: Any, config: ServerConfig | None = None) -> FastAPI:
         request: Request, method: str = "gradcam", alpha: float = 0.5, target: str | None = None
     ):
         """Grad-CAM (or gradcam++, scorecam) heat map over the image, as a PNG."""
-        image, metadata = await read_upload(request)
+        from medclf.explain import CAM_METHODS
+
+        if method not in CAM_METHODS:
+            raise _HTTPError(422, f"unknown method {method!r}; choose one of {', '.join(CAM_METHODS)}")
         if not 0.0 <= alpha <= 1.0:
             raise _HTTPError(422, "alpha must be between 0 and 1")
         if not predictor.can_explain:
             raise _HTTPError(
                 501, "this model cannot be explained (no image model or no PyTorch weights loaded)"
             )
-        try:
-            ex = await run_in_threadpool(
-                predictor.explain, image, metadata, method=method, target=target, alpha=alpha
-            )
-        except ConfigError as exc:
-            raise _HTTPError(422, str(exc)) from None
-        buf = io.BytesIO()
-        ex.overlay.save(buf, format="PNG")
-        headers = {
-            "X-Medclf-Target": ex.target,
-            "X-Medclf-Decision": ex.prediction.decision,
-            "X-Medclf-Refer": str(ex.prediction.refer).lower(),
-            "X-Medclf-Disclaimer": DISCLAIMER,
-        }
-        return Response(buf.getvalue(), media_type="image/png", headers=headers)
+
+        def explain_image(image: Any, metadata: dict[str, Any] | None) -> tuple[bytes, dict[str, str]]:
+            try:
+                ex = predictor.explain(image, metadata, method=method, target=target, alpha=alpha)
+            except ConfigError as exc:
+                raise _HTTPError(422, str(exc)) from None
+            buf = io.BytesIO()
+            ex.overlay.save(buf, format="PNG")
+            headers = {
+                "X-Medclf-Target": ex.target,
+                "X-Medclf-Decision": ex.prediction.decision,
+                "X-Medclf-Refer": str(ex.prediction.refer).lower(),
+                "X-Medclf-Disclaimer": DISCLAIMER,
+            }
+            return buf.getvalue(), headers
+
+        lane = explain_lanes["score" if method == "scorecam" else "grad"]
+        with _admit(requests, f"{cfg.max_requests} requests in progress", 1):
+            data, metadata = await read_upload(request)
+            with _admit(lane.admitted, f"{method} explanations queued", 5):
+                png, headers = await on_upload(
+                    functools.partial(explain_image, metadata=metadata), data, lane.threads
+                )
+        return Response(png, media_type="image/png", headers=headers)
 
     return app

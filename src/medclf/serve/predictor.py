@@ -24,13 +24,21 @@ from medclf._microbatch import ENGINE_BATCH, OneImagePerCore, run_micro_batches
 from medclf.data.transforms import Preprocessing, create_transform
 from medclf.errors import BadImageError, ConfigError, MedclfError
 from medclf.evaluate.thresholds import decide, resolve_positive_classes
+from medclf.models.run_io import OOD_FILE
 from medclf.serve.ood import FeatureOOD
 
-__all__ = ["BACKENDS", "DEFAULT_REFER_BELOW", "Explanation", "ImageInput", "Prediction", "Predictor"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_REFER_BELOW",
+    "Explanation",
+    "ImageInput",
+    "NonFiniteOutputError",
+    "Prediction",
+    "Predictor",
+]
 
 BACKENDS = ("onnx", "openvino", "torch")
 DEFAULT_REFER_BELOW = 0.6
-OOD_FILE = "ood.safetensors"
 ImageInput = str | os.PathLike | bytes | Image.Image
 """A file path, the bytes of an image file (JPEG, PNG, DICOM, ...) or a decoded PIL image."""
 
@@ -64,6 +72,24 @@ class Prediction:
             "ood_threshold": self.ood_threshold,
             "disclaimer": self.disclaimer,
         }
+
+
+class NonFiniteOutputError(MedclfError):
+    """The model's output (or OOD score) for some images is NaN or infinite: those images get no decision.
+
+    ``rows`` are their positions in the batch; ``predictions`` has the other images' predictions, None at ``rows``.
+    """
+
+    REASON = (
+        "the model's output is NaN or infinite, so medclf makes no decision; a clinician must read the image, "
+        "and the model needs checking (retrain the run if ordinary images do this)"
+    )
+
+    def __init__(self, rows: Sequence[int], predictions: Sequence[Prediction | None]) -> None:
+        self.rows = list(rows)
+        self.predictions = list(predictions)
+        which = "" if len(self.predictions) == 1 else f"{len(self.rows)} of {len(self.predictions)} images: "
+        super().__init__(which + self.REASON)
 
 
 @dataclass(frozen=True)
@@ -255,9 +281,12 @@ class Predictor:
             from medclf.models.metadata import MetadataEncoder
 
             self._encoder = MetadataEncoder.from_dict(serving.metadata_encoder)
-        # Grad-CAM hooks the shared torch model, so explanations run one at a time
+        # Grad-CAM hooks the shared torch model, so explanations run one at a time; Score-CAM (seconds per
+        # map) has a model copy and a lock of its own, so it does not hold Grad-CAM up
         self._cam_lock = threading.Lock()
         self._cam_model: torch.nn.Module | None = None
+        self._slow_cam_lock = threading.Lock()
+        self._slow_cam_model: torch.nn.Module | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -447,7 +476,8 @@ class Predictor:
             raise ConfigError(
                 f"got {len(images)} images but {len(metadata)} metadata rows; pass one per image"
             )
-        out: list[Prediction] = []
+        out: list[Prediction | None] = []
+        bad: list[int] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             arrays = [self.preprocess(self.load(im, _name(im))) for im in chunk]
@@ -455,19 +485,37 @@ class Predictor:
             meta = self.encode_metadata(
                 None if metadata is None else metadata[start : start + len(chunk)], len(chunk)
             )
-            out += self.predict_arrays(x, meta)
-        return out
+            try:
+                out += self.predict_arrays(x, meta)
+            except NonFiniteOutputError as exc:
+                bad += [start + i for i in exc.rows]
+                out += exc.predictions
+        if bad:
+            raise NonFiniteOutputError(bad, out)
+        return out  # type: ignore[return-value]
 
     def predict_arrays(self, x: np.ndarray, meta: np.ndarray | None = None) -> list[Prediction]:
-        """Preprocessed [B, C, H, W] float32 (+ encoded metadata) -> predictions."""
+        """Preprocessed [B, C, H, W] float32 (+ encoded metadata) -> predictions.
+
+        ``NonFiniteOutputError`` when the output for any image is NaN or infinite: such an output is no answer
+        (NaN compares false with every threshold, so it would read as the negative class, unreferred).
+        """
         logits, scores = self.backend.run(np.ascontiguousarray(x, dtype=np.float32), meta)
-        probs = _softmax(np.asarray(logits, np.float64) / max(self.serving.temperature, 1e-6))
+        with np.errstate(all="ignore"):  # non-finite rows are refused below, not warned about
+            probs = _softmax(np.asarray(logits, np.float64) / max(self.serving.temperature, 1e-6))
+        ok = np.isfinite(probs).all(axis=1)
+        if scores is not None:
+            ok &= np.isfinite(np.asarray(scores, np.float64))
         s = self.serving
-        decisions = decide(probs, s.classes, s.threshold, s.positive_classes)  # the whole batch at once
-        return [
-            self._decide(p, None if scores is None else float(scores[i]), int(d))
+        decisions = np.zeros(len(probs), np.int64)  # decided for the whole batch at once:
+        decisions[ok] = decide(probs[ok], s.classes, s.threshold, s.positive_classes)
+        preds = [
+            self._decide(p, None if scores is None else float(scores[i]), int(d)) if ok[i] else None
             for i, (p, d) in enumerate(zip(probs, decisions, strict=True))
         ]
+        if not ok.all():
+            raise NonFiniteOutputError(np.flatnonzero(~ok).tolist(), preds)
+        return preds  # type: ignore[return-value]
 
     def _decide(self, p: np.ndarray, ood_score: float | None, decided: int | None = None) -> Prediction:
         """One image's answer from its probabilities; ``decided``: its decision, when the batch's was made at once."""
@@ -532,9 +580,10 @@ class Predictor:
                 f"--target {target!r} is not a class of this model; classes: {', '.join(self.classes)}"
             )
         assert self.torch_model is not None
-        with self._cam_lock:
+        slow = method == "scorecam"
+        with self._slow_cam_lock if slow else self._cam_lock:
             cam = compute_cam(
-                self._model_for_cam(),
+                self._model_for_cam(slow),
                 torch.from_numpy(x),
                 meta=None if meta is None else torch.from_numpy(meta),
                 method=method,
@@ -543,14 +592,22 @@ class Predictor:
         overlay = overlay_cam(pil, cam, alpha, resize=self.serving.preprocessing.resize)
         return Explanation(cam=cam, overlay=overlay, target=target_name, method=method, prediction=pred)
 
-    def _model_for_cam(self) -> torch.nn.Module:
-        """The model Grad-CAM may hook (call under ``_cam_lock``).
+    def _model_for_cam(self, slow: bool = False) -> torch.nn.Module:
+        """The model Grad-CAM may hook (call under ``_cam_lock``, or ``_slow_cam_lock`` for ``slow``).
 
         Grad-CAM registers hooks on ``cam_layer`` and toggles ``requires_grad``; when the torch backend predicts
         with the same module in other threads, their forward passes would feed the hooks and corrupt the map,
-        so explanations then use a private copy of the model (made once).
+        so explanations then use a private copy of the model (made once). Score-CAM (``slow``) always gets a
+        copy of its own.
         """
         assert self.torch_model is not None
+        if slow:
+            if self._slow_cam_model is None:
+                import copy
+
+                with self._cam_lock:  # copied while no Grad-CAM hooks it (deepcopy would copy the hooks)
+                    self._slow_cam_model = copy.deepcopy(self.torch_model).eval()
+            return self._slow_cam_model
         if getattr(self.backend, "model", None) is not self.torch_model:
             return self.torch_model  # ONNX backend: nothing else runs this module
         if self._cam_model is None:
@@ -680,10 +737,18 @@ def load_or_fit_ood(run: Any, *, max_images: int = 400, seed: int = 0) -> Featur
     """
     if int(getattr(run.model, "num_features", 0) or 0) <= 0:
         return None
+    from medclf.models.run_io import read_manifest, seal_file, sha256_file
+
     run_dir = Path(run.run_dir)
     cache = run_dir / OOD_FILE
     digest = _weights_digest(run)
-    if cache.is_file() and FeatureOOD.read_info(cache).get("weights_sha256") == digest:
+    digests = read_manifest(run_dir)
+    # a detector the manifest does not vouch for (added later, or edited: a threshold of 1e30 refers nothing) is
+    # not used; a folder saved before manifests has only the weights' digest to go by
+    vouched = digests is None or (
+        cache.is_file() and OOD_FILE in digests and sha256_file(cache) == digests[OOD_FILE]
+    )
+    if vouched and cache.is_file() and FeatureOOD.read_info(cache).get("weights_sha256") == digest:
         try:
             return FeatureOOD.load(cache)
         except MedclfError:
@@ -706,6 +771,7 @@ def load_or_fit_ood(run: Any, *, max_images: int = 400, seed: int = 0) -> Featur
     # a read-only run folder keeps the detector in memory only
     with contextlib.suppress(OSError):
         ood.save(cache, weights_sha256=digest)
+        seal_file(run_dir, OOD_FILE)
     return ood
 
 
@@ -730,9 +796,11 @@ def run_metrics(
     ``val_predictions.csv`` / ``test_predictions.csv`` (accuracy, balanced accuracy, AUC, n)."""
     if run_dir is None:
         return {}
+    from medclf.evaluate.pipeline import INCOMPLETE_FILE
+
     for name in ("metrics.json", "eval/metrics.json", "report/metrics.json"):
         p = run_dir / name
-        if p.is_file():
+        if p.is_file() and not (p.parent / INCOMPLETE_FILE).exists():  # an interrupted evaluation: not used
             try:
                 return json.loads(p.read_text(encoding="utf-8"))
             except json.JSONDecodeError:

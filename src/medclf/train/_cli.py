@@ -21,7 +21,10 @@ def _common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
             "config", metavar="CONFIG", nargs="?", help="YAML recipe (configs/*.yaml); defaults if omitted"
         )
     p.add_argument(
-        "--data", metavar="DATA", help="data folder or dataset spec; overrides data.root of the recipe"
+        "--data",
+        metavar="DATA",
+        help="data folder (read in its own layout with the recipe's dataset rules) or dataset spec .yaml; "
+        "overrides data.root of the recipe",
     )
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP
@@ -127,6 +130,8 @@ def _train(args: argparse.Namespace) -> int:
         f"best {info.get('monitor')} = {_fmt(info.get('best_score'))} (epoch {info.get('best_epoch')})"
     )
     _print_validation(info)
+    for line in info.get("warnings") or []:
+        print(f"  warning: {line}")
     if info.get("skipped_images"):
         print(f"  skipped {len(info['skipped_images'])} unreadable image(s): listed in run.json")
     print(f"  next: medclf evaluate {run} --out {Path(run) / 'eval'}")
@@ -187,7 +192,10 @@ def _ensemble(args: argparse.Namespace) -> int:
 
     run = build_run_ensemble(args.runs, args.out, threshold=args.threshold, name=args.name)
     print(f"ensemble of {len(args.runs)} runs -> {run}")
-    _print_validation(json.loads((Path(run) / "run.json").read_text(encoding="utf-8")))
+    info = json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))
+    _print_validation(info)
+    for line in info.get("warnings") or []:
+        print(f"  warning: {line}")
     print(f"  next: medclf evaluate {run} --out {Path(run) / 'eval'}")
     print(medclf.DISCLAIMER)
     return 0

@@ -31,7 +31,7 @@ from medclf.config import RunConfig
 from medclf.errors import ConfigError, DataError
 from medclf.train.features import FeatureSet, extract_features, find_trunk, split_backbone
 from medclf.train.losses import class_weights, create_loss
-from medclf.train.metrics import classification_metrics, monitor_mode, seed_all
+from medclf.train.metrics import classification_metrics, diverged_error, monitor_mode, seed_all
 
 __all__ = ["CachedTrainer", "check_ema", "check_mixup", "train_cached"]
 
@@ -213,15 +213,20 @@ class CachedTrainer:
                 loss = loss_fn(logits, target)
                 if mix is not None:
                     loss = lam * loss + (1.0 - lam) * loss_fn(logits, target[perm])
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise diverged_error(epoch, "the training loss", opt.param_groups[0]["lr"], t.lr)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 if ema is not None:
                     ema.update()
-                total += float(loss.detach()) * len(idx)
+                total += value * len(idx)
                 seen += len(idx)
             with ema.swapped() if ema is not None else contextlib.nullcontext():
                 val_logits = self.logits(val_x, val_meta)
+            if not np.isfinite(val_logits).all():
+                raise diverged_error(epoch, "the model's validation outputs", opt.param_groups[0]["lr"], t.lr)
             m = classification_metrics(val_logits, val_y, self.positive)
             row = {
                 "epoch": epoch,

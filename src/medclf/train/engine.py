@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medclf._atomic import atomic_path, atomic_write_text
+from medclf._atomic import atomic_path, atomic_write_text, make_dir, remove_temp_files, write_error
 from medclf._malloc import retain_freed_memory
 from medclf.config import RunConfig, TrainConfig, dump_config, load_config
 from medclf.errors import ConfigError, DataError, MedclfError
@@ -43,7 +43,8 @@ _QUIET = (
 
 # ---- data ---------------------------------------------------------------------------------------------------
 def load_data(cfg: RunConfig, data: str | Path | None = None) -> Any:
-    """The recipe's dataset (``data`` overrides ``data.root``; ``data.spec`` rules apply to it)."""
+    """The recipe's dataset (``data`` overrides ``data.root``; ``data.spec`` rules apply to it, and a folder other
+    than the spec's own root is read in its own layout: ``resolve_spec``)."""
     from medclf.data import DatasetSpec, load_dataset, resolve_spec
 
     root = str(data) if data is not None else cfg.data.root
@@ -106,6 +107,11 @@ def _check_cfg(cfg: RunConfig) -> None:
             raise ConfigError(f"train.{key}={getattr(t, key)!r}: choose one of {', '.join(allowed)}")
     if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
         raise ConfigError("train.epochs and train.batch_size must be at least 1 and train.lr positive")
+    if t.strategy == "finetune" and not 0 <= t.head_epochs < t.epochs:
+        raise ConfigError(
+            f"train.head_epochs={t.head_epochs}, train.epochs={t.epochs}: train.epochs counts the head epochs too, "
+            "so finetune needs 0 <= train.head_epochs < train.epochs"
+        )
     if t.num_nodes < 1:
         raise ConfigError(f"train.num_nodes={t.num_nodes}: must be at least 1 (the number of machines)")
     from medclf.train.cached import check_ema, check_mixup
@@ -153,6 +159,9 @@ def train(
     run_dir = Path(out_dir)
     if resume:
         cfg, dataset, split = _resume_inputs(run_dir)
+        # temporary files of writes cut short by the crash (`medclf._atomic`): never read, so just removed
+        for folder in (run_dir, run_dir / CHECKPOINTS):
+            remove_temp_files(folder)
     else:
         _check_fresh(run_dir)
         _check_cfg(cfg)
@@ -164,6 +173,11 @@ def train(
         classes = list(dataset.classes)
         _positive_classes(cfg, classes, _positive_index(cfg, classes))
         _write_description(run_dir, cfg, dataset, split)
+    from medclf.data.splits import small_split_warnings
+
+    # said before training starts, not first seen in the report; run.json keeps them (finalize_run)
+    for line in small_split_warnings(split, list(dataset.classes)):
+        logging.getLogger(__name__).warning("warning: %s", line)
     # training allocates and frees tensors of tens of MiB every step: glibc keeps them for reuse (medclf._malloc)
     with retain_freed_memory():
         if cfg.train.strategy == "cached":
@@ -216,7 +230,7 @@ def _check_fresh(run_dir: Path) -> None:
 def _write_description(run_dir: Path, cfg: RunConfig, dataset: Any, split: pd.DataFrame) -> None:
     from medclf.data import write_split_csv
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     atomic_write_text(run_dir / "dataset.yaml", dataset.spec.to_yaml())
     write_split_csv(split, run_dir / "split.csv")
@@ -408,7 +422,7 @@ def _train_lightning(
     steps = max(1, len(train_loader))
     try:
         trainer = pl.Trainer(
-            max_epochs=head_epochs + t.epochs,
+            max_epochs=t.epochs,  # finetune: the head epochs are part of train.epochs
             accelerator=t.accelerator,
             devices=t.devices,
             num_nodes=t.num_nodes,
@@ -431,18 +445,30 @@ def _train_lightning(
     if starved and trainer.is_global_zero:
         logging.getLogger(__name__).warning(starved)
     ckpt_path = ckpt_dir / LAST_CKPT if resume else None
+    if ckpt_path is not None:
+        _check_checkpoint(ckpt_path)
     with warnings.catch_warnings():
         for message in _QUIET:
             warnings.filterwarnings("ignore", message=message)
-        trainer.fit(
-            module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True if resume else None
-        )
+        try:
+            trainer.fit(
+                module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True if resume else None
+            )
+        except MedclfError:
+            raise
+        except OSError as exc:  # Lightning's own writes (last.ckpt, logs/) on a full or read-only disk
+            raise write_error(exc.filename or ckpt_dir, exc) from None
     if not trainer.is_global_zero:
         return run_dir
     if (ckpt_dir / BEST_WEIGHTS).is_file():
         from safetensors.torch import load_model
 
-        load_model(model, str(ckpt_dir / BEST_WEIGHTS))
+        try:
+            load_model(model, str(ckpt_dir / BEST_WEIGHTS))
+        except Exception as exc:  # safetensors raises plain exceptions on a damaged file
+            raise MedclfError(
+                f"{ckpt_dir / BEST_WEIGHTS} cannot be read ({exc}); delete {ckpt_dir} and train the run again"
+            ) from None
     model.cpu().eval()
     skipped = [*getattr(dataset, "bad_files", []), *train_ds.bad.items(), *val_ds.bad.items()]
     return finalize_run(
@@ -467,6 +493,20 @@ def _train_lightning(
         history_rows=history.rows,
         t0=t0,
     )
+
+
+def _check_checkpoint(path: Path) -> None:
+    """Refuse a ``last.ckpt`` that PyTorch's restricted loader (``weights_only=True``) will not read, before
+    Lightning tries: its own message would suggest ``weights_only=False``, which runs whatever the file holds."""
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # damaged, foreign, or carrying code: none of them can be resumed
+        raise MedclfError(
+            f"{path} cannot be loaded safely ({type(exc).__name__}: it is damaged or holds more than weights); "
+            f"delete {path.parent} and train the run again, without --resume"
+        ) from None
 
 
 def _positive_index(cfg: RunConfig, classes: list[str]) -> int:
@@ -515,6 +555,9 @@ def finalize_run(
 ) -> Path:
     """Calibrate on validation predictions, write val/test predictions, the plot and run.json + weights.
 
+    Too few validation images keep T = 1 and the default threshold; run.json says why (``temperature_skipped``,
+    ``threshold_skipped``) and lists them with the split's small-class sentences in ``warnings``.
+
     Shared by every strategy (the cached strategy calls it with its own model) so all run folders agree.
     """
     import torch
@@ -550,18 +593,33 @@ def finalize_run(
     skipped += bad
     index = {c: i for i, c in enumerate(classes)}
     y_val = np.array([index[str(v)] for v in val_rows["label"]], dtype=np.int64)
-    temperature = 1.0
+    from medclf.data.splits import small_split_warnings
+    from medclf.evaluate.calibration import fit_temperature, temperature_skip_reason
+    from medclf.evaluate.thresholds import DEFAULT_THRESHOLD, choose_threshold_ovr, threshold_skip_reason
+
+    run_warnings = small_split_warnings(split, classes)
+    temperature, temperature_skipped = 1.0, None
     if cfg.eval.calibrate:
-        from medclf.evaluate.calibration import fit_temperature
-
-        temperature = float(fit_temperature(val_logits, y_val))
-    threshold = None
+        # too few validation images: T = 1 beats a fit that follows a handful of confident mistakes
+        temperature_skipped = temperature_skip_reason(int(y_val.size))
+        if temperature_skipped is None:
+            temperature = float(fit_temperature(val_logits, y_val))
+    threshold, threshold_skipped = None, None
     if positive_set:
-        from medclf.evaluate.thresholds import choose_threshold_ovr
-
-        # validation predictions only: the test split never sees the operating point being chosen
-        val_probs = torch.softmax(torch.from_numpy(val_logits).double() / temperature, 1).numpy()
-        threshold = float(choose_threshold_ovr(y_val, val_probs, classes, positive_set, cfg.eval.threshold))
+        y_val_bin = np.isin(y_val, [index[c] for c in positive_set])
+        threshold_skipped = threshold_skip_reason(y_val_bin, cfg.eval.threshold)
+        if threshold_skipped is not None:
+            threshold = DEFAULT_THRESHOLD
+        else:
+            # validation predictions only: the test split never sees the operating point being chosen
+            val_probs = torch.softmax(torch.from_numpy(val_logits).double() / temperature, 1).numpy()
+            threshold = float(
+                choose_threshold_ovr(y_val, val_probs, classes, positive_set, cfg.eval.threshold)
+            )
+    for line in (temperature_skipped, threshold_skipped):
+        if line:
+            logging.getLogger(__name__).warning("warning: %s", line)
+            run_warnings.append(line)
     loaded.temperature, loaded.threshold = temperature, threshold
     _write_csv(predictions_frame(loaded, val_rows, val_logits), run_dir / "val_predictions.csv")
     if not test_df.empty:
@@ -580,7 +638,10 @@ def finalize_run(
         "threshold": threshold,
         "positive_classes": positive_set,
         "threshold_rule": str(cfg.eval.threshold) if positive_set else None,
+        "threshold_skipped": threshold_skipped,
         "temperature": temperature,
+        "temperature_skipped": temperature_skipped,
+        "warnings": run_warnings,
         "tta": list(cfg.eval.tta),
         "val_metrics": classification_metrics(val_logits, y_val, positive),
         **(extra or {}),

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from medclf.errors import ConfigError
+from medclf.errors import ConfigError, MedclfError
 
-__all__ = ["MONITORS", "classification_metrics", "monitor_mode", "seed_all"]
+__all__ = ["MONITORS", "classification_metrics", "diverged_error", "monitor_mode", "seed_all"]
 
 MONITORS = ("val_auc", "val_loss", "val_acc", "val_bacc")
 
@@ -48,6 +48,16 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray, positive: int = 1)
         aucs = [float(roc_auc_score(y == c, probs[:, c])) for c in range(k) if 0 < (y == c).sum() < len(y)]
         auc = float(np.mean(aucs)) if aucs else 0.5
     return {"loss": loss, "acc": acc, "bacc": bacc, "auc": auc}
+
+
+def diverged_error(epoch: int, what: str, lr: float, configured_lr: float) -> MedclfError:
+    """Training stops here: NaN or infinite ``what`` (the loss, the validation outputs) in ``epoch`` (numbered as in
+    history.csv), while training at learning rate ``lr`` (``configured_lr`` is train.lr)."""
+    return MedclfError(
+        f"training diverged in epoch {epoch}: {what} became NaN or infinite at learning rate {lr:g}; "
+        f"lower train.lr (now {configured_lr:g}, e.g. --set train.lr={configured_lr / 10:g}) and train into a new "
+        "--out folder"
+    )
 
 
 def seed_all(seed: int) -> None:

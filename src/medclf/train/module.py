@@ -19,7 +19,7 @@ from torch import nn
 from medclf.config import TrainConfig
 from medclf.errors import ConfigError
 from medclf.train.losses import create_loss
-from medclf.train.metrics import MONITORS, classification_metrics, monitor_mode, seed_all
+from medclf.train.metrics import MONITORS, classification_metrics, diverged_error, monitor_mode, seed_all
 
 __all__ = ["MONITORS", "ClassifierModule", "classification_metrics", "monitor_mode", "seed_all"]
 
@@ -108,7 +108,10 @@ class ClassifierModule(pl.LightningModule):
             return None
         x, meta, y = batch
         loss = self.loss_fn(self._forward(x, meta), y)
-        self._loss_sum += float(loss.detach()) * len(y)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise self._diverged("the training loss")
+        self._loss_sum += value * len(y)
         self._loss_n += len(y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
@@ -129,10 +132,16 @@ class ClassifierModule(pl.LightningModule):
         if self.trainer.world_size > 1:
             logits = self.all_gather(logits).flatten(0, 1)
             y = self.all_gather(y).flatten(0, 1)
+        if not bool(torch.isfinite(logits).all()):
+            raise self._diverged("the model's validation outputs")
         m = classification_metrics(logits.cpu().numpy(), y.cpu().numpy(), self.positive_index)
         self.last_train_loss = self._loss_sum / self._loss_n if self._loss_n else float("nan")
         for k, v in m.items():
             self.log(f"val_{k}", v, prog_bar=k in ("loss", "auc"), sync_dist=False)
+
+    def _diverged(self, what: str) -> Exception:
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else self.tcfg.lr
+        return diverged_error(self.current_epoch, what, float(lr), self.tcfg.lr)
 
     # ---- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -171,7 +180,7 @@ class ClassifierModule(pl.LightningModule):
     def _cosine_factor(self, head: bool) -> Any:
         t = self.tcfg
         h = self.head_epochs
-        span = max(1, t.epochs)
+        span = max(1, t.epochs - h)  # train.epochs counts the head epochs too
 
         def factor(epoch: int) -> float:
             if epoch < h:
