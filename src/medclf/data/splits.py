@@ -96,10 +96,11 @@ def _assign_groups(pool: pd.DataFrame, fractions: dict[str, float], seed: int) -
     """Group -> split name, for any split sizes; no group lands in two splits.
 
     Systematic sampling over a sorted list: groups are ordered by their majority class, then size bin (largest
-    first: 1, 2, 3-4, 5-8, ...), then metadata, then size, then at random (`seed`); walking that list, each group goes to the split furthest
-    below its share of the images so far. Every split thus gets its share of each class, of each group size
-    and of each metadata value. (scikit-learn's `StratifiedGroupKFold` makes equal folds only, and balances
-    group sizes less well: `benchmarks/split_quality.py`.)
+    first: 1, 2, 3-4, 5-8, ...), then metadata, then size, then at random (`seed`); walking that list, each group
+    goes to the split furthest below its share of the images so far of the group's classes. Every split thus
+    gets its share of each class, of each group size and of each metadata value. (scikit-learn's
+    `StratifiedGroupKFold` makes equal folds only, and balances group sizes and metadata less well:
+    `benchmarks/split_quality.py`.)
     """
     names = [s for s, f in fractions.items() if f > 0]
     frac = np.array([fractions[s] for s in names], dtype=np.float64)
@@ -122,13 +123,18 @@ def _assign_groups(pool: pd.DataFrame, fractions: dict[str, float], seed: int) -
         counts.to_numpy().argmax(axis=1),
     ]
     order = np.lexsort(keys)
-    filled = rng.random(len(names)) * frac * size.max()  # a random start: no split is favoured by position
-    total = filled.sum()
+    # a running tally per class: each group goes to the split furthest below its share of the images so far of
+    # the group's own classes (a patient may hold images of several), so one class's large groups never spill
+    # into another's share; a random start per class favours no split by position
+    mat = counts.to_numpy(dtype=np.float64)
+    filled = rng.random((mat.shape[1], len(names))) * frac * size.max()
+    total = filled.sum(axis=1)
     split = np.empty(len(size), dtype=int)
     for gi in order:
-        total += size[gi]
-        s = int(np.argmax(frac * total - filled))
-        filled[s] += size[gi]
+        g = mat[gi]
+        total += g
+        s = int(np.argmax(g @ (total[:, None] * frac[None, :] - filled)))
+        filled[:, s] += g
         split[gi] = s
     for s in range(len(names)):  # tiny data: give an empty split the smallest group of the fullest split
         if not (split == s).any():
