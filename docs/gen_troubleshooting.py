@@ -19,14 +19,29 @@ SRC = ROOT / "src" / "medclf"
 OUT = Path(__file__).resolve().parent / "troubleshooting.md"
 BASE_ERROR = "MedclfError"
 HTTP_ERROR = "_HTTPError"
-# functions that turn their arguments into one error message; the data loader passes `report(where, reason)` to
-# every layout scanner (medclf.data.dataset.load_dataset), so each `report(...)` call is a message
-HELPERS = ("report",)
+# functions that turn their arguments into one error message
+HELPERS: tuple[str, ...] = ()
+# the data loader passes `report(where, reason)` to every layout scanner (medclf.data.dataset.load_dataset) and
+# raises one DataError for all the inputs reported: each `report(...)` call is a message, shown as it reads when
+# it is the only bad input
+REPORTED = {
+    "report": (
+        "DataError",
+        ["where", "reason"],
+        "{where}: {reason} (or pass --skip-bad / skip_bad=True to skip and list bad inputs)",
+    )
+}
+# functions that build a message from several values, shown by the message's shape
+SHAPES = {
+    "_bad_inputs_message": "{n} bad inputs — {where}, {where}: {reason}; {where}: {reason}; and {k} more (fix or "
+    "remove them, or pass --skip-bad / skip_bad=True to skip and list bad inputs)",
+}
 
 _CLASS_HINTS = {
     "ConfigError": "fix the config key, option or argument the message names",
     "DataError": "fix the file, row or folder the message names",
-    "BadImageError": "replace, convert or remove the file; data commands take `--skip-bad` to skip and list it",
+    "BadImageError": "replace, convert or remove the file; `data`, `train`, `cv`, `tune` and `evaluate` take "
+    "`--skip-bad` to skip and list it",
     "MedclfError": "follow the message",
 }
 
@@ -69,10 +84,21 @@ environment (JPEG Lossless, JPEG-LS and HTJ2K files need them); see [dicom.md](d
 
 **A run was killed** (power cut, `kill -9`, Ctrl-C, out of memory). `medclf train --out RUN --resume` continues
 from the last finished epoch with the run's own config and split. A new `medclf train --out RUN` into the same
-folder stops with `RUN already holds a run; pass --resume to continue it, or choose a new --out folder`; a run
-killed before its first epoch ended has nothing to resume (delete the folder and train again). Every reader
-refuses an unfinished run: `RUN is not a medclf run folder (no run.json)`. See
-[reliability.md](reliability.md#--resume).
+folder stops with `RUN already holds an interrupted run; pass --resume to continue it, or choose a new --out
+folder` (or, for a run that finished, says so and how to evaluate it); a run killed before its first epoch ended
+has nothing to resume (delete the folder and train again). Every reader refuses an unfinished run:
+`RUN is not a medclf run folder (no run.json)`. See [reliability.md](reliability.md#--resume).
+
+**Unreadable images or bad CSV rows.** `data info`, `data split`, `train`, `cv`, `tune` and `evaluate` check
+every image header and every row before they start, and stop with one line that counts the bad inputs and names
+the first five, grouped by reason: `8 bad inputs — DATA/a/x.jpg, ...: not an image: a text file; ... (fix or
+remove them, or pass --skip-bad ...)`. Fix or delete them, or add `--skip-bad` to the same command to leave them
+out (`data info DATA --skip-bad` lists them all; a run lists them in `run.json`). `medclf data audit DATA` lists
+them too, with duplicates and leakage. See [reliability.md](reliability.md).
+
+**The port is in use.** `medclf serve` and `medclf app` check the port before loading the model:
+`port 8000 on 127.0.0.1 is already in use (another server?); stop that server, or pass another port, e.g.
+--port 8001`. Stop the other server, or pass `--port`. See [serving.md](serving.md).
 
 **HTTP 4xx from the REST API.** The body is JSON `{"detail": "...", "disclaimer": "..."}`; the detail says what
 to change (list [below](#rest-api-responses)). 400: the upload is empty, truncated or not an image; 401: send
@@ -166,6 +192,8 @@ class _Renderer:
         """``{name}`` for a value filled in at run time; str(x), repr(x), _short(x) and ', '.join(x) show as x."""
         if isinstance(node, ast.Name) and (text := self._local_text(node, line, depth)) is not None:
             return text
+        if isinstance(node, ast.Call) and _callee(node) in SHAPES:
+            return SHAPES[_callee(node)]
         if (
             isinstance(node, ast.Call)
             and len(node.args) == 1
@@ -236,7 +264,7 @@ def _helpers(
 ) -> dict[str, tuple[str, list[str], str]]:
     """The message helpers named in HELPERS: their one error call's template, with their parameters as
     placeholders; each call of a helper is then a message of its own."""
-    out: dict[str, tuple[str, list[str], str]] = {}
+    out: dict[str, tuple[str, list[str], str]] = dict(REPORTED)
     for _, tree in modules:
         for fn in ast.walk(tree):
             if not isinstance(fn, ast.FunctionDef) or fn.name not in HELPERS:

@@ -255,3 +255,32 @@ def test_spec_rules_on_another_folder_read_it_in_its_own_layout(tmp_path: Path) 
     (ham / "ham.yaml").write_text("root: .\ncsv: HAM10000_metadata.csv\nclass_map: {nv: naevus}\n")
     spec = resolve_spec(ham / "ham.yaml", dataclasses.replace(csv_rules, class_map={"mel": "melanoma"}))
     assert (spec.layout, spec.class_map, spec.group_by) == ("csv", {"nv": "naevus"}, "lesion_id")
+
+
+def test_every_bad_input_is_named_in_one_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medclf.cli import main
+
+    class_tree(tmp_path, {"a": 3, "b": 3})
+    for i in range(7):  # 7 unreadable files with one reason, then one with another
+        (tmp_path / "a" / f"text{i}.jpg").write_text("hello")
+    (tmp_path / "b" / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError) as info:
+        load_dataset(tmp_path)
+    msg = str(info.value)
+    assert msg.startswith("8 bad inputs — ") and "\n" not in msg
+    # the first five are named, grouped by reason; the rest are counted; the fix is said once
+    assert (
+        sum(f"text{i}.jpg" in msg for i in range(7)) == 5 and "and 2 more: not an image: a text file" in msg
+    )
+    assert "empty.png" not in msg and msg.endswith(
+        "; and 1 more (fix or remove them, or pass --skip-bad / skip_bad=True to skip and list bad inputs)"
+    )
+    # the command line stops with that one line, and --skip-bad lists all eight and goes on
+    for command in ("info", "split"):
+        extra = ["--out", str(tmp_path / "split.csv")] if command == "split" else []
+        assert main(["data", command, str(tmp_path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "8 bad inputs" in err and "--skip-bad" in err
+    assert main(["data", "info", str(tmp_path), "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 8 bad input(s)" in out and "empty.png" in out

@@ -44,3 +44,25 @@ def test_missing_and_empty_roots(tmp_path: Path) -> None:
     f.write_text("x")
     with pytest.raises(DataError, match="not a folder"):
         detect_layout(f)
+
+
+def test_class_folders_with_a_table_of_patient_ids(tmp_path: Path) -> None:
+    from medclf.data import load_dataset
+    from medclf.errors import ConfigError
+
+    class_tree(tmp_path, {"benign": 4, "malignant": 4})
+    rows = [f"{c}_{i}.jpg,P{i // 2}{c[0]}" for c in ("benign", "malignant") for i in range(4)]
+    (tmp_path / "patients.csv").write_text("image,patient_id\n" + "\n".join(rows) + "\n")
+    ds = load_dataset(tmp_path)  # no label column: the class folders give the labels, the table the groups
+    assert ds.layout == "csv" and ds.classes == ["benign", "malignant"] and ds.group_rule == "patient_id"
+    by_name = dict(zip(ds.records["path"].map(lambda p: Path(p).name), ds.records["label"], strict=True))
+    assert by_name["benign_3.jpg"] == "benign" and by_name["malignant_0.jpg"] == "malignant"
+    assert ds.records["group"].nunique() == 4 and ds.metadata == {}
+    # one folder of images is no class folder: the missing label column is still an error that says so
+    flat = tmp_path / "flat"
+    class_tree(flat, {"images": 4})
+    (flat / "patients.csv").write_text("image,patient_id\nimages_0.jpg,P1\n")
+    with pytest.raises(
+        ConfigError, match=r"column is the label.*or sort the images into one folder per class"
+    ):
+        load_dataset(flat)

@@ -86,3 +86,27 @@ def test_predict_cli_openvino_bf16_agrees_with_onnx(tiny_run, inputs, tmp_path) 
     pa, pb = pd.read_csv(a), pd.read_csv(b)
     np.testing.assert_allclose(pa.prob_malignant, pb.prob_malignant, atol=0.1)
     assert main(["predict", str(tiny_run), *files, "--bf16"]) == 2  # bf16 needs --backend openvino
+
+
+@pytest.mark.parametrize("command", ["serve", "app"])
+def test_a_busy_port_is_one_line_before_the_model_loads(command, tmp_path, monkeypatch, capsys) -> None:
+    import socket
+
+    import medclf.serve._cli as serve_cli
+    import medclf.serve.server as server
+
+    def never(*args, **kwargs):  # the port is checked first: nothing may be loaded or started
+        raise AssertionError("loaded or started despite the busy port")
+
+    monkeypatch.setattr(serve_cli, "_load_predictor", never)
+    monkeypatch.setattr(server, "run_app", never)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main([command, str(tmp_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err
+    # once the port is free again the check passes
+    serve_cli.check_port("127.0.0.1", port)

@@ -36,11 +36,34 @@ def test_train_cli_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert "run folder" in out and "not a diagnosis" in out
     assert json.loads((tmp_path / "run" / "run.json").read_text())["model"]["name"] == "tiny_cnn"
-    # a finished run is not silently overwritten; a bad key is one clear line
-    assert main(["train", "--data", str(data), *TINY, "--out", str(tmp_path / "run")]) == 2
-    assert "--resume" in capsys.readouterr().err
+    # the run is named after the data folder
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["name"] == "d"
+    # a finished run is not silently overwritten, and is not offered --resume: one message, with or without it
+    for resume in ([], ["--resume"]):
+        assert main(["train", "--data", str(data), *TINY, "--out", str(tmp_path / "run"), *resume]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "already holds a finished run" in err and "--resume" not in err
+        assert f"medclf evaluate {tmp_path / 'run'} --out" in err and "another --out folder" in err
+    # a bad key is one clear line
     assert main(["train", "--data", str(data), "--set", "train.nope=1", "--out", str(tmp_path / "x")]) == 2
     assert "unknown config key" in capsys.readouterr().err
+
+
+def test_train_skip_bad(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_folder_data(tmp_path / "d", n_per_class=10)
+    (data / "benign" / "broken.png").write_text("not an image")
+    (data / "malignant" / "empty.png").write_bytes(b"")
+    # stopped before training with every bad file named, and the advice is an option `medclf train` takes
+    assert main(["train", "--data", str(data), *TINY, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "2 bad inputs" in err and "broken.png" in err and "empty.png" in err and "pass --skip-bad" in err
+    assert not (tmp_path / "a").exists()
+    assert main(["train", "--data", str(data), *TINY, "--skip-bad", "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    cfg = (tmp_path / "b" / "config.yaml").read_text()
+    assert "skip_bad: true" in cfg
+    split = (tmp_path / "b" / "split.csv").read_text()
+    assert "broken.png" not in split and "empty.png" not in split
 
 
 def test_cv_cli_requires_data_without_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

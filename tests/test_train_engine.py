@@ -74,7 +74,7 @@ def test_scratch_run_folder_describes_itself(data: Path, tmp_path: Path) -> None
     loaded = load_run(run)
     again = predict_frame(loaded, split[split["split"] == "test"])
     np.testing.assert_allclose(again["prob_malignant"], test["prob_malignant"], rtol=1e-4, atol=1e-6)
-    with pytest.raises(ConfigError, match="--resume"):
+    with pytest.raises(ConfigError, match="already holds a finished run; evaluate it"):
         train(tiny_cfg(data), run, progress=False)
 
 

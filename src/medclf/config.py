@@ -185,8 +185,9 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    name: str = "run"
-    """A label for the run in reports and leaderboards."""
+    name: str | None = None
+    """A label for the run in reports and leaderboards; unset, the dataset's name (its spec's `name`, else its
+    folder's name)."""
     search_space: dict[str, Any] = field(default_factory=dict)
     """`medclf tune` only: config key -> {type: loguniform|uniform|int|categorical, low, high, choices}, e.g.
     {train.lr: {type: loguniform, low: 1e-4, high: 1e-2}}. `medclf train` ignores it."""

@@ -128,8 +128,8 @@ def load_dataset(
     verify: str = "header",
     max_pixels: int | None = None,
 ) -> Dataset:
-    """Load a dataset folder or spec. Bad input raises `DataError` naming the file/row and the fix, or with
-    `skip_bad=True` is left out and listed in `Dataset.bad_files`."""
+    """Load a dataset folder or spec. Bad inputs raise one `DataError` that names them and the fix, or with
+    `skip_bad=True` are left out and listed in `Dataset.bad_files`."""
     from medclf.data.images import MAX_PIXELS
 
     if verify not in VERIFY_MODES:
@@ -147,14 +147,15 @@ def load_dataset(
     spec = spec.with_root(root)
     layout = spec.layout if spec.layout != "auto" else _detect_layout(root, spec)
 
+    # every bad input is collected, so that one error lists them all (or, with skip_bad, they are left out)
     bad: list[tuple[str, str]] = []
 
     def report(where: str, reason: str) -> None:
-        if not skip_bad:
-            raise DataError(
-                f"{where}: {reason} (or pass --skip-bad / skip_bad=True to skip and list bad inputs)"
-            )
         bad.append((where, reason))
+
+    def stop_on_bad() -> None:
+        if bad and not skip_bad:
+            raise DataError(_bad_inputs_message(bad))
 
     images, columns = scan(root, layout, spec, report)
     if layout == "files" and spec.label_regex is None:
@@ -203,6 +204,7 @@ def load_dataset(
     else:
         classes = sorted({label for _, label in kept})
     if not kept:
+        stop_on_bad()
         raise DataError(f"{root}: no usable images (layout {layout}); check the folder and the dataset spec")
     present = {label for _, label in kept}
     for c in classes:
@@ -212,6 +214,7 @@ def load_dataset(
                 "has no images; add images of this class, or remove it from `classes:`/`subset:` in the spec",
             )
     if len(present) < 2:
+        stop_on_bad()
         raise DataError(
             f"{root}: only one class ({next(iter(present))!r}) found; a classifier needs at least two — check the "
             "layout (class folders, CSV label column, or label_regex)"
@@ -230,6 +233,7 @@ def load_dataset(
                 else:
                     report(im.where if im.where != im.path else im.path, reason)
             kept = ok
+    stop_on_bad()
 
     # -- records -------------------------------------------------------------------------------------------
     table: dict[str, Any] = {
@@ -274,6 +278,32 @@ def load_dataset(
         dropped=dropped,
         group_rule=group_rule,
     )
+
+
+_BAD_INPUTS_SHOWN = 5
+"""How many bad inputs the error of `load_dataset` names (the rest are counted)."""
+
+
+def _bad_inputs_message(bad: list[tuple[str, str]]) -> str:
+    """One line for `load_dataset`'s error: the first `_BAD_INPUTS_SHOWN` bad inputs by reason, the count, the fix."""
+    fix = "pass --skip-bad / skip_bad=True to skip and list bad inputs"
+    if len(bad) == 1:
+        where, reason = bad[0]
+        return f"{where}: {reason} (or {fix})"
+    by_reason: dict[str, list[str]] = {}
+    for where, reason in bad:
+        by_reason.setdefault(reason, []).append(where)
+    parts, named, covered = [], 0, 0  # covered: inputs whose reason is given (named or counted)
+    for reason, wheres in by_reason.items():
+        room = _BAD_INPUTS_SHOWN - named
+        if room <= 0:
+            break
+        names = wheres[:room]
+        named, covered = named + len(names), covered + len(wheres)
+        extra = f" and {len(wheres) - len(names)} more" if len(wheres) > len(names) else ""
+        parts.append(f"{', '.join(names)}{extra}: {reason}")
+    more = f"; and {len(bad) - covered} more" if len(bad) > covered else ""
+    return f"{len(bad)} bad inputs — {'; '.join(parts)}{more} (fix or remove them, or {fix})"
 
 
 def _with_layout(spec: DatasetSpec, layout: str) -> DatasetSpec:

@@ -8,7 +8,9 @@ Layouts (`DatasetSpec.layout`):
   ``.../FOLDS_AUG/fold1_AUG..foldK_AUG/Train/<class>/`` (augmented images join only the training part of
   their own fold)
 - ``csv``: a table (``ROOT/*.csv``) naming each image (file name with or without extension, or a relative
-  path) and its label; images anywhere under ``ROOT`` (or ``image_dir``)
+  path) and its label; images anywhere under ``ROOT`` (or ``image_dir``). A table without a label column
+  (e.g. image and patient id only) over two or more class folders takes each image's label from its class
+  folder (``ROOT/<class>/**/image``)
 - ``files``: images anywhere under ``ROOT``, labelled by ``label_regex`` on the file name
 """
 
@@ -360,13 +362,19 @@ def _scan_csv(
         dup = next(c for c in header if header.count(c) > 1)
         raise DataError(f"{table}: column {dup!r} appears twice in the header; rename one")
     image_col = _pick_column(header, spec.image_column, IMAGE_COLUMN_CANDIDATES, "image", "image_column")
-    label_col = _pick_column(header, spec.label_column, LABEL_COLUMN_CANDIDATES, "label", "label_column")
 
     image_dir = root
     if spec.image_dir:
         image_dir = Path(spec.image_dir) if Path(spec.image_dir).is_absolute() else root / spec.image_dir
         if not image_dir.is_dir():
             raise DataError(f"image folder {image_dir} does not exist; fix `image_dir:` in the dataset spec")
+    label_col: str | None = None
+    try:
+        label_col = _pick_column(header, spec.label_column, LABEL_COLUMN_CANDIDATES, "label", "label_column")
+    except ConfigError as exc:
+        # no label column: the images' class folders (two or more) give the labels
+        if spec.label_column is not None or sum(_has_images(d, exts) for d in _subdirs(image_dir)) < 2:
+            raise ConfigError(f"{exc}, or sort the images into one folder per class") from None
     by_rel: dict[str, Path] = {}
     by_name: dict[str, list[Path]] = {}
     by_stem: dict[str, list[Path]] = {}
@@ -400,7 +408,18 @@ def _scan_csv(
             )
             continue
         first_row[found] = i
-        label = row[label_col]
+        if label_col is None:
+            parts = found.relative_to(image_dir).parts if found.is_relative_to(image_dir) else ()
+            label = parts[0] if len(parts) > 1 else ""
+            if not label:
+                report(
+                    f"{where} ({image_col}={value})",
+                    "the image is not in a class folder and the table has no label column; move it into the "
+                    "folder of its class, or add a label column",
+                )
+                continue
+        else:
+            label = row[label_col]
         if not label:
             report(
                 f"{where} ({image_col}={value})",
@@ -416,7 +435,10 @@ def _scan_csv(
                 where=f"{where} ({image_col}={value})",
             )
         )
-    return out, {"image": image_col, "label": label_col, "table": str(table)}
+    columns = {"image": image_col, "table": str(table)}
+    if label_col is not None:
+        columns["label"] = label_col
+    return out, columns
 
 
 def _resolve_image(

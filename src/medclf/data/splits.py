@@ -99,8 +99,8 @@ def _assign_groups(pool: pd.DataFrame, fractions: dict[str, float], seed: int) -
     first: 1, 2, 3-4, 5-8, ...), then metadata, then size, then at random (`seed`); walking that list, each group
     goes to the split furthest below its share of the images so far of the group's classes. Every split thus
     gets its share of each class, of each group size and of each metadata value. (scikit-learn's
-    `StratifiedGroupKFold` makes equal folds only, and balances group sizes and metadata less well:
-    `benchmarks/split_quality.py`.)
+    `StratifiedGroupKFold` makes equal folds only and leaves metadata to chance; `benchmarks/split_quality.py`
+    compares the two.)
     """
     names = [s for s, f in fractions.items() if f > 0]
     frac = np.array([fractions[s] for s in names], dtype=np.float64)

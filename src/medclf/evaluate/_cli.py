@@ -43,6 +43,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pdf", action="store_true", help="also write report.pdf (headline numbers + plots)")
     p.add_argument(
+        "--subgroups",
+        nargs="+",
+        metavar="COL",
+        help="metadata columns to evaluate per subgroup (default: every metadata column of the data); a column "
+        "of the data's CSV that the dataset spec does not declare is read from the CSV",
+    )
+    p.add_argument(
+        "--age-bands",
+        metavar="EDGES",
+        help="lower edges of the age bands, e.g. 0,30,45,60,75 (the default), for columns named age, age_approx, ...",
+    )
+    p.add_argument(
+        "--subgroup-min",
+        type=int,
+        default=None,
+        metavar="N",
+        help="subgroups with fewer images are pooled into one (default: 30)",
+    )
+    p.add_argument(
+        "--flag-margin",
+        type=float,
+        default=None,
+        metavar="M",
+        help="flag a subgroup (with 10 or more positives) whose sensitivity is more than M below the overall one "
+        "(default: 0.10)",
+    )
+    p.add_argument(
         "--no-gradcam",
         action="store_true",
         help="leave the Grad-CAM overlays out of the report's gallery of confident errors",
@@ -64,12 +91,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=_compare)
 
+    k = subparsers.add_parser(
+        "card",
+        help="write a run's model card (Markdown): the run's facts, and fields for its owner to fill in",
+        description="Write the model card of a run: model, data counts, decision rule, performance with 95%% "
+        "intervals (from the evaluation), the limits true of every model, and placeholders for what only the "
+        "model's owner knows (intended use, data, subgroups, limitations, licence). `medclf app` and the REST "
+        "API's /model show RUN_DIR/model_card.md.",
+    )
+    k.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `medclf train`")
+    k.add_argument(
+        "--eval",
+        metavar="EVAL_DIR",
+        help="the `medclf evaluate` folder whose figures the card gives (default: RUN_DIR/eval when it exists)",
+    )
+    k.add_argument(
+        "--out",
+        metavar="FILE.md",
+        help="where to write it (default: RUN_DIR/model_card.md; never overwritten)",
+    )
+    k.set_defaults(func=_card)
+
 
 def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from medclf.errors import ConfigError
     from medclf.evaluate.pipeline import evaluate_run, read_run_context
+    from medclf.evaluate.subgroups import (
+        DEFAULT_AGE_BANDS,
+        MIN_SUBGROUP_IMAGES,
+        SENSITIVITY_MARGIN,
+        SubgroupOptions,
+        parse_bands,
+    )
     from medclf.explain.gallery import run_explainer
 
     n_boot = args.bootstrap
@@ -79,6 +134,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
     if n_boot < 0:
         raise ConfigError("--bootstrap must be 0 (no intervals) or a positive number of resamples, e.g. 1000")
+    options = SubgroupOptions(
+        columns=tuple(args.subgroups) if args.subgroups else None,
+        age_bands=parse_bands(args.age_bands) if args.age_bands else DEFAULT_AGE_BANDS,
+        min_size=MIN_SUBGROUP_IMAGES if args.subgroup_min is None else args.subgroup_min,
+        sensitivity_margin=SENSITIVITY_MARGIN if args.flag_margin is None else args.flag_margin,
+    )
     metrics = evaluate_run(
         args.run_dir,
         args.out,
@@ -91,6 +152,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         audit_path=args.audit,
         pdf=args.pdf,
         explain=None if args.no_gradcam else run_explainer(args.run_dir),
+        subgroups=options,
     )
     _print_summary(metrics)
     print(f"wrote {Path(args.out) / 'report.html'}")
@@ -114,6 +176,11 @@ def _print_summary(metrics: dict) -> None:
         interval = f"  [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None and lo == lo else ""
         method = str(ci_method.get(k, "bootstrap"))
         print(f"  {k:<22} {v:.3f}{interval}" + (f" ({method})" if interval and method != "bootstrap" else ""))
+    sub = metrics.get("subgroups") or {}
+    if sub.get("columns"):
+        print(f"  subgroups: {', '.join(sub['columns'])} ({len(sub['flags'])} flagged; see report.html)")
+    for line in sub.get("flags") or []:
+        print(f"  subgroup flag: {line}")
     for line in metrics.get("warnings", []):
         print(f"  warning: {line}")
     for note in metrics.get("notes", []):
@@ -129,4 +196,12 @@ def _compare(args: argparse.Namespace) -> int:
     result = compare(args.dirs, args.out, sort_by=args.sort, n_boot=args.bootstrap, seed=args.seed)
     print((Path(args.out) / "leaderboard.md").read_text(encoding="utf-8"))
     del result
+    return 0
+
+
+def _card(args: argparse.Namespace) -> int:
+    from medclf.evaluate.card import PLACEHOLDER, write_model_card
+
+    path = write_model_card(args.run_dir, args.out, eval_dir=args.eval)
+    print(f"wrote {path}: replace each '{PLACEHOLDER}' with what only you know about the model")
     return 0

@@ -302,6 +302,69 @@ def _tables(entries: Sequence[Entry]) -> tuple[list[str], list[list[str]], pd.Da
     return header, rows, pd.DataFrame(flat)
 
 
+_SUBGROUP_COLUMNS = ("sensitivity", "specificity", "auc", "balanced_accuracy", "macro_auc")
+"""The subgroup figures shown side by side (those every compared evaluation has)."""
+
+
+def _subgroup_cell(entry: dict[str, Any], metric: str) -> str:
+    if entry.get("too_small"):
+        return "too small"
+    v, ci = entry.get(metric), (entry.get("ci95") or {}).get(metric)
+    if not _finite(v):
+        return ""
+    text = f"{v:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and all(_finite(c) for c in ci) else "")
+    return text + (" (flagged)" if any(f.startswith(metric) for f in entry.get("flags") or []) else "")
+
+
+def _subgroup_comparison(entries: Sequence[Entry]) -> dict[str, Any]:
+    """Per-subgroup figures of the evaluations side by side: one table per metadata column they share, when they
+    were evaluated on the same images (matched by path)."""
+    evals = [
+        (rank, e) for rank, e in enumerate(entries, 1) if (e.metrics.get("subgroups") or {}).get("columns")
+    ]
+    if len(evals) < 2:
+        return {
+            "done": False,
+            "reason": "fewer than two evaluations with subgroups (medclf evaluate on data with metadata)",
+        }
+    paths = [
+        frozenset(e.predictions["path"].astype(str))
+        if e.predictions is not None and "path" in e.predictions
+        else None
+        for _, e in evals
+    ]
+    if any(p is None for p in paths) or len(set(paths)) > 1:
+        return {"done": False, "reason": "the evaluations were not made on the same images (matched by path)"}
+    sections = [e.metrics["subgroups"] for _, e in evals]
+    metrics = [m for m in _SUBGROUP_COLUMNS if all(m in (s.get("metrics") or []) for s in sections)]
+    shared = [c for c in sections[0]["columns"] if all(c in s["columns"] for s in sections[1:])]
+    if not shared:
+        return {"done": False, "reason": "no metadata column evaluated in all of them"}
+    tables: dict[str, Any] = {}
+    for column in shared:
+        by_name = [{str(g["name"]): g for g in s["columns"][column]["subgroups"]} for s in sections]
+        names = list(dict.fromkeys(n for table in by_name for n in table))
+        header = ["subgroup", "n", *(f"#{rank} {e.name}: {m}" for rank, e in evals for m in metrics)]
+        rows = []
+        for name in names:
+            n = next(str(t[name]["n"]) for t in by_name if name in t)
+            rows.append([name, n, *(_subgroup_cell(t.get(name, {}), m) for t in by_name for m in metrics)])
+        tables[column] = {"header": header, "rows": rows}
+    return {"done": True, "metrics": metrics, "tables": tables}
+
+
+def _subgroup_markdown(result: dict[str, Any]) -> list[str]:
+    if not result.get("done"):
+        return [f"Subgroups side by side: not shown — {result.get('reason', '')}."]
+    lines = ["## Subgroups", "", "Brackets: 95% interval; (flagged): flagged by that evaluation.", ""]
+    for column, table in result["tables"].items():
+        lines += [f"### {column}", "", "| " + " | ".join(table["header"]) + " |"]
+        lines += ["|" + "|".join("---" for _ in table["header"]) + "|"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in table["rows"]]
+        lines.append("")
+    return lines
+
+
 def _paired_lines(test: dict[str, Any]) -> list[str]:
     if not test.get("done"):
         return [f"Paired test between the top two: not done — {test.get('reason', '')}."]
@@ -337,6 +400,7 @@ def compare(
         else {"done": False, "reason": "one entry only"}
     )
     header, rows, flat = _tables(entries)
+    subgroups = _subgroup_comparison(entries)
 
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "leaderboard.csv", flat.to_csv(index=False))
@@ -345,23 +409,42 @@ def compare(
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     md += ["", "Brackets: bootstrap 95% interval; ± : standard deviation over cross-validation folds.", ""]
     md += _paired_lines(test)
+    md += ["", *_subgroup_markdown(subgroups)]
     atomic_write_text(out_dir / "leaderboard.md", "\n".join(md) + "\n")
-    atomic_write_text(out_dir / "leaderboard.html", _html(header, rows, metric, _paired_lines(test)))
+    atomic_write_text(
+        out_dir / "leaderboard.html", _html(header, rows, metric, _paired_lines(test), subgroups)
+    )
     result = {
         "sort_by": metric,
         "entries": flat.to_dict(orient="records"),
         "paired_test": test,
+        "subgroups": subgroups,
         "disclaimer": DISCLAIMER,
     }
     atomic_write_json(out_dir / "compare.json", json_safe(result))
     return result
 
 
-def _html(header: list[str], rows: list[list[str]], metric: str, paired: list[str]) -> str:
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _html(
+    header: list[str], rows: list[list[str]], metric: str, paired: list[str], subgroups: dict[str, Any]
+) -> str:
+    esc = html.escape
     paired_html = "".join(f"<p>{esc(line)}</p>" for line in paired)
+    if subgroups.get("done"):
+        subgroup_html = '<p class="muted">Brackets: 95% interval; (flagged): flagged by that evaluation.</p>'
+        subgroup_html += "".join(
+            f"<h3>{esc(column)}</h3>" + _html_table(t["header"], t["rows"])
+            for column, t in subgroups["tables"].items()
+        )
+    else:
+        subgroup_html = f"<p>Not shown: {esc(str(subgroups.get('reason', '')))}.</p>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>medclf leaderboard</title>
@@ -376,7 +459,8 @@ th {{ background: #f5f7f9; }} td:nth-child(2), th:nth-child(2) {{ text-align: le
 </style></head><body><main>
 <h1>Leaderboard</h1><p class="muted">Sorted by {esc(metric)}. Brackets: bootstrap 95% interval; ±: standard deviation over folds.</p>
 <div class="banner">{esc(DISCLAIMER)}</div>
-<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
+{_html_table(header, rows)}
 <h2>Top two</h2>{paired_html}
+<h2>Subgroups</h2>{subgroup_html}
 </main></body></html>
 """

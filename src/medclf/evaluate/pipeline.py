@@ -30,6 +30,7 @@ from medclf.evaluate.calibration import (
     temperature_skip_reason,
 )
 from medclf.evaluate.metrics import compute_metrics, json_safe
+from medclf.evaluate.subgroups import SubgroupOptions, evaluate_subgroups
 from medclf.evaluate.thresholds import (
     DEFAULT_THRESHOLD,
     choose_threshold,
@@ -41,6 +42,8 @@ from medclf.evaluate.thresholds import (
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from medclf.data import DatasetSpec
 
 __all__ = ["INCOMPLETE_FILE", "evaluate_predictions", "evaluate_run", "prediction_arrays", "read_run_context"]
 
@@ -188,8 +191,8 @@ def _model_card(
     task = "binary" if len(classes) == 2 else f"{len(classes)}-class"
     card = {
         "intended use": (
-            f"Research and education: a second reader for {task} classification ({', '.join(classes)}) that a "
-            "qualified clinician reviews. Not for diagnosis, triage or treatment decisions on its own."
+            f"Research and education: {task} classification ({', '.join(classes)}) of images like the training "
+            "data; a qualified clinician reviews every output. Not for diagnosis, triage or treatment decisions."
         ),
         "not a diagnosis": DISCLAIMER,
     }
@@ -217,6 +220,12 @@ def _model_card(
     versions = info.get("versions")
     if isinstance(versions, dict):
         card["versions"] = ", ".join(f"{k} {v}" for k, v in versions.items())
+    sub = metrics.get("subgroups") or {}
+    if sub.get("columns"):
+        card["subgroups evaluated"] = "; ".join(
+            f"{col} ({len(part['subgroups'])} {part['kind']})" for col, part in sub["columns"].items()
+        )
+        card["subgroup flags"] = "; ".join(sub["flags"]) or "none"
     card["privacy"] = "No patient identifiers are included in this report."
     return card
 
@@ -280,6 +289,7 @@ def evaluate_predictions(
     gallery_size: int = 12,
     notes: Sequence[str] = (),
     split_name: str = "test",
+    subgroups: SubgroupOptions | None = None,
 ) -> dict[str, Any]:
     """Write predictions.csv, metrics.json, plots/*.png and report.html (and report.pdf) to ``out_dir``.
 
@@ -289,7 +299,9 @@ def evaluate_predictions(
     (``val_pred_df`` or ``run_dir/val_predictions.csv``) — never on ``pred_df`` — and not fitted at all on too
     few validation images (``calibration.temperature_skip_reason``, ``thresholds.threshold_skip_reason``).
     ``warnings`` in the result lists classes with too few evaluated images (``pred_df`` named as the
-    ``split_name`` split), fits that were skipped, and the run's own warnings. Returns the metrics dict.
+    ``split_name`` split), fits that were skipped, and the run's own warnings. ``subgroups`` in the result holds
+    the figures per subgroup of ``pred_df``'s metadata columns (``medclf.evaluate.subgroups``; ``subgroups``
+    chooses the columns, age bands, minimum size and flag margin). Returns the metrics dict.
     """
     out_dir = Path(out_dir)
     classes = [str(c) for c in classes]
@@ -386,6 +398,19 @@ def evaluate_predictions(
         y, probs, classes, groups=groups, threshold=thr, positive_index=positive, n_boot=n_boot, seed=seed
     )
     metrics["notes"] = notes + metrics["notes"]
+    metrics["subgroups"] = evaluate_subgroups(
+        pred_df,
+        y,
+        probs,
+        classes,
+        metrics,
+        groups=groups,
+        threshold=thr,
+        positive=positive,
+        n_boot=n_boot,
+        seed=seed,
+        options=subgroups,
+    )
     if positive is not None:
         metrics["threshold_source"] = thr_source
         metrics["threshold_rule"] = rule if thr_source.startswith("chosen") else None
@@ -508,6 +533,9 @@ def _make_figures(
             )
             table = pd.DataFrame(sweep)
             atomic_write_text(out_dir / "threshold_sweep.csv", table.to_csv(index=False, float_format="%.6g"))
+    subgroup_fig = plots.subgroup_figure(metrics["subgroups"])
+    if subgroup_fig is not None:
+        figs["subgroups"] = subgroup_fig
     history = ctx.get("history")
     if history is not None:
         fig = plots.training_curves_figure(history)
@@ -527,6 +555,7 @@ def _write_pdf(path: Path, metrics: dict[str, Any], figures: list[Any], title: s
     lines = [title, "", DISCLAIMER, "", f"{metrics['n']} images", ""]
     lines += [f"{r['label']:<28} {r['value']:>7}   {r['ci']}" for r in _headline_rows(metrics)]
     lines += ["", *(f"warning: {w}" for w in metrics.get("warnings", [])), *metrics.get("notes", [])]
+    lines += [f"subgroup flag: {f}" for f in (metrics.get("subgroups") or {}).get("flags", [])]
     page.text(0.06, 0.95, "\n".join(lines), va="top", family="monospace", fontsize=9, wrap=True)
     with atomic_path(path, suffix=".pdf") as tmp, PdfPages(tmp) as pdf:
         pdf.savefig(page)
@@ -547,8 +576,10 @@ def evaluate_run(
     audit_path: str | Path | None = None,
     pdf: bool = False,
     explain: Callable[[str], Image.Image] | None = None,
+    subgroups: SubgroupOptions | None = None,
 ) -> dict[str, Any]:
-    """Predict the run's test split (or ``data``, read with the run's dataset spec) and evaluate it."""
+    """Predict the run's test split (or ``data``, read with the run's dataset spec) and evaluate it, per subgroup
+    of the data's metadata columns too (``subgroups``), whether or not the model uses them."""
     from medclf.models import load_run
     from medclf.models.inference import predict_frame
 
@@ -560,12 +591,18 @@ def evaluate_run(
     if split not in ("test", "val", "all"):
         raise MedclfError(f"--split {split!r}: choose test, val or all")
     loaded = load_run(run_dir)
-    records, evaluated_on, unreadable = _records(run_dir, data, split, skip_bad)
+    columns = subgroups.columns if subgroups is not None else None
+    records, evaluated_on, unreadable = _records(run_dir, data, split, skip_bad, columns)
+    if columns is not None:
+        from medclf.evaluate.subgroups import subgroup_columns
+
+        subgroup_columns(records, loaded.classes, columns)  # an unknown column stops before predicting
     if records.empty:
         raise DataError(f"no images to evaluate ({evaluated_on}); check --split and --data")
     start = time.perf_counter()
     pred_df = predict_frame(loaded, records, batch_size=batch_size, skip_bad=skip_bad)
     seconds = time.perf_counter() - start
+    pred_df = _with_metadata(pred_df, records, loaded.classes, columns)
     param = next(loaded.model.parameters(), None)
     timing = {
         "inference_seconds": seconds,
@@ -600,6 +637,7 @@ def evaluate_run(
         explain=explain,
         notes=[f"{len(skipped)} unreadable images were skipped (listed in skipped.csv)"] if skipped else [],
         split_name=split,
+        subgroups=subgroups,
     )
     return metrics
 
@@ -609,8 +647,63 @@ def _is_ensemble(run_dir: Path) -> bool:
     return bool(info.get("ensemble"))
 
 
+def _with_metadata(
+    pred_df: pd.DataFrame, records: pd.DataFrame, classes: Sequence[str], columns: Sequence[str] | None
+) -> pd.DataFrame:
+    """``pred_df`` with the records' subgroup columns added: the model's predictions keep only the metadata the
+    model uses (none for an image-only run), the subgroups need all the data has, or the ``columns`` named."""
+    from medclf.evaluate.subgroups import subgroup_columns
+
+    wanted = subgroup_columns(records, classes, None) if columns is None else list(columns)
+    add = [c for c in wanted if c in records.columns and c not in pred_df.columns]
+    if not add or "path" not in pred_df.columns:
+        return pred_df
+    table = records[["path", *add]].drop_duplicates("path").astype({"path": str})
+    out = pred_df.astype({"path": str}).merge(table, on="path", how="left", validate="many_to_one")
+    out.attrs = dict(pred_df.attrs)  # the images skipped while predicting
+    return out
+
+
+def _with_columns(
+    records: pd.DataFrame, spec: DatasetSpec | None, columns: Sequence[str] | None
+) -> pd.DataFrame:
+    """``records`` with the named CSV columns it lacks, read from the data's CSV (``--subgroups dx_type`` where
+    the dataset spec does not declare dx_type as metadata); other missing names are left for
+    ``subgroups.subgroup_columns`` to refuse."""
+    import dataclasses
+
+    from medclf.data import load_dataset
+    from medclf.errors import ConfigError
+
+    missing = [c for c in columns or () if c not in records.columns]
+    if not missing or spec is None or spec.layout not in ("csv", "auto") or "path" not in records.columns:
+        return records
+    try:
+        extra = load_dataset(
+            dataclasses.replace(spec, metadata=missing), skip_bad=True, verify="none"
+        ).records
+    except ConfigError as exc:
+        raise ConfigError(
+            f"--subgroups {', '.join(missing)}: not a column of the evaluated data or of its CSV ({exc})"
+        ) from None
+    found = [c for c in missing if c in extra.columns]
+    if not found:
+        return records
+    table = extra[["path", *found]].drop_duplicates("path").astype({"path": str})
+    if not records["path"].astype(str).isin(table["path"]).any():
+        raise ConfigError(
+            f"--subgroups {', '.join(found)}: none of the evaluated images is in the data's CSV (matched by path); "
+            "pass the data as --data with a dataset spec .yaml that declares the column under `metadata:`"
+        )
+    return records.astype({"path": str}).merge(table, on="path", how="left", validate="many_to_one")
+
+
 def _records(
-    run_dir: Path, data: str | Path | None, split: str, skip_bad: bool
+    run_dir: Path,
+    data: str | Path | None,
+    split: str,
+    skip_bad: bool,
+    columns: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, str, list[tuple[str, str]]]:
     if data is None:
         from medclf.data import read_split_csv
@@ -635,6 +728,12 @@ def _records(
             records = records[records["split"] == split]
         if "augmented" in records.columns:
             records = records[~records["augmented"].fillna(False).astype(bool)]
+        if columns:
+            from medclf.data import DatasetSpec
+
+            spec_path = run_dir / "dataset.yaml"
+            run_spec = DatasetSpec.from_yaml(spec_path) if spec_path.is_file() else None
+            records = _with_columns(records.reset_index(drop=True), run_spec, columns)
         return records.reset_index(drop=True), f"split={split} of the run's split.csv", []
     import dataclasses
 
@@ -677,4 +776,5 @@ def _records(
         )
     if "augmented" in records.columns:
         records = records[~records["augmented"].fillna(False).astype(bool)]
+    records = _with_columns(records.reset_index(drop=True), spec, columns)
     return records.reset_index(drop=True), where, list(ds.bad_files)

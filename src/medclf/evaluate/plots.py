@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,7 @@ __all__ = [
     "reliability_figure",
     "roc_figure",
     "save_png",
+    "subgroup_figure",
     "threshold_sweep_figure",
     "training_curves_figure",
 ]
@@ -206,6 +207,45 @@ def threshold_sweep_figure(
     ax.set_ylabel("rate")
     ax.set_title(title or "Operating points", fontsize=10)
     ax.legend(fontsize=7, loc="lower center", ncols=3)
+    return fig
+
+
+def subgroup_figure(section: dict[str, Any]) -> Figure | None:
+    """Forest plot of ``metrics.json``'s ``subgroups`` section: each evaluated subgroup's figure with its 95%
+    interval beside the overall one (dashed), flagged subgroups in red; None when no subgroup was evaluated."""
+    names = [m for m in ("sensitivity", "specificity") if m in section["metrics"]] or [
+        "accuracy",
+        "balanced_accuracy",
+    ]
+    rows = [
+        (f"{column}: {entry['name']} (n={entry['n']})", entry)
+        for column, part in section["columns"].items()
+        for entry in part["subgroups"]
+        if not entry.get("too_small")
+    ]
+    if not rows:
+        return None
+    fig, axes = _figure(4.2 * len(names) + 1.6, 0.9 + 0.26 * len(rows), ncols=len(names))
+    pos = np.arange(len(rows))[::-1]
+    for ax, name in zip(axes[0], names, strict=True):
+        for y, (_, entry) in zip(pos, rows, strict=True):
+            value, ci = entry.get(name), (entry.get("ci95") or {}).get(name)
+            if value is None or not np.isfinite(value):
+                continue
+            color = "#c0392b" if any(f.startswith(name) for f in entry.get("flags", [])) else "#0b5cad"
+            if ci and all(c is not None and np.isfinite(c) for c in ci):
+                ax.plot(ci, [y, y], color=color, lw=1.6)
+            ax.plot([value], [y], "o", color=color, ms=4)
+        overall = section["overall"].get(name)
+        if overall is not None and np.isfinite(overall):
+            ax.axvline(overall, color="grey", ls="--", lw=1, label=f"overall {overall:.3f}")
+            ax.legend(fontsize=7, loc="lower left")
+        ax.set_xlim(0, 1.02)
+        ax.set_xlabel(name.replace("_", " "))
+        ax.grid(axis="x", lw=0.4, alpha=0.5)
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.set_yticks(pos, [label if ax is axes[0, 0] else "" for label, _ in rows], fontsize=7)
+    fig.suptitle("Subgroups: figure and 95% interval (red: flagged)", fontsize=10)
     return fig
 
 

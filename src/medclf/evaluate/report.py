@@ -1,8 +1,9 @@
 """One self-contained HTML report: every number with its interval, every plot, the model card.
 
 Everything is embedded (plots as PNG data URIs, thumbnails as JPEG data URIs, CSS inline), so the file can be
-mailed or opened offline on a phone. The report never shows file names, group ids or metadata: those can carry
-patient identifiers.
+mailed or opened offline on a phone. The report never shows file names, group ids or per-image metadata: those
+can carry patient identifiers. A metadata value appears only as the name of a subgroup of at least the minimum
+subgroup size (``subgroups.MIN_SUBGROUP_IMAGES`` by default).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ if TYPE_CHECKING:
 __all__ = ["PRIVACY_STATEMENT", "confident_errors", "default_limits", "write_report"]
 
 PRIVACY_STATEMENT = (
-    "This report contains no patient identifiers: no file names, patient/lesion ids or metadata values are "
-    "included, only aggregate numbers and, in the error gallery, downscaled image thumbnails. The full "
-    "per-image table (predictions.csv, next to this report) keeps file paths and group ids; share it only "
-    "where the data's own terms allow."
+    "This report contains no patient identifiers: no file names, patient/lesion ids or per-image metadata are "
+    "included, only aggregate numbers (a metadata value appears only as the name of a subgroup of at least the "
+    "minimum subgroup size; rarer values are pooled unnamed) and, in the error gallery, downscaled image "
+    "thumbnails. The full per-image table (predictions.csv, next to this report) keeps file paths, group ids and "
+    "the metadata columns; share it only where the data's own terms allow."
 )
 
 # figure name -> (caption, spans the full width)
@@ -51,6 +53,10 @@ FIGURE_CAPTIONS: dict[str, tuple[str, bool]] = {
         False,
     ),
     "training_curves": ("Training curves from the run's history.csv.", True),
+    "subgroups": (
+        "Each subgroup's figure with its 95% interval; dashed: the overall figure; red: a flagged subgroup.",
+        True,
+    ),
 }
 
 _HEADLINE_LABELS = {
@@ -308,6 +314,37 @@ def _operating_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _subgroup_tables(section: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """One table per metadata column: n, each subgroup figure with its interval, and the flags."""
+    if not section:
+        return []
+    names = list(section.get("metrics") or [])
+    tables = []
+    for column, part in (section.get("columns") or {}).items():
+        rows = []
+        for entry in part["subgroups"]:
+            name = str(entry["name"])
+            if entry.get("pooled_values"):
+                k = entry["pooled_values"]
+                name += f" ({k} value{'s' if k > 1 else ''})"
+            if entry.get("too_small"):
+                note = f"too small (under {section.get('min_size')} images): not evaluated"
+                rows.append({"name": name, "n": str(entry["n"]), "cells": [note], "flags": [], "span": True})
+                continue
+            cells = []
+            for m in names:
+                text = _fmt(entry.get(m))
+                ci = (entry.get("ci95") or {}).get(m)
+                if text != "–" and ci and all(c is not None and math.isfinite(c) for c in ci):
+                    text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+                cells.append(text)
+            n = str(entry["n"]) + (f" ({entry['n_positive']} pos.)" if "n_positive" in entry else "")
+            flagged = list(dict.fromkeys(f.split(" ", 1)[0] for f in entry.get("flags") or []))
+            rows.append({"name": name, "n": n, "cells": cells, "flags": flagged, "span": False})
+        tables.append({"column": column, "kind": part.get("kind", ""), "rows": rows})
+    return tables
+
+
 def write_report(
     out_dir: str | Path,
     *,
@@ -338,10 +375,15 @@ def write_report(
     )
     template = env.get_template("report.html.j2")
 
-    figs = []
+    figs, subgroup_fig = [], None
     for name, data in (figures or {}).items():
         caption, wide = FIGURE_CAPTIONS.get(name, (name.replace("_", " "), False))
-        figs.append({"data": _b64(data), "caption": caption, "wide": wide})
+        fig = {"data": _b64(data), "caption": caption, "wide": wide}
+        if name == "subgroups":  # shown in its own section, beside the tables
+            subgroup_fig = fig
+        else:
+            figs.append(fig)
+    subgroups = metrics.get("subgroups") or {}
 
     gallery = []
     explained = False
@@ -390,6 +432,13 @@ def write_report(
         operating=_operating_rows(metrics),
         figures=figs,
         per_class=_per_class_rows(metrics),
+        subgroup_metrics=[_HEADLINE_LABELS.get(m, m) for m in subgroups.get("metrics") or []],
+        subgroup_tables=_subgroup_tables(subgroups),
+        subgroup_flags=list(subgroups.get("flags") or []),
+        subgroup_skipped=list(subgroups.get("skipped") or []),
+        subgroup_fig=subgroup_fig,
+        subgroup_min=subgroups.get("min_size"),
+        subgroup_margin=subgroups.get("sensitivity_margin"),
         split_header=list(split_summary.get("header") or []),
         split_rows=[list(map(str, r)) for r in split_summary.get("rows") or []],
         split_facts=list((split_summary.get("facts") or {}).items()),

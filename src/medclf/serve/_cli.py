@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["expand_inputs", "register"]
+__all__ = ["check_port", "expand_inputs", "register"]
 
 _BACKENDS = ("onnx", "openvino", "torch")
 _BACKEND_HELP = (
@@ -232,6 +232,7 @@ def _serve(args: argparse.Namespace) -> int:
         from medclf.errors import ConfigError
 
         raise ConfigError(f"--max-megapixels {args.max_megapixels:g}: give a positive number, e.g. 16")
+    check_port(args.host, args.port)  # before the model loads: a busy port is known in a millisecond
     predictor = _load_predictor(args.run_dir, args.backend, bf16=args.bf16)
     cfg = ServerConfig(
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
@@ -250,4 +251,41 @@ def _serve(args: argparse.Namespace) -> int:
 def _app(args: argparse.Namespace) -> int:
     from medclf.serve.server import run_app
 
+    check_port(args.host, args.port)
     return run_app(args.run_dir, host=args.host, port=args.port)
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise ``ConfigError`` unless a server could listen on ``host:port`` now (a bind test, as the server binds)."""
+    import errno
+    import socket
+
+    from medclf.errors import ConfigError
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: choose a port number from 1 to 65535, e.g. --port 8000")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise ConfigError(
+            f"--host {host}: not an address of this machine; use 127.0.0.1 (this machine only) or 0.0.0.0 (all)"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and Streamlit set it
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {port} on {host} is already in use (another server?); stop that server, or pass "
+                    f"another port, e.g. --port {port + 1 if port < 65535 else 8000}"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise ConfigError(
+                    f"port {port} on {host} needs administrator rights; pass a port above 1023, e.g. --port 8000"
+                ) from None
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass --host 127.0.0.1 or an address "
+                "of this machine"
+            ) from None

@@ -29,6 +29,11 @@ def _common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP
     )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip and list unreadable images instead of stopping (the same as --set data.skip_bad=true)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -107,6 +112,8 @@ def _load(args: argparse.Namespace, default: Any = None) -> Any:
         cfg = dataclasses.replace(
             cfg, data=dataclasses.replace(cfg.data, root=str(Path(args.data).resolve()))
         )
+    if args.skip_bad:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, skip_bad=True))
     return cfg
 
 
@@ -115,7 +122,7 @@ def _train(args: argparse.Namespace) -> int:
     from medclf.train import train
 
     if args.resume:
-        if args.config or args.overrides or args.data:
+        if args.config or args.overrides or args.data or args.skip_bad:
             print("medclf train --resume: continuing with the run's own config.yaml and split.csv")
         cfg = None
     else:

@@ -67,7 +67,8 @@ class RecordsDataset(Dataset):
             except BadImageError as exc:
                 if not self.skip_bad:
                     raise BadImageError(
-                        exc.path, f"{exc.reason} (set data.skip_bad=true to skip and list bad images)"
+                        exc.path,
+                        f"{exc.reason}; fix or remove it, or pass --skip-bad (data.skip_bad: true in a recipe)",
                     ) from None
                 self.bad[self.paths[i]] = exc.reason
                 return None

@@ -32,7 +32,7 @@ def default_cv_config() -> RunConfig:
 
     The skin_bm recipe's training settings (docs/benchmarks-training.md), without its test-time flips (which
     triple the cost of every prediction) and monitored on validation loss, which suits any number of classes."""
-    cfg = RunConfig(name="default-cv")
+    cfg = RunConfig()
     cfg.train = dataclasses.replace(
         cfg.train,
         strategy="cached",
@@ -84,13 +84,14 @@ def run_cv(
     import json
 
     from medclf.data import make_folds
-    from medclf.train.engine import load_data, resolve_split, train
+    from medclf.train.engine import load_data, named, resolve_split, train
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if group_by:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, group_by=group_by))
     dataset = load_data(cfg, data)
+    cfg = named(cfg, dataset)
     records = dataset.records
     premade = "fold" in records.columns
     if not premade:

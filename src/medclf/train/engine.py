@@ -8,6 +8,7 @@ prediction tables, run.json.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -26,7 +27,7 @@ from medclf._malloc import retain_freed_memory
 from medclf.config import RunConfig, TrainConfig, dump_config, load_config
 from medclf.errors import ConfigError, DataError, MedclfError
 
-__all__ = ["STRATEGIES", "finalize_run", "load_data", "resolve_split", "train"]
+__all__ = ["STRATEGIES", "finalize_run", "load_data", "named", "resolve_split", "train"]
 
 STRATEGIES = ("scratch", "finetune", "full", "cached")
 CHECKPOINTS = "checkpoints"
@@ -57,6 +58,11 @@ def load_data(cfg: RunConfig, data: str | Path | None = None) -> Any:
         )
     resolved = resolve_spec(root, spec) if root is not None else resolve_spec(spec)
     return load_dataset(resolved, skip_bad=cfg.data.skip_bad)
+
+
+def named(cfg: RunConfig, dataset: Any) -> RunConfig:
+    """``cfg`` with its ``name`` set: the recipe's own, else the dataset's (its spec's name or folder name)."""
+    return cfg if cfg.name else dataclasses.replace(cfg, name=dataset.name)
 
 
 def resolve_split(cfg: RunConfig, dataset: Any, fold: int | None = None) -> pd.DataFrame:
@@ -167,6 +173,7 @@ def train(
         _check_cfg(cfg)
         if dataset is None:
             dataset = load_data(cfg)
+        cfg = named(cfg, dataset)
         if split is None:
             split = resolve_split(cfg, dataset, fold)
         # the operating point's classes are checked now, not after hours of training
@@ -221,10 +228,19 @@ def _starved_gpu_message(accelerator: str, num_workers: int) -> str | None:
 
 
 def _check_fresh(run_dir: Path) -> None:
-    if (run_dir / "run.json").exists() or (run_dir / CHECKPOINTS / LAST_CKPT).exists():
+    if (run_dir / "run.json").exists():
+        raise _finished(run_dir)
+    if (run_dir / CHECKPOINTS / LAST_CKPT).exists():
         raise ConfigError(
-            f"{run_dir} already holds a run; pass --resume to continue it, or choose a new --out folder"
+            f"{run_dir} already holds an interrupted run; pass --resume to continue it, or choose a new --out folder"
         )
+
+
+def _finished(run_dir: Path) -> ConfigError:
+    return ConfigError(
+        f"{run_dir} already holds a finished run; evaluate it with `medclf evaluate {run_dir} --out "
+        f"{run_dir / 'eval'}`, or train a new run into another --out folder"
+    )
 
 
 def _write_description(run_dir: Path, cfg: RunConfig, dataset: Any, split: pd.DataFrame) -> None:
@@ -239,6 +255,8 @@ def _write_description(run_dir: Path, cfg: RunConfig, dataset: Any, split: pd.Da
 def _resume_inputs(run_dir: Path) -> tuple[RunConfig, Any, pd.DataFrame]:
     from medclf.data import load_dataset, read_split_csv
 
+    if (run_dir / "run.json").is_file():
+        raise _finished(run_dir)
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "split.csv").is_file():
         raise ConfigError(
             f"{run_dir} is not an interrupted medclf run (no config.yaml/split.csv); train it afresh"
@@ -249,8 +267,6 @@ def _resume_inputs(run_dir: Path) -> tuple[RunConfig, Any, pd.DataFrame]:
             f"{run_dir} has no {CHECKPOINTS}/{LAST_CKPT} (it stopped before the first epoch ended); "
             "delete the folder and train again"
         )
-    if (run_dir / "run.json").is_file():
-        raise ConfigError(f"{run_dir} already finished (run.json exists); nothing to resume")
     dataset = load_dataset(run_dir / "dataset.yaml", skip_bad=cfg.data.skip_bad, verify="none")
     split = read_split_csv(run_dir / "split.csv")
     return cfg, dataset, split

@@ -647,7 +647,9 @@ def _run_views(
                     assert exc is not None
                     if not skip_bad:
                         raise BadImageError(
-                            exc.path, exc.reason + "; fix or remove it, or set data.skip_bad=true"
+                            exc.path,
+                            exc.reason
+                            + "; fix or remove it, or pass --skip-bad (data.skip_bad: true in a recipe)",
                         ) from None
                     bad.append(exc.path)
                     continue

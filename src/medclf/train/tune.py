@@ -108,7 +108,7 @@ def run_tune(
     """Run ``trials`` trials (added to any already in ``out_dir/study.db``); returns the results table."""
     import optuna
 
-    from medclf.train.engine import load_data, resolve_split, train
+    from medclf.train.engine import load_data, named, resolve_split, train
     from medclf.train.metrics import monitor_mode
 
     if sampler not in SAMPLERS:
@@ -121,6 +121,7 @@ def run_tune(
     monitor = cfg.train.monitor
     direction = "minimize" if monitor_mode(monitor) == "min" else "maximize"
     dataset = load_data(cfg, data)
+    cfg = named(cfg, dataset)
     split = resolve_split(cfg, dataset)  # one split for every trial: trials differ only in their parameters
     seed = cfg.train.seed
     opt_sampler = (
