@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -97,3 +98,23 @@ def test_gallery_decodes_a_large_jpeg_at_a_reduced_scale(tmp_path: Path) -> None
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8)).save(path)
     im = _open_image(str(path))
     assert im is not None and im.size == (1000, 750) and min(im.size) >= 2 * THUMBNAIL
+
+
+def test_a_medclf_audit_is_shown_as_sentences_with_its_warnings(tmp_path: Path) -> None:
+    from medclf.data import audit_dataset, synth_dataset
+    from medclf.evaluate.report import audit_findings
+
+    root = tmp_path / "synth"
+    synth_dataset(root, layout="csv", n=40, seed=0, size=32)
+    audit = json.loads(json.dumps(audit_dataset(root)))  # as read back from audit.json
+    lines = audit_findings(audit)
+    assert lines[0].startswith(f"{audit['dataset']['images']} images in 2 classes (benign, malignant)")
+    assert any(line.startswith("Warning: ") for line in lines) and audit["warnings"]
+    assert all("item(s)" not in line and "/" not in line for line in lines)
+    run = make_run_dir(tmp_path)
+    (run / "audit.json").write_text(json.dumps(audit))
+    df = make_predictions(60, image_dir=tmp_path, images_per_group=2)
+    evaluate_predictions(df, ["benign", "malignant"], tmp_path / "e", run_dir=run, n_boot=50)
+    html = (tmp_path / "e" / "report.html").read_text()
+    assert lines[0].split(";")[0] in html and "dataset.classes" not in html
+    assert str(root) not in html

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from PIL import Image
 
-__all__ = ["PRIVACY_STATEMENT", "confident_errors", "default_limits", "write_report"]
+__all__ = ["PRIVACY_STATEMENT", "audit_findings", "confident_errors", "default_limits", "write_report"]
 
 PRIVACY_STATEMENT = (
     "This report contains no patient identifiers: no file names, patient/lesion ids or per-image metadata are "
@@ -190,6 +190,28 @@ def default_limits(metrics: Mapping[str, Any]) -> list[str]:
             f"Few test images for {', '.join(small)} (fewer than 30 each): their per-class numbers have wide intervals."
         )
     return items
+
+
+def audit_findings(audit: Mapping[str, Any]) -> list[str]:
+    """The findings of a `medclf data audit` report as sentences: what was found, then its warnings. Counts and
+    class names only; file names, paths and group ids stay out (they may name patients)."""
+    if not isinstance(audit.get("dataset"), Mapping):
+        return []
+    d, g = audit["dataset"], audit.get("groups") or {}
+    lines = [
+        f"{d.get('images', '?')} images in {len(d.get('classes') or [])} classes "
+        f"({', '.join(map(str, d.get('classes') or []))}); layout {d.get('layout', '?')}.",
+        f"{len(audit.get('bad_files') or [])} unreadable file(s), {len(audit.get('exact_duplicates') or [])} group(s) "
+        f"of exact duplicates, {len(audit.get('near_duplicates') or [])} of near duplicates, "
+        f"{len(audit.get('group_leakage') or [])} group(s) in more than one split.",
+    ]
+    if g:
+        lines.append(
+            f"{g.get('n_groups', '?')} patients or lesions, {g.get('multi_image_groups', 0)} of them with several "
+            f"images (at most {g.get('max_images_per_group', '?')})."
+        )
+    warnings = [str(w) for w in audit.get("warnings") or [] if "/" not in str(w) and "\\" not in str(w)]
+    return lines + [f"Warning: {w}" for w in warnings]
 
 
 def _summarise(obj: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
@@ -442,7 +464,8 @@ def write_report(
         split_header=list(split_summary.get("header") or []),
         split_rows=[list(map(str, r)) for r in split_summary.get("rows") or []],
         split_facts=list((split_summary.get("facts") or {}).items()),
-        audit=_summarise(audit) if audit else [],
+        audit_findings=audit_findings(audit) if audit else [],
+        audit=_summarise(audit) if audit and not audit_findings(audit) else [],
         model_card=list((model_card or {}).items()),
         limits=list(limits if limits is not None else default_limits(metrics)),
         speed=list((speed or {}).items()),
