@@ -27,9 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section
 
 from medclf.data.transforms import create_transform
-from medclf.evaluate.calibration import fit_temperature, temperature_skip_reason
 from medclf.evaluate.metrics import compute_metrics
-from medclf.evaluate.thresholds import DEFAULT_THRESHOLD, choose_threshold_ovr, threshold_skip_reason
+from medclf.evaluate.thresholds import fit_on_validation
 from medclf.models import load_run
 from medclf.models.inference import open_image
 from medclf.models.tta import TTA_VIEWS, check_tta_views, unwrap_tta
@@ -88,17 +87,13 @@ def measure(run_dir: Path, sets: list[tuple[str, ...]], n_boot: int) -> list[dic
                 f = torch.stack([feats[name][v] for v in (None, *s)]).mean(0)
                 logits[name] = model.forward_head(f, parts[name][2]).double().numpy()
         y = {n: parts[n][0]["label"].astype(str).map(index).to_numpy() for n in ("val", "test")}
-        # the product's rules: no temperature or operating point fitted on too small a validation split
-        fit = calibrate and temperature_skip_reason(len(y["val"])) is None
-        temp = float(fit_temperature(logits["val"].astype(np.float32), y["val"])) if fit else 1.0
-        probs = {n: torch.softmax(torch.from_numpy(logits[n]) / temp, 1).numpy() for n in logits}
-        thr = None
+        # the product's own fit: no temperature or operating point fitted on too small a validation split
         positive = run.positive_classes
-        if positive:
-            y_bin = np.isin(y["val"], [index[c] for c in positive])
-            thr = DEFAULT_THRESHOLD
-            if threshold_skip_reason(y_bin, rule) is None:
-                thr = float(choose_threshold_ovr(y["val"], probs["val"], classes, positive, rule))
+        fit = fit_on_validation(
+            logits["val"].astype(np.float32), y["val"], classes, positive, rule, calibrate
+        )
+        temp, thr = fit.temperature, fit.threshold
+        probs = {n: torch.softmax(torch.from_numpy(logits[n]) / temp, 1).numpy() for n in logits}
         pos_idx = [classes.index(c) for c in positive] if positive else None
         if pos_idx is not None and len(classes) == 2:
             pos_idx = pos_idx[0]

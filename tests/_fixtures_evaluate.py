@@ -104,3 +104,26 @@ def make_run_dir(
     if with_val:
         make_predictions(200, classes, seed=99, prefix="val").to_csv(run / "val_predictions.csv", index=False)
     return run
+
+
+def stub_model(monkeypatch, classes: list[str], probs) -> list[pd.DataFrame]:  # type: ignore[no-untyped-def]
+    """Replace the run's model for `medclf evaluate`: `load_run` gives a stub and `predict_frame` returns
+    `probs(records)` (an [n, k] array) as prob_<class> columns. Returns the list of records it was asked for."""
+    from types import SimpleNamespace
+
+    import medclf.models
+    import medclf.models.inference
+
+    seen: list[pd.DataFrame] = []
+
+    def fake_predict(loaded, records, batch_size=64, skip_bad=False):  # type: ignore[no-untyped-def]
+        seen.append(records)
+        p = probs(records)
+        return records[["path", "label", "group"]].assign(
+            **{f"prob_{c}": p[:, j] for j, c in enumerate(classes)}
+        )
+
+    fake_run = SimpleNamespace(classes=classes, model=SimpleNamespace(parameters=lambda: iter([])))
+    monkeypatch.setattr(medclf.models, "load_run", lambda run_dir: fake_run)
+    monkeypatch.setattr(medclf.models.inference, "predict_frame", fake_predict)
+    return seen

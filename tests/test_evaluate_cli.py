@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from _fixtures_evaluate import make_predictions, make_run_dir
+from _fixtures_evaluate import make_predictions, make_run_dir, stub_model
 from medclf.cli import main
 
 CLASSES = ["benign", "malignant"]
@@ -34,27 +33,11 @@ def run_with_images(tmp_path: Path) -> Path:
 def test_evaluate_command(
     run_with_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    import medclf.models
-    import medclf.models.inference
-
-    seen: list[pd.DataFrame] = []
-
-    def fake_predict(loaded, records, batch_size=64, skip_bad=False):
-        seen.append(records)
+    def binary(records: pd.DataFrame) -> np.ndarray:
         p1 = np.where(records["label"] == "malignant", 0.7, 0.35)
-        return pd.DataFrame(
-            {
-                "path": records["path"],
-                "label": records["label"],
-                "group": records["group"],
-                "prob_benign": 1 - p1,
-                "prob_malignant": p1,
-            }
-        )
+        return np.stack([1 - p1, p1], axis=1)
 
-    fake_run = SimpleNamespace(classes=CLASSES, model=SimpleNamespace(parameters=lambda: iter([])))
-    monkeypatch.setattr(medclf.models, "load_run", lambda run_dir: fake_run)
-    monkeypatch.setattr(medclf.models.inference, "predict_frame", fake_predict)
+    seen = stub_model(monkeypatch, CLASSES, binary)
     out = tmp_path / "eval"
     # --no-gradcam: the fake run has no model to explain (the gallery is tested in test_explain_*)
     rc = main(["evaluate", str(run_with_images), "--out", str(out), "--bootstrap", "100", "--no-gradcam"])
@@ -85,8 +68,6 @@ def test_predictions_fixture_has_contract_columns() -> None:
 def test_evaluate_warns_about_a_class_absent_from_test(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    import medclf.models
-    import medclf.models.inference
 
     classes = ["a", "b", "c"]
     run = make_run_dir(tmp_path, tuple(classes), threshold=None, positive_class=None)
@@ -101,16 +82,10 @@ def test_evaluate_warns_about_a_class_absent_from_test(
             rows.append({"path": str(path), "label": label, "group": f"{split}{i}", "split": split})
     pd.DataFrame(rows).to_csv(run / "split.csv", index=False)
 
-    def fake_predict(loaded, records, batch_size=64, skip_bad=False):
-        onehot = np.eye(3)[records["label"].map(classes.index).to_numpy()]
-        probs = 0.8 * onehot + 0.2 / 3
-        return records[["path", "label", "group"]].assign(
-            **{f"prob_{c}": probs[:, j] for j, c in enumerate(classes)}
-        )
-
-    fake_run = SimpleNamespace(classes=classes, model=SimpleNamespace(parameters=lambda: iter([])))
-    monkeypatch.setattr(medclf.models, "load_run", lambda run_dir: fake_run)
-    monkeypatch.setattr(medclf.models.inference, "predict_frame", fake_predict)
+    onehot = np.eye(3)
+    stub_model(
+        monkeypatch, classes, lambda r: 0.8 * onehot[r["label"].map(classes.index).to_numpy()] + 0.2 / 3
+    )
     out = tmp_path / "eval"
     assert main(["evaluate", str(run), "--out", str(out), "--bootstrap", "50", "--no-gradcam"]) == 0
     printed = capsys.readouterr().out

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from _fixtures_evaluate import make_run_dir
+from _fixtures_evaluate import make_run_dir, stub_model
 from _fixtures_serve import tiny_run  # noqa: F401  (a pytest fixture)
 from medclf.cli import main
 from medclf.errors import ConfigError
@@ -248,25 +247,13 @@ def _metadata_run(tmp_path: Path) -> Path:
 def fake_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """The run's model replaced by a stub that, like an image-only model, returns no metadata columns; it misses
     half the men's malignant images and no one else's."""
-    import medclf.models
-    import medclf.models.inference
 
-    def fake_predict(loaded, records, batch_size=64, skip_bad=False):
+    def misses_men(records: pd.DataFrame) -> np.ndarray:
         missed = (records["sex"] == "m") & (records.index % 4 == 1)
         p1 = np.where((records["label"] == "malignant") & ~missed, 0.8, 0.2)
-        return pd.DataFrame(
-            {
-                "path": records["path"],
-                "label": records["label"],
-                "group": records["group"],
-                "prob_benign": 1 - p1,
-                "prob_malignant": p1,
-            }
-        )
+        return np.stack([1 - p1, p1], axis=1)
 
-    fake_run = SimpleNamespace(classes=CLASSES, model=SimpleNamespace(parameters=lambda: iter([])))
-    monkeypatch.setattr(medclf.models, "load_run", lambda run_dir: fake_run)
-    monkeypatch.setattr(medclf.models.inference, "predict_frame", fake_predict)
+    stub_model(monkeypatch, CLASSES, misses_men)
 
 
 def test_cli_subgroups_options(tmp_path: Path, fake_model: None, capsys: pytest.CaptureFixture[str]) -> None:

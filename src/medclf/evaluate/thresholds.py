@@ -16,6 +16,7 @@ here may ever be called with the test set it reports on (``medclf.evaluate.evalu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,9 +26,11 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "MIN_THRESHOLD_CASES",
     "MIN_THRESHOLD_IMAGES",
+    "ValidationFit",
     "choose_threshold",
     "choose_threshold_ovr",
     "decide",
+    "fit_on_validation",
     "parse_rule",
     "positive_scores",
     "resolve_positive_classes",
@@ -278,3 +281,43 @@ def threshold_sweep(
         "tn": tn,
         "fn": fn,
     }
+
+
+@dataclass(frozen=True)
+class ValidationFit:
+    """What a run takes from its validation predictions: the temperature, the threshold of its positive group
+    (None without one), and why either was left at its default (None when it was fitted)."""
+
+    temperature: float = 1.0
+    threshold: float | None = None
+    temperature_skipped: str | None = None
+    threshold_skipped: str | None = None
+
+
+def fit_on_validation(
+    val_logits: np.ndarray,
+    y_val: np.ndarray,
+    classes: Sequence[str],
+    positive_classes: Sequence[str] | None,
+    rule: str | float,
+    calibrate: bool = True,
+) -> ValidationFit:
+    """Temperature (when ``calibrate``) and operating point from validation logits and class indices, each left
+    at its default (T = 1, ``DEFAULT_THRESHOLD``) when the split is too small to support it."""
+    from medclf.evaluate.calibration import apply_temperature, fit_temperature, temperature_skip_reason
+
+    temperature, t_skipped = 1.0, None
+    if calibrate:
+        # too few validation images: T = 1 beats a fit that follows a handful of confident mistakes
+        t_skipped = temperature_skip_reason(int(np.asarray(y_val).size))
+        if t_skipped is None:
+            temperature = float(fit_temperature(val_logits, y_val))
+    threshold, thr_skipped = None, None
+    if positive_classes:
+        y_bin = np.isin(y_val, [list(classes).index(c) for c in positive_classes])
+        thr_skipped = threshold_skip_reason(y_bin, rule)
+        threshold = DEFAULT_THRESHOLD
+        if thr_skipped is None:
+            probs = apply_temperature(val_logits, temperature)
+            threshold = float(choose_threshold_ovr(y_val, probs, classes, positive_classes, rule))
+    return ValidationFit(temperature, threshold, t_skipped, thr_skipped)

@@ -576,7 +576,6 @@ def finalize_run(
 
     Shared by every strategy (the cached strategy calls it with its own model) so all run folders agree.
     """
-    import torch
 
     import medclf
     from medclf.models import LoadedRun, save_run_model
@@ -610,28 +609,13 @@ def finalize_run(
     index = {c: i for i, c in enumerate(classes)}
     y_val = np.array([index[str(v)] for v in val_rows["label"]], dtype=np.int64)
     from medclf.data.splits import small_split_warnings
-    from medclf.evaluate.calibration import fit_temperature, temperature_skip_reason
-    from medclf.evaluate.thresholds import DEFAULT_THRESHOLD, choose_threshold_ovr, threshold_skip_reason
+    from medclf.evaluate.thresholds import fit_on_validation
 
     run_warnings = small_split_warnings(split, classes)
-    temperature, temperature_skipped = 1.0, None
-    if cfg.eval.calibrate:
-        # too few validation images: T = 1 beats a fit that follows a handful of confident mistakes
-        temperature_skipped = temperature_skip_reason(int(y_val.size))
-        if temperature_skipped is None:
-            temperature = float(fit_temperature(val_logits, y_val))
-    threshold, threshold_skipped = None, None
-    if positive_set:
-        y_val_bin = np.isin(y_val, [index[c] for c in positive_set])
-        threshold_skipped = threshold_skip_reason(y_val_bin, cfg.eval.threshold)
-        if threshold_skipped is not None:
-            threshold = DEFAULT_THRESHOLD
-        else:
-            # validation predictions only: the test split never sees the operating point being chosen
-            val_probs = torch.softmax(torch.from_numpy(val_logits).double() / temperature, 1).numpy()
-            threshold = float(
-                choose_threshold_ovr(y_val, val_probs, classes, positive_set, cfg.eval.threshold)
-            )
+    # validation predictions only: the test split never sees the temperature or operating point being chosen
+    fit = fit_on_validation(val_logits, y_val, classes, positive_set, cfg.eval.threshold, cfg.eval.calibrate)
+    temperature, threshold = fit.temperature, fit.threshold
+    temperature_skipped, threshold_skipped = fit.temperature_skipped, fit.threshold_skipped
     for line in (temperature_skipped, threshold_skipped):
         if line:
             logging.getLogger(__name__).warning("warning: %s", line)
