@@ -126,10 +126,10 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from medclf._microbatch import ENGINE_BATCH
     from medclf.config import ModelConfig, RunConfig, TrainConfig
     from medclf.data import synth_dataset
     from medclf.models import create_model, resolve_preprocessing
+    from medclf.runtime.engine import ENGINE_BATCH
     from medclf.train.features import extract_features, split_backbone
 
     gemm = numpy_gemm()
@@ -149,18 +149,14 @@ def main() -> None:
         synth_dataset(data, layout="folders", n=args.images, seed=0, size=224)
         paths = sorted(str(p) for p in data.rglob("*.jpg"))
 
-        # 1. feature extraction (decode + preprocess + frozen trunk) on every engine, and which one `auto` picks
-        from medclf._openvino import available
-        from medclf.train.features import _pick
+        # 1. feature extraction (decode + preprocess + frozen trunk) on every engine; `auto` is the default engine
+        from medclf.runtime.openvino import available
+        from medclf.train.features import DEFAULT_BACKEND
 
         model = create_model("efficientnet_lite0", num_classes=2, pretrained=True).eval()
         pre = resolve_preprocessing(model, input_size=224)
         bottom = split_backbone(model, 0).bottom
-        auto_cache = Path(tmp) / "cache-auto"
-        extract_features(bottom, paths[:8], pre, cache_dir=auto_cache, backend="auto", progress=False)
-        (choice,) = (auto_cache / "onnx").glob("*.backend.json")
-        auto_measured = json.loads(choice.read_text())
-        auto_pick = _pick(auto_measured)
+        auto_pick = DEFAULT_BACKEND
         engine_names = {"onnx": "ONNX Runtime", "openvino": "OpenVINO", "torch": "PyTorch"}
         for backend in ["onnx", *(["openvino"] if available() else []), "torch"]:
             cache = Path(tmp) / f"cache-{backend}"
@@ -298,10 +294,8 @@ def main() -> None:
         "The rows that decode spend that CPU time on work that is not the model's arithmetic, so they sit "
         "below the model-only rows. Of that, the evaluation transform alone on decoded images (resize when "
         f"needed, normalisation): {1e6 / prep_rate:.0f} µs per image ({prep_rate:.0f} images/s, best run).",
-        "- `auto`'s engine timing for feature extraction (the dataset's first 32 images, decoding included, best of "
-        "3 rounds): "
-        + ", ".join(f"{engine_names.get(k, k)} {v:.0f} images/s" for k, v in auto_measured.items())
-        + f"; it picks {engine_names[auto_pick]} (ONNX Runtime unless another engine measures more than 10% faster).",
+        f"- Feature extraction's `auto` runs the default engine, {engine_names[auto_pick]} (PyTorch for a bottom that "
+        "does not export); no engine is chosen by timing.",
         "- The single-image rows include the out-of-distribution score that the served graph computes beside the "
         f"logits; ONNX Runtime without it: {1e3 / no_ood:.2f} ms per image ({no_ood * gflop / limit:.0%} of the "
         "limit, best run).",

@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     import onnxruntime as ort
     import torch
 
-    from medclf._onnx_export import onnx_bytes
     from medclf.models import create_model
+    from medclf.runtime.onnx import export_graph as onnx_bytes
     from medclf.train.features import split_backbone
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

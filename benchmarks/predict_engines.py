@@ -46,7 +46,7 @@ def one_run(run_dir: Path, split: str, rounds: int) -> dict:
     return {
         "run": str(run_dir),
         "images": len(a),
-        "views": 1 + len(run.info.get("tta") or []),
+        "views": 1 + len(run.info.tta),
         "metadata": bool(run.meta_encoder),
         "auto_s": min(seconds["auto"]),
         "torch_s": min(seconds["torch"]),

@@ -101,13 +101,13 @@ def parity_check(onnx_p, torch_p) -> tuple[float, float]:
     rng = np.random.default_rng(0)
     pre = onnx_p.serving.preprocessing
     x = rng.normal(size=(8, pre.in_chans, pre.input_size, pre.input_size)).astype(np.float32)
-    lo, _ = onnx_p.backend.run(x, None)
-    lt, _ = torch_p.backend.run(x, None)
-    l1, _ = onnx_p.backend.run(x[:1], None)
-    from medclf.serve.predictor import _softmax
+    lo, _ = onnx_p.run_engine(x)
+    lt, _ = torch_p.run_engine(x)
+    l1, _ = onnx_p.run_engine(x[:1])
+    from medclf.runtime.decision import softmax
 
     dl = max(np.abs(lo - lt).max(), np.abs(l1 - lt[:1]).max())
-    dp = np.abs(_softmax(lo.astype(np.float64)) - _softmax(lt.astype(np.float64))).max()
+    dp = np.abs(softmax(lo) - softmax(lt)).max()
     return float(dp), float(dl)
 
 

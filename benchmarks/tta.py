@@ -109,7 +109,7 @@ def measure(run_dir: Path, sets: list[tuple[str, ...]], n_boot: int) -> list[dic
         )
         mv = compute_metrics(y["val"], probs["val"], classes, threshold=thr, positive_index=pos_idx, n_boot=0)
         check = None
-        if stored is not None and len(stored) == len(probs["test"]) and tuple(run.info.get("tta") or ()) == s:
+        if stored is not None and len(stored) == len(probs["test"]) and tuple(run.info.tta) == s:
             cols = [f"prob_{c}" for c in classes]
             check = float(np.abs(stored[cols].to_numpy() - probs["test"]).max())
         cost = sum(seconds[v] for v in (None, *s)) / n_images

@@ -303,7 +303,7 @@ def _code(text: str) -> str:
 # the fix, for messages whose own advice is a value filled in at run time or not a plain instruction
 _OVERRIDES = {
     "data.val is 0": "set `data.val` (e.g. 0.15), or use data that ships a val split",
-    "_too_big_reason": "downscale the image, or for a file you trust raise the limit: `load_image(..., max_pixels=N)`",
+    "too_big_reason": "downscale the image, or for a file you trust raise the limit: `load_image(..., max_pixels=N)`",
     "_not_an_image_reason": "replace the file with a real image (JPEG, PNG, BMP, TIFF, GIF, WebP, DICOM) or delete it",
     "not valid YAML": "fix the YAML syntax at the line and column the message gives",
     ": {reason} (or pass --skip-bad": "the reason says what to do; or pass `--skip-bad` to skip and list the input",

@@ -1,4 +1,5 @@
-"""Shared fixtures for the serve and explain tests: tiny trained run folders on synthetic images.
+"""Helpers for the serve and explain tests: tiny trained run folders on synthetic images (the session fixtures
+``tiny_run``, ``fusion_run`` and ``group_run`` in conftest.py build them once).
 
 Two classes that a 32-px CNN separates in a few dozen steps: ``benign`` images are smooth warm blobs,
 ``malignant`` smooth cool blobs. A fusion run adds age/sex metadata. Build time: about a second each.
@@ -11,7 +12,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -112,18 +112,6 @@ def make_run(root: Path, *, fusion: bool = False, n_per_class: int = 40, steps: 
     return run_dir
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
-    return make_run(tmp_path_factory.mktemp("serve"))
-
-
-@pytest.fixture(scope="session")
-def fusion_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
-    return make_run(tmp_path_factory.mktemp("serve_fusion"), fusion=True)
-
-
 GROUP_CLASSES = ["nv", "mel", "bcc"]
 
 
@@ -171,12 +159,6 @@ def make_group_run(root: Path, *, n: int = 12) -> Path:
     }
     save_run_model(run_dir, model, info)
     return run_dir
-
-
-@pytest.fixture(scope="session")
-def group_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
-    return make_group_run(tmp_path_factory.mktemp("serve_group"))
 
 
 def files_containing(root: Path, needles: list[bytes], since: float, skip: tuple[str, ...] = ()) -> list[str]:

@@ -1,4 +1,5 @@
-"""Suite-wide settings: small thread pools, a private cache, and the real-data switch."""
+"""Suite-wide settings and fixtures: small thread pools, a private cache, the real-data switch, and the tiny
+trained run folders that the serve, explain and evaluate tests share."""
 
 from __future__ import annotations
 
@@ -25,6 +26,39 @@ def shared_datasets() -> Path:
     if not root.is_dir():
         pytest.skip(f"real data not found at {root} (a fresh clone has no ../shared/datasets)")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained two-class tiny_cnn run folder (``_fixtures_serve.make_run``)."""
+    import torch
+
+    from _fixtures_serve import make_run
+
+    torch.set_num_threads(1)
+    return make_run(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="session")
+def fusion_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_run`` with age/sex metadata fused into the model."""
+    import torch
+
+    from _fixtures_serve import make_run
+
+    torch.set_num_threads(1)
+    return make_run(tmp_path_factory.mktemp("serve_fusion"), fusion=True)
+
+
+@pytest.fixture(scope="session")
+def group_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained three-class run whose positive group is mel + bcc (``_fixtures_serve.make_group_run``)."""
+    import torch
+
+    from _fixtures_serve import make_group_run
+
+    torch.set_num_threads(1)
+    return make_group_run(tmp_path_factory.mktemp("serve_group"))
 
 
 @pytest.fixture(autouse=True)

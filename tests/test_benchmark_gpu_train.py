@@ -48,6 +48,7 @@ def test_gpu_benchmark_trains_evaluates_and_writes_its_table(tmp_path: Path) -> 
     assert f"{rows[0]['accuracy']:.3f}" in page
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_reports_a_failed_training_as_a_row(tmp_path: Path) -> None:
     bench = load_benchmark("gpu_train")
     recipe = tmp_path / "recipe.yaml"

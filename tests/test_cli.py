@@ -3,6 +3,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from medclf.cli import main
 
 
@@ -12,6 +14,7 @@ def test_help_lists_commands(capsys):
     assert "not a diagnosis" in out.replace("\n", " ")
 
 
+@pytest.mark.slow
 def test_console_script_runs_as_module():
     res = subprocess.run(
         [sys.executable, "-m", "medclf", "--version"], capture_output=True, text=True, check=True

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from _fixtures_data import class_tree, ham_tree, msld_tree
@@ -95,6 +96,7 @@ def test_clean_folder_has_no_findings(tmp_path: Path) -> None:
     assert r["exact_duplicates"] == [] and r["bad_files"] == [] and r["near_duplicates"] == []
 
 
+@pytest.mark.slow
 def test_audit_reports_the_full_size_of_a_large_jpeg_it_decodes_at_a_reduced_scale(tmp_path: Path) -> None:
     from medclf.data.audit import _examine
 

@@ -257,6 +257,7 @@ def _photo(w: int, h: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_min_side_decodes_large_jpegs_at_a_reduced_scale(tmp_path: Path) -> None:
     big = tmp_path / "big.jpg"
     _photo(2000, 1500).save(big, quality=90)
@@ -286,6 +287,7 @@ def test_min_side_decodes_large_jpegs_at_a_reduced_scale(tmp_path: Path) -> None
     assert load_image(mpo, min_side=448).size == (1000, 750)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(2048, 1536), (4032, 3024)])
 def test_reduced_decode_moves_the_models_input_by_a_grey_level_at_most(tmp_path: Path, size) -> None:
     from medclf.data.transforms import Preprocessing, create_transform

@@ -22,6 +22,7 @@ def _digest(root: Path) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.slow
 def test_deterministic_and_fast(tmp_path: Path) -> None:
     t0 = time.perf_counter()
     synth_dataset(tmp_path / "a", n=200, seed=3, size=96)

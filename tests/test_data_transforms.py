@@ -73,12 +73,12 @@ def test_eval_transform_uses_arithmetic_only_where_it_is_exact() -> None:
 
 
 def _augment_reference(pre: Preprocessing, policy: str) -> v2.Compose:
-    from medclf.data.transforms import _augmentations
+    from medclf.data.transforms import augmentations
 
     return v2.Compose(
         [
             *_reference(pre).transforms[:-2],
-            *_augmentations(policy, pre.input_size),
+            *augmentations(policy, pre.input_size),
             *_reference(pre).transforms[-2:],
         ]
     )

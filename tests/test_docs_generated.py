@@ -34,7 +34,7 @@ def _generator(name: str) -> ModuleType:
     [
         ("gen_config_reference", "config-reference.md"),
         ("gen_cli_reference", "cli-reference.md"),
-        ("gen_troubleshooting", "troubleshooting.md"),
+        pytest.param("gen_troubleshooting", "troubleshooting.md", marks=pytest.mark.slow),
     ],
 )
 def test_generated_page_is_up_to_date(generator: str, page: str) -> None:
@@ -92,6 +92,7 @@ def _literal_fragments(node: ast.AST) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_every_error_raise_in_src_is_in_troubleshooting() -> None:
     classes = _error_classes()
     assert {"ConfigError", "DataError", "BadImageError"} <= classes
@@ -151,6 +152,7 @@ def test_guide_links_point_to_existing_pages(name: str) -> None:
         assert (DOCS / target).is_file(), f"docs/{name}.md links a missing page: {target}"
 
 
+@pytest.mark.slow
 def test_python_api_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every ```python block of docs/python-api.md, in order, in one namespace, in an empty folder."""
     import torch

@@ -48,6 +48,7 @@ def test_card_before_evaluation_has_every_owner_field(run: Path) -> None:
     assert "| task | binary classification: benign, malignant |" in card
 
 
+@pytest.mark.slow
 def test_card_after_evaluation_gives_intervals_and_no_file_names(
     run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

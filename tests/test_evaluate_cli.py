@@ -65,6 +65,7 @@ def test_predictions_fixture_has_contract_columns() -> None:
     assert list(df.columns) == ["path", "label", "group", "prob_benign", "prob_malignant", "pred"]
 
 
+@pytest.mark.slow
 def test_evaluate_warns_about_a_class_absent_from_test(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

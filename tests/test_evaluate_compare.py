@@ -30,6 +30,7 @@ def _eval_dir(tmp: Path, name: str, separation: float, seed: int, lr: float = 0.
     return out
 
 
+@pytest.mark.slow
 def test_leaderboard_and_paired_test(tmp_path: Path) -> None:
     weak = _eval_dir(tmp_path, "weak", 0.3, seed=1)
     strong = _eval_dir(tmp_path, "strong", 2.0, seed=2, lr=0.01)

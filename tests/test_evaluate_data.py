@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from _fixtures_serve import synthetic_image, tiny_run  # noqa: F401
+from _fixtures_serve import synthetic_image
 from medclf.cli import main
 from medclf.models.run_io import seal_file
 
@@ -38,7 +38,7 @@ def _class_folders(root: Path, n: int = 4, seed: int = 0) -> Path:
     return root
 
 
-def _run(tiny_run: Path, tmp_path: Path, **spec: object) -> Path:  # noqa: F811
+def _run(tiny_run: Path, tmp_path: Path, **spec: object) -> Path:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     (run / "dataset.yaml").write_text(yaml.safe_dump({**RUN_SPEC, **spec}), encoding="utf-8")
@@ -63,8 +63,9 @@ def _evaluate(run: Path, data: Path, out: Path, *extra: str) -> int:
     )
 
 
+@pytest.mark.slow
 def test_class_folders_and_split_folders_with_the_runs_rules(
-    tiny_run: Path,  # noqa: F811
+    tiny_run: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -89,8 +90,9 @@ def test_class_folders_and_split_folders_with_the_runs_rules(
     assert "has train, val split folders but no test" in err and "--split all" in err
 
 
+@pytest.mark.slow
 def test_csv_folder_spec_yaml_and_unreadable_data(
-    tiny_run: Path,  # noqa: F811
+    tiny_run: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:

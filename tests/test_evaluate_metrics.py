@@ -160,6 +160,7 @@ def test_grouped_intervals_are_wider_when_images_are_copies() -> None:
     assert grouped[1] - grouped[0] > 2 * (naive[1] - naive[0])
 
 
+@pytest.mark.slow
 def test_interval_coverage_by_simulation() -> None:
     """A 95% interval covers the true value about 95% of the time (200 draws × 200 resamples)."""
     d, thr, n_each = 1.0, 0.5, 100
@@ -212,6 +213,7 @@ def test_input_errors_name_the_fix() -> None:
         compute_metrics(np.array([0, 1]), np.full((2, 2), 0.5), ["a", "b"], groups=np.array(["g"]), n_boot=0)
 
 
+@pytest.mark.slow
 def test_ten_thousand_images_thousand_resamples_in_seconds() -> None:
     y, p = _probs(10_000, 7, seed=9)
     groups = np.arange(10_000) // 3

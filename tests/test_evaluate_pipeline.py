@@ -29,6 +29,7 @@ def _shuffled_labels(df: pd.DataFrame, seed: int) -> pd.DataFrame:
     return out
 
 
+@pytest.mark.slow
 def test_writes_every_artifact(tmp_path: Path) -> None:
     run = make_run_dir(tmp_path)
     df = make_predictions(240, image_dir=tmp_path, images_per_group=2)
@@ -59,6 +60,7 @@ def test_writes_every_artifact(tmp_path: Path) -> None:
     assert m["run"]["params"]["model.name"] == "tiny_cnn" and m["timing"]["train_seconds"] == 12.5
 
 
+@pytest.mark.slow
 def test_threshold_chosen_on_validation_never_on_test(tmp_path: Path) -> None:
     run = make_run_dir(tmp_path, threshold=None, temperature=None)
     val = pd.read_csv(run / "val_predictions.csv")
@@ -79,6 +81,7 @@ def test_threshold_chosen_on_validation_never_on_test(tmp_path: Path) -> None:
     assert "validation" in m["threshold_source"]
 
 
+@pytest.mark.slow
 def test_without_validation_the_threshold_is_the_default_not_tuned_on_test(tmp_path: Path) -> None:
     run = make_run_dir(tmp_path, threshold=None, temperature=None, with_val=False)
     df = make_predictions(300, seed=6)
@@ -90,6 +93,7 @@ def test_without_validation_the_threshold_is_the_default_not_tuned_on_test(tmp_p
     assert any("default 0.5" in note for note in m["notes"])
 
 
+@pytest.mark.slow
 def test_run_temperature_is_applied_and_reported(tmp_path: Path) -> None:
     run = make_run_dir(tmp_path, temperature=2.0)
     df = make_predictions(300, seed=7, separation=3.0)  # over-confident raw probabilities
@@ -122,6 +126,7 @@ def test_validation_overlap_is_flagged(tmp_path: Path) -> None:
     assert any("optimistic" in note for note in m["notes"])
 
 
+@pytest.mark.slow
 def test_multiclass_without_a_run(tmp_path: Path) -> None:
     classes = ["nv", "mel", "bcc"]
     df = make_predictions(150, tuple(classes), seed=8)
@@ -147,6 +152,7 @@ def test_bad_predictions_name_the_row(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_multiclass_run_with_a_positive_group(tmp_path: Path) -> None:
     classes = ("nv", "mel", "bcc", "akiec")
     group = ["mel", "bcc", "akiec"]
@@ -177,6 +183,7 @@ def test_multiclass_run_with_a_positive_group(tmp_path: Path) -> None:
     assert row["sensitivity"] == pytest.approx(m["sensitivity"])
 
 
+@pytest.mark.slow
 def test_a_small_validation_split_keeps_t1_and_the_default_threshold(tmp_path: Path) -> None:
     small = make_run_dir(tmp_path / "small", threshold=None, temperature=None)
     make_predictions(30, seed=99, prefix="val", separation=4.0).to_csv(

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from _fixtures_evaluate import make_predictions, make_run_dir
@@ -18,6 +19,7 @@ from medclf.evaluate.report import PRIVACY_STATEMENT, confident_errors, write_re
 SECTIONS = ("headline", "operating-point", "plots", "per-class", "data", "model-card", "speed", "errors")
 
 
+@pytest.mark.slow
 def test_report_has_every_section_and_no_network_assets(tmp_path: Path) -> None:
     run = make_run_dir(tmp_path)
     (run / "audit.json").write_text(
@@ -92,14 +94,15 @@ def test_plot_functions_return_pngs(tmp_path: Path) -> None:
 
 
 def test_gallery_decodes_a_large_jpeg_at_a_reduced_scale(tmp_path: Path) -> None:
-    from medclf.evaluate.report import THUMBNAIL, _open_image
+    from medclf.explain.overlay import THUMBNAIL, open_for_display
 
     path = tmp_path / "large.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8)).save(path)
-    im = _open_image(str(path))
+    im = open_for_display(str(path))
     assert im is not None and im.size == (1000, 750) and min(im.size) >= 2 * THUMBNAIL
 
 
+@pytest.mark.slow
 def test_a_medclf_audit_is_shown_as_sentences_with_its_warnings(tmp_path: Path) -> None:
     from medclf.data import audit_dataset, synth_dataset
     from medclf.evaluate.report import audit_findings

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from _fixtures_evaluate import make_run_dir, stub_model
-from _fixtures_serve import tiny_run  # noqa: F401  (a pytest fixture)
 from medclf.cli import main
 from medclf.errors import ConfigError
 from medclf.evaluate.pipeline import evaluate_predictions
@@ -57,6 +56,7 @@ def _entry(section: dict, column: str, name: str) -> dict:
     return next(e for e in section["columns"][column]["subgroups"] if e["name"] == name)
 
 
+@pytest.mark.slow
 def test_a_planted_effect_is_flagged_for_its_subgroup_only(tmp_path: Path) -> None:
     m = evaluate_predictions(
         _planted(), CLASSES, tmp_path / "eval", threshold=0.5, temperature=1.0, n_boot=500
@@ -256,6 +256,7 @@ def fake_model(monkeypatch: pytest.MonkeyPatch) -> None:
     stub_model(monkeypatch, CLASSES, misses_men)
 
 
+@pytest.mark.slow
 def test_cli_subgroups_options(tmp_path: Path, fake_model: None, capsys: pytest.CaptureFixture[str]) -> None:
     run = _metadata_run(tmp_path)
     out = tmp_path / "eval"
@@ -285,6 +286,7 @@ def test_cli_subgroups_options(tmp_path: Path, fake_model: None, capsys: pytest.
     assert main([*args, "--flag-margin", "2"]) == 2
 
 
+@pytest.mark.slow
 def test_compare_shows_subgroups_side_by_side(tmp_path: Path) -> None:
     df = _planted(n=600)
     kw = {"threshold": 0.5, "temperature": 1.0, "n_boot": 100}
@@ -313,7 +315,7 @@ def test_compare_shows_subgroups_side_by_side(tmp_path: Path) -> None:
     assert not saved["subgroups"]["done"] and "same images" in saved["subgroups"]["reason"]
 
 
-def test_an_image_only_run_evaluated_on_data_with_metadata(tiny_run: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_an_image_only_run_evaluated_on_data_with_metadata(tiny_run: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
     split = pd.read_csv(tiny_run / "split.csv")
     images = Path(split["path"].iloc[0]).parent

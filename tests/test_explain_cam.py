@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _fixtures_serve import fusion_run, synthetic_image, tiny_run  # noqa: F401
+from _fixtures_serve import synthetic_image
 from medclf.errors import ConfigError
 from medclf.explain import CAM_METHODS, MetaBound, compute_cam, overlay_cam
 
@@ -113,7 +113,7 @@ def test_overlay_alpha_blends_between_image_and_heatmap() -> None:
     assert overlay_cam(wide, cam, 0.5).size == (80, 40)
 
 
-def test_explain_cli_writes_png(tiny_run, fusion_run, tmp_path) -> None:  # noqa: F811
+def test_explain_cli_writes_png(tiny_run, fusion_run, tmp_path) -> None:
     from medclf.cli import main
 
     image = next((tiny_run.parent / "images").glob("malignant_*.png"))

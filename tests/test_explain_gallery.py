@@ -5,11 +5,10 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from _fixtures_serve import tiny_run  # noqa: F401
 from medclf.explain.gallery import run_explainer
 
 
-def test_run_explainer_gives_an_overlay_for_a_path(tiny_run: Path) -> None:  # noqa: F811
+def test_run_explainer_gives_an_overlay_for_a_path(tiny_run: Path) -> None:
     explain = run_explainer(tiny_run)
     assert explain is not None
     path = pd.read_csv(tiny_run / "split.csv")["path"].iloc[0]

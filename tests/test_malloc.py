@@ -44,6 +44,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_freed_buffers_are_reused_inside_and_given_back_after() -> None:
     done = subprocess.run([sys.executable, "-c", SCENARIO], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

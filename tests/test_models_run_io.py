@@ -54,7 +54,7 @@ def _save(
 def test_round_trip(tmp_path: Path) -> None:
     model, info = _save(tmp_path / "run")
     assert (tmp_path / "run" / "model.safetensors").is_file()
-    assert len(info["weights"]["sha256"]) == 64
+    assert len(info.weights["sha256"]) == 64
     loaded = load_run(tmp_path / "run")
     assert not loaded.model.training
     x = torch.randn(3, 3, 32, 32)
@@ -141,3 +141,111 @@ def test_predict_frame_skip_bad(tmp_path: Path) -> None:
     out = predict_frame(loaded, records, skip_bad=True)
     assert list(out["path"]) == [paths[0], paths[1]]
     assert out.attrs["skipped"][0][0].endswith("broken.png")
+
+
+# ---- RunInfo and RunDir -------------------------------------------------------------------------------------------
+DATA = Path(__file__).parent / "data"
+WRITTEN = [DATA / "run_scratch.json", DATA / "run_cached.json"]
+"""run.json files as training wrote them (a scratch and a cached tiny_cnn run) before run.json had a record type."""
+
+
+@pytest.mark.parametrize("path", WRITTEN, ids=lambda p: p.stem)
+def test_run_json_written_by_training_loads_and_writes_back_byte_for_byte(path: Path) -> None:
+    from medclf._atomic import json_text
+    from medclf.models import RunInfo
+
+    info = RunInfo.from_json(path)
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    assert info.classes == ["benign", "malignant"] and info.positive_class == "malignant"
+    assert info.threshold == raw["threshold"] and info.model_name == "tiny_cnn"
+    assert info.strategy == raw["strategy"] and info.epochs_run == raw["epochs_run"] == 2
+    assert info.extra == {}  # every key training writes is a field
+    assert json_text(info.to_dict()) == path.read_text(encoding="utf-8")
+
+
+def test_run_info_round_trip_of_a_new_record() -> None:
+    from medclf.models import RunInfo
+
+    info = RunInfo(
+        name="r",
+        classes=["a", "b", "c"],
+        task="multiclass",
+        positive_classes=["b", "c"],
+        threshold=0.25,
+        temperature=1.5,
+        warnings=["few images"],
+        model={"name": "tiny_cnn", "num_classes": 3, "in_chans": None, "kwargs": {}},
+    )
+    data = info.to_dict()
+    assert list(data)[:3] == ["name", "classes", "task"]
+    # fields only some writers set are left out while unset; the rest are written, null or not
+    assert "ensemble" not in data and "refer_below" not in data
+    assert data["positive_class"] is None and data["tta"] == [] and data["resumed"] is False
+    back = RunInfo.from_dict(data)
+    assert back == info and back.to_dict() == data
+    assert back.threshold_classes == ["b", "c"]
+
+
+def test_unknown_keys_are_kept_and_missing_ones_get_defaults(tmp_path: Path) -> None:
+    from medclf.models import RunInfo
+
+    raw = json.loads(WRITTEN[0].read_text(encoding="utf-8"))
+    for key in ("tta", "budget", "peak_memory_mb", "positive_classes", "format_version"):
+        del raw[key]
+    raw["written_by_a_newer_medclf"] = {"some": [1, 2]}
+    info = RunInfo.from_dict(raw, tmp_path / "run.json")
+    assert info.tta == [] and info.budget is None and info.positive_classes is None
+    assert info.format_version is None and info.threshold_classes == ["malignant"]
+    assert info.extra == {"written_by_a_newer_medclf": {"some": [1, 2]}}
+    assert info.to_dict() == raw and list(info.to_dict()) == list(raw)
+    info.refer_below = 0.7  # set after reading: written, after the keys that were read
+    assert list(info.to_dict())[-1] == "refer_below"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("threshold", "abc", "threshold must be a finite number >= 0 and <= 1 (it is 'abc')"),
+        ("epochs_run", -1, "epochs_run must be a whole number >= 0 (it is -1)"),
+        ("warnings", "one line", "warnings must be a list of strings"),
+        ("strategy", 3, "strategy must be a string"),
+        ("resumed", "no", "resumed must be true or false"),
+        ("images", [1, 2], "images must be an object"),
+        ("train_seconds", "slow", "train_seconds must be a number"),
+    ],
+)
+def test_a_bad_field_is_named_with_its_file(tmp_path: Path, key: str, value: object, message: str) -> None:
+    from medclf.models import RunInfo
+
+    path = tmp_path / "run.json"
+    raw = json.loads(WRITTEN[0].read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**raw, key: value}), encoding="utf-8")
+    with pytest.raises(MedclfError) as exc:
+        RunInfo.from_json(path)
+    assert str(exc.value).startswith(f"{path}: {message}"), exc.value
+
+
+def test_save_refuses_a_bad_field_before_writing(tmp_path: Path) -> None:
+    model = create_model("tiny_cnn", 2)
+    info = {"classes": ["benign", "malignant"], "threshold": 2.0}
+    with pytest.raises(MedclfError, match=r"run\.json: threshold must be a finite number"):
+        save_run_model(tmp_path / "run", model, info)
+    assert not list((tmp_path / "run").iterdir())
+
+
+def test_run_dir_save_info_is_checked_and_resealed(tmp_path: Path) -> None:
+    from medclf.models import RunDir
+
+    _save(tmp_path / "run", threshold=0.3)
+    run = RunDir(tmp_path / "run")
+    assert run.is_run() and run.weights.is_file() and run.info_path.name == "run.json"
+    info = run.load_info()
+    info.threshold = 0.45
+    info.extra["note"] = "kept"
+    run.save_info(info)
+    loaded = load_run(run.root)  # the manifest holds run.json's new digest
+    assert loaded.threshold == 0.45 and loaded.info.extra == {"note": "kept"}
+    info.temperature = -1.0
+    with pytest.raises(MedclfError, match="temperature must be a finite number > 0"):
+        run.save_info(info)
+    assert load_run(run.root).temperature == 2.0

@@ -105,6 +105,7 @@ def test_a_run_trained_with_tta_uses_it_in_every_prediction(tmp_path: Path) -> N
     assert heat.shape == (32, 32)
 
 
+@pytest.mark.slow
 def test_a_fold_ensemble_keeps_the_folds_views(tmp_path: Path) -> None:
     from medclf.models import load_run
     from medclf.train.cv import run_cv

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import PngImagePlugin
 
-from _fixtures_serve import files_containing, synthetic_image, tiny_run  # noqa: F401
+from _fixtures_serve import files_containing, synthetic_image
 from medclf.serve.server import app_command, app_env
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,7 +37,7 @@ def _free_port() -> int:
 @pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium (apt-get install chromium)"
 )
-def test_app_uploads_never_reach_disk_or_logs(tiny_run, tmp_path: Path) -> None:  # noqa: F811
+def test_app_uploads_never_reach_disk_or_logs(tiny_run, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     marker = f"MARKER-{uuid.uuid4().hex}"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from _fixtures_serve import fusion_run, noise_image, png_bytes, synthetic_image  # noqa: F401
+from _fixtures_serve import noise_image, png_bytes, synthetic_image
 from medclf.errors import BadImageError
 from medclf.serve import Predictor
 
@@ -51,7 +51,7 @@ def _call(p: Predictor, req: tuple[str, Any, Any]) -> Any:
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
-def test_shared_predictor_threads_equal_sequential(fusion_run, backend: str) -> None:  # noqa: F811
+def test_shared_predictor_threads_equal_sequential(fusion_run, backend: str) -> None:
     p = Predictor.from_run(fusion_run, backend=backend)
     reqs = [r for r in _requests() if backend == "torch" or r[0] != "explain"]
     expected = [_call(p, r) for r in reqs]
@@ -73,7 +73,7 @@ def test_shared_predictor_threads_equal_sequential(fusion_run, backend: str) -> 
                 assert r == pytest.approx(e, abs=1e-6), (i, reqs[i][0])
 
 
-def test_gradcam_while_other_threads_predict(fusion_run) -> None:  # noqa: F811
+def test_gradcam_while_other_threads_predict(fusion_run) -> None:
     """Grad-CAM hooks the CAM layer; torch-backend predictions running meanwhile must not feed those hooks."""
     import threading
 

@@ -49,6 +49,7 @@ def test_corpus_is_what_it_claims(corpus) -> None:
     assert (root / "benign" / "back_up").is_symlink()
 
 
+@pytest.mark.slow
 def test_predict_names_each_bad_file_and_predicts_the_rest(corpus, run: Path, tmp_path: Path) -> None:
     root, expect = corpus
     good, bad = _split(expect)

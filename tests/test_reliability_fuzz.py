@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from _fixtures_reliability import dicom_with_identifiers
-from _fixtures_serve import synthetic_image, tiny_run  # noqa: F401
+from _fixtures_serve import synthetic_image
 from medclf.data.images import load_image_bytes
 from medclf.errors import BadImageError
 from medclf.serve import Predictor
@@ -89,7 +89,7 @@ def test_damaged_images_decode_or_fail_cleanly(fmt: str, cut: int, edits, insert
 
 
 @pytest.fixture(scope="module")
-def client(tiny_run):  # noqa: F811
+def client(tiny_run):
     predictor = Predictor.from_run(tiny_run, backend="torch")
     cfg = ServerConfig(max_upload_bytes=64_000, max_pixels=250_000, request_timeout_s=10)
     with BackgroundServer(predictor, cfg) as url, httpx.Client(base_url=url, timeout=30) as c:
@@ -123,6 +123,7 @@ def _check(r: httpx.Response) -> None:
         assert detail, r.text[:300]
 
 
+@pytest.mark.slow
 @_FUZZ
 @given(
     kind=st.sampled_from(["random", *sorted(SEEDS)]),

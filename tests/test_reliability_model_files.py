@@ -282,21 +282,22 @@ def test_a_nan_prediction_is_an_error_never_a_decision(
 ) -> None:
     from fastapi.testclient import TestClient
 
+    from medclf.runtime.engine import TorchEngine
     from medclf.serve import Predictor
     from medclf.serve.api import create_app
-    from medclf.serve.predictor import NonFiniteOutputError, _TorchBackend
+    from medclf.serve.predictor import NonFiniteOutputError
 
-    real = _TorchBackend.run
+    real = TorchEngine.run
     good = synthetic_image(1, np.random.default_rng(1))
     dark = good.point(lambda v: 0)
     black: list[float] = []
 
-    def nan_for_black_images(self, x, meta):  # the model "overflows" on an all-black image
-        logits, scores = real(self, x, meta)
-        logits[np.abs(x.mean(axis=(1, 2, 3)) - black[0]) < 1e-4] = np.nan
-        return logits, scores
+    def nan_for_black_images(self, feed):  # the model "overflows" on an all-black image
+        logits, *rest = real(self, feed)
+        logits[np.abs(feed["image"].mean(axis=(1, 2, 3)) - black[0]) < 1e-4] = np.nan
+        return [logits, *rest]
 
-    monkeypatch.setattr(_TorchBackend, "run", nan_for_black_images)
+    monkeypatch.setattr(TorchEngine, "run", nan_for_black_images)
     pred = Predictor.from_run(served, backend="torch")
     black.append(float(pred.preprocess(dark).mean()))
     with pytest.raises(NonFiniteOutputError) as exc:
@@ -390,7 +391,12 @@ def test_diverging_training_stops_with_epoch_and_learning_rate(
     data: Path, tmp_path: Path, capsys, strategy: str
 ) -> None:
     sets = ["model.name=tiny_cnn", "model.pretrained=false", f"train.strategy={strategy}", "train.lr=1e12"]
-    sets += ["train.epochs=3", "train.batch_size=8", f"train.cache_dir={tmp_path / 'cache'}"]
+    sets += [
+        "train.epochs=3",
+        "train.scheduler=none",
+        "train.batch_size=8",
+        f"train.cache_dir={tmp_path / 'cache'}",
+    ]
     args = [
         "train",
         "--data",
@@ -461,6 +467,7 @@ def test_an_unsafe_checkpoint_on_resume_is_refused(crashed: Path, tmp_path: Path
     assert "cannot be loaded safely" in line
 
 
+@pytest.mark.slow
 # ---- evaluation -----------------------------------------------------------------------------------------------
 def test_an_interrupted_evaluation_is_marked_and_not_read(tmp_path: Path, monkeypatch) -> None:
     from _fixtures_evaluate import make_predictions

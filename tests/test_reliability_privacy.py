@@ -60,6 +60,7 @@ def _leaks(texts: dict[str, str | bytes]) -> list[str]:
     return hits
 
 
+@pytest.mark.slow
 def test_identifiers_never_written_printed_or_logged(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

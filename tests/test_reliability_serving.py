@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile, WebPImagePlugin
 
-from _fixtures_serve import png_bytes, synthetic_image, tiny_run  # noqa: F401
+from _fixtures_serve import png_bytes, synthetic_image
 from medclf.serve import Predictor
 from medclf.serve.api import ServerConfig
 from medclf.serve.server import BackgroundServer
@@ -32,7 +32,7 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_run) -> Predictor:  # noqa: F811
+def predictor(tiny_run) -> Predictor:
     return Predictor.from_run(tiny_run, backend="onnx")
 
 
@@ -199,6 +199,7 @@ def test_big_jpeg_counts_at_the_scale_it_is_decoded_at(predictor) -> None:
     assert refused.status_code == 413 and "6000 x 4000 = 24,000,000 pixels" in refused.json()["detail"]
 
 
+@pytest.mark.slow
 def test_concurrent_big_uploads_keep_health_responsive(predictor) -> None:
     data = _canvas("WEBP", 3900)  # 15 Mpx, under the limit: each one is decoded in full
     stop = threading.Event()
@@ -267,7 +268,8 @@ def test_score_cam_queue_is_bounded_and_grad_cam_is_not_held_up(predictor, monke
         assert sorted(f.result(timeout=60).status_code for f in more) == [200, 503]
 
 
-def test_onnx_runtime_telemetry_is_off_in_medclf_processes(tiny_run, tmp_path) -> None:  # noqa: F811
+@pytest.mark.slow
+def test_onnx_runtime_telemetry_is_off_in_medclf_processes(tiny_run, tmp_path) -> None:
     """ONNX Runtime's official builds write ~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db."""
     home = tmp_path / "home"
     home.mkdir()
@@ -302,7 +304,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc (Linux)")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_killing_medclf_app_stops_streamlit(tiny_run, tmp_path, sig) -> None:  # noqa: F811
+def test_killing_medclf_app_stops_streamlit(tiny_run, tmp_path, sig) -> None:
     pytest.importorskip("streamlit")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from _fixtures_serve import files_containing, fusion_run, noise_image, png_bytes, synthetic_image, tiny_run  # noqa: F401
+from _fixtures_serve import files_containing, noise_image, png_bytes, synthetic_image
 from medclf import DISCLAIMER
 from medclf.serve import Predictor
 from medclf.serve.api import ServerConfig
@@ -28,7 +28,7 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_run) -> Predictor:  # noqa: F811
+def predictor(tiny_run) -> Predictor:
     return Predictor.from_run(tiny_run, backend="onnx")
 
 
@@ -137,7 +137,7 @@ def test_api_key(predictor) -> None:
         assert c.get("/health").status_code == 200
 
 
-def test_fusion_metadata_fields(fusion_run) -> None:  # noqa: F811
+def test_fusion_metadata_fields(fusion_run) -> None:
     p = Predictor.from_run(fusion_run, backend="onnx")
     with BackgroundServer(p) as url, httpx.Client(base_url=url) as c:
         schema = c.get("/openapi.json").json()
@@ -159,7 +159,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_uploads_never_reach_disk_or_logs(tiny_run, tmp_path) -> None:  # noqa: F811
+@pytest.mark.slow
+def test_uploads_never_reach_disk_or_logs(tiny_run, tmp_path) -> None:
     """Run `medclf serve` with its own HOME/TMPDIR/cwd, upload marked files, then search disk and logs."""
     marker = f"MARKER-{uuid.uuid4().hex}"
     name = f"patient-{uuid.uuid4().hex[:12]}.png"

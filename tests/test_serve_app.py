@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from _fixtures_serve import fusion_run, group_run, tiny_run  # noqa: F401
 from medclf.serve.server import APP_SCRIPT, app_command, app_env
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -27,7 +26,7 @@ def _app(run_dir: Path, monkeypatch: pytest.MonkeyPatch):
     return at
 
 
-def test_app_sample_prediction_threshold_and_heatmap(tiny_run, monkeypatch) -> None:  # noqa: F811
+def test_app_sample_prediction_threshold_and_heatmap(tiny_run, monkeypatch) -> None:
     at = _app(tiny_run, monkeypatch)
     assert any("not a diagnosis" in w.value for w in at.warning)
     assert [t.label for t in at.tabs] == ["Predict", "Model card and metrics"]
@@ -49,7 +48,7 @@ def test_app_sample_prediction_threshold_and_heatmap(tiny_run, monkeypatch) -> N
     assert len(at.table) == 1
 
 
-def test_app_metadata_inputs_for_fusion_models(fusion_run, monkeypatch) -> None:  # noqa: F811
+def test_app_metadata_inputs_for_fusion_models(fusion_run, monkeypatch) -> None:
     at = _app(fusion_run, monkeypatch)
     assert at.number_input(key="meta_age").value is None
     assert at.selectbox(key="meta_sex").options[0] == "unknown"
@@ -59,7 +58,7 @@ def test_app_metadata_inputs_for_fusion_models(fusion_run, monkeypatch) -> None:
     assert any(m.value.startswith("**Decision") for m in at.markdown)
 
 
-def test_app_threshold_for_a_multiclass_positive_group(group_run, monkeypatch) -> None:  # noqa: F811
+def test_app_threshold_for_a_multiclass_positive_group(group_run, monkeypatch) -> None:
     at = _app(group_run, monkeypatch)
     at.selectbox(key="sample").select_index(1).run()
     assert not at.exception, at.exception
@@ -88,7 +87,7 @@ def _free_port() -> int:
 @pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium (apt-get install chromium)"
 )
-def test_app_in_real_chromium(tiny_run, tmp_path) -> None:  # noqa: F811
+def test_app_in_real_chromium(tiny_run, tmp_path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     port = _free_port()

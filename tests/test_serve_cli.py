@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from _fixtures_serve import synthetic_image, tiny_run  # noqa: F401
+from _fixtures_serve import synthetic_image
 from medclf.cli import main
 from medclf.serve._cli import expand_inputs
 
@@ -54,7 +54,7 @@ def test_expand_inputs(inputs, tmp_path) -> None:
     assert missing == [f"{tmp_path / 'nope.png'} (not found)"]
 
 
-def test_predict_cli_skips_bad_files_and_writes_csv(tiny_run, inputs, tmp_path, capsys) -> None:  # noqa: F811
+def test_predict_cli_skips_bad_files_and_writes_csv(tiny_run, inputs, tmp_path, capsys) -> None:
     out = tmp_path / "pred.csv"
     rc = main(["predict", str(tiny_run), str(inputs), "--csv", str(out), "--backend", "torch"])
     cap = capsys.readouterr()
@@ -70,7 +70,7 @@ def test_predict_cli_skips_bad_files_and_writes_csv(tiny_run, inputs, tmp_path, 
     assert "Doe" not in text and "PID-778899" not in text
 
 
-def test_predict_cli_all_good_and_nothing_to_do(tiny_run, inputs, capsys) -> None:  # noqa: F811
+def test_predict_cli_all_good_and_nothing_to_do(tiny_run, inputs, capsys) -> None:
     assert main(["predict", str(tiny_run), str(inputs / "a.png"), str(inputs / "sub" / "*.jpg")]) == 0
     assert "2 predicted, 0 skipped" in capsys.readouterr().out
     assert main(["predict", str(tiny_run), str(inputs / "*.gif")]) == 2
@@ -78,7 +78,7 @@ def test_predict_cli_all_good_and_nothing_to_do(tiny_run, inputs, capsys) -> Non
     assert main(["predict", str(inputs), str(inputs / "a.png")]) == 2  # not a run folder
 
 
-def test_predict_cli_openvino_bf16_agrees_with_onnx(tiny_run, inputs, tmp_path) -> None:  # noqa: F811
+def test_predict_cli_openvino_bf16_agrees_with_onnx(tiny_run, inputs, tmp_path) -> None:
     a, b = tmp_path / "onnx.csv", tmp_path / "bf16.csv"
     files = [str(inputs / "a.png"), str(inputs / "sub" / "b.jpg"), str(inputs / "c.dcm")]
     assert main(["predict", str(tiny_run), *files, "--csv", str(a)]) == 0

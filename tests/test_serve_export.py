@@ -9,21 +9,22 @@ import onnx
 import pytest
 import torch
 
-from _fixtures_serve import fusion_run, group_run, noise_image, tiny_run  # noqa: F401
+from _fixtures_serve import noise_image
 from medclf.errors import MedclfError
+from medclf.runtime.engine import ort_session as onnx_session
 from medclf.serve import Predictor
-from medclf.serve.export import PARITY_TOLERANCE, export_onnx, onnx_session, read_onnx
+from medclf.serve.export import PARITY_TOLERANCE, export_onnx, read_onnx
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_run, tmp_path_factory):  # noqa: F811
+def exported(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "model.onnx"
     return export_onnx(tiny_run, out, int8=True)
 
 
-def test_export_parity_metadata_and_dynamic_batch(exported, tiny_run) -> None:  # noqa: F811
+def test_export_parity_metadata_and_dynamic_batch(exported, tiny_run) -> None:
     assert exported.max_abs_diff_probs <= PARITY_TOLERANCE
     assert exported.max_abs_diff_logits <= PARITY_TOLERANCE
     assert "val images" in exported.parity_inputs
@@ -42,7 +43,7 @@ def test_export_parity_metadata_and_dynamic_batch(exported, tiny_run) -> None:  
     assert "max |Δprob|" in text and "int8" in text
 
 
-def test_from_onnx_matches_run(exported, tiny_run) -> None:  # noqa: F811
+def test_from_onnx_matches_run(exported, tiny_run) -> None:
     a = Predictor.from_onnx(exported.path)
     b = Predictor.from_run(tiny_run, backend="torch")
     img = noise_image(3)
@@ -54,7 +55,7 @@ def test_from_onnx_matches_run(exported, tiny_run) -> None:  # noqa: F811
         a.explain(img)
 
 
-def test_export_round_trips_the_positive_group(group_run, tiny_run, exported, tmp_path) -> None:  # noqa: F811
+def test_export_round_trips_the_positive_group(group_run, tiny_run, exported, tmp_path) -> None:
     rep = export_onnx(group_run, tmp_path / "g.onnx", ood=False)
     props = {p.key: json.loads(p.value) for p in onnx.load(str(rep.path)).metadata_props}
     assert props["medclf.positive_classes"] == ["mel", "bcc"] and props["medclf.threshold"] == 0.3
@@ -76,12 +77,12 @@ def test_export_round_trips_the_positive_group(group_run, tiny_run, exported, tm
 
 
 @pytest.mark.parametrize("fit_images", [6, 48])
-def test_graph_ood_score_matches_the_detector(tiny_run, fit_images) -> None:  # noqa: F811
+def test_graph_ood_score_matches_the_detector(tiny_run, fit_images) -> None:
     from medclf.serve.export import build_onnx
     from medclf.serve.ood import FeatureOOD
 
     torch_pred = Predictor.from_run(tiny_run, backend="torch")
-    model, d = torch_pred.backend.model, torch_pred.ood.mean.shape[0]
+    model, d = torch_pred.torch_model, torch_pred.ood.mean.shape[0]
     rng = np.random.default_rng(0)
     # 6 images for 16 features: the low-rank form (FeatureOOD.low_rank); 48: the full precision matrix
     ood = FeatureOOD.fit(rng.normal(size=(fit_images, d)) + 1.0)
@@ -103,7 +104,7 @@ def test_int8_copy_and_its_cost(exported) -> None:
     assert p.classes == ["benign", "malignant"]
 
 
-def test_fusion_export_has_meta_input(fusion_run, tmp_path) -> None:  # noqa: F811
+def test_fusion_export_has_meta_input(fusion_run, tmp_path) -> None:
     rep = export_onnx(fusion_run, tmp_path / "f.onnx")
     assert rep.max_abs_diff_probs <= PARITY_TOLERANCE
     names = [i.name for i in onnx.load(str(rep.path)).graph.input]
@@ -126,7 +127,7 @@ def test_tampered_or_foreign_onnx_is_refused(exported, tmp_path) -> None:
         read_onnx(tmp_path / "missing.onnx")
 
 
-def test_export_cli_prints_parity(tiny_run, tmp_path, capsys) -> None:  # noqa: F811
+def test_export_cli_prints_parity(tiny_run, tmp_path, capsys) -> None:
     from medclf.cli import main
 
     assert main(["export", str(tiny_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0

@@ -11,14 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _fixtures_serve import (  # noqa: F401
-    fusion_run,
-    group_run,
-    noise_image,
-    png_bytes,
-    synthetic_image,
-    tiny_run,
-)
+from _fixtures_serve import noise_image, png_bytes, synthetic_image
 from medclf import DISCLAIMER
 from medclf.errors import BadImageError, ConfigError
 from medclf.serve import Predictor
@@ -27,7 +20,7 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def predictors(tiny_run: Path) -> dict[str, Predictor]:  # noqa: F811
+def predictors(tiny_run: Path) -> dict[str, Predictor]:
     return {b: Predictor.from_run(tiny_run, backend=b) for b in ("torch", "onnx", "openvino")}
 
 
@@ -36,7 +29,7 @@ def _split(run: Path, split: str) -> pd.DataFrame:
     return df[df.split == split]
 
 
-def test_backends_agree_and_match_manual_softmax(predictors, tiny_run) -> None:  # noqa: F811
+def test_backends_agree_and_match_manual_softmax(predictors, tiny_run) -> None:
     from medclf.data.transforms import create_transform
     from medclf.models import load_run
 
@@ -64,10 +57,10 @@ def test_backends_agree_and_match_manual_softmax(predictors, tiny_run) -> None: 
 
 
 @pytest.mark.parametrize("engine", ["onnx", "openvino"])
-def test_engine_micro_batches_give_the_whole_batch_result(predictors, tiny_run, engine) -> None:  # noqa: F811
+def test_engine_micro_batches_give_the_whole_batch_result(predictors, tiny_run, engine) -> None:
     """A batch of 7 in engine calls of 1, 3 (a short last call) and the default: the same predictions, in
     order, as one call on the whole batch."""
-    from medclf._microbatch import ENGINE_BATCH
+    from medclf.runtime.engine import ENGINE_BATCH
 
     pred = predictors[engine]
     paths = list(_split(tiny_run, "val").path)[:7]
@@ -91,7 +84,7 @@ def test_engine_micro_batches_give_the_whole_batch_result(predictors, tiny_run, 
 
 
 def test_run_micro_batches_splits_rows_and_joins_outputs() -> None:
-    from medclf._microbatch import run_micro_batches
+    from medclf.runtime.engine import run_micro_batches
 
     class Recorder:
         def __init__(self) -> None:
@@ -123,13 +116,13 @@ def test_decision_uses_the_run_threshold(predictors) -> None:
     assert sure.decision == "benign" and not sure.refer
 
 
-def test_onnx_batch_on_every_core_equals_single_images(tiny_run) -> None:  # noqa: F811
+def test_onnx_batch_on_every_core_equals_single_images(tiny_run) -> None:
     # a batch runs one image per call and core on a one-thread session; a single image on the main session
     p = Predictor.from_run(tiny_run, backend="onnx", num_threads=2)
     assert p.backend.per_image
     paths = list(_split(tiny_run, "val").path) + list(_split(tiny_run, "test").path)
     batch = p.predict(paths)
-    assert p.backend._single is not None  # the batch did take the per-core path
+    assert p.backend.per_core_ready  # the batch did take the per-core path
     for path, q in zip(paths, batch, strict=True):
         one = p.predict(path)[0]
         assert q.probabilities == pytest.approx(one.probabilities, abs=1e-6)
@@ -144,10 +137,16 @@ def test_batch_decisions_match_one_at_a_time(predictors) -> None:
     # predict_arrays decides a whole batch in one call: each answer must be the single-image answer
     p = predictors["torch"]
 
-    class Fixed:  # logits whose probabilities straddle the 0.4 operating point and the 0.5 arg-max line
-        def run(self, x, meta):
+    from medclf.runtime.engine import Engine
+
+    class Fixed(
+        Engine
+    ):  # logits whose probabilities straddle the 0.4 operating point and the 0.5 arg-max line
+        outputs = ("logits", "ood_score")
+
+        def run(self, feed):
             pm = np.array([0.05, 0.35, 0.42, 0.48, 0.55, 0.9])
-            return np.log(np.stack([1 - pm, pm], axis=1)), None
+            return [np.log(np.stack([1 - pm, pm], axis=1)), np.zeros(6)]
 
     backend, p.backend = p.backend, Fixed()
     try:
@@ -168,7 +167,7 @@ def test_batch_decisions_match_one_at_a_time(predictors) -> None:
         assert (one.decision, one.label, one.refer) == (q.decision, q.label, q.refer)
 
 
-def test_accuracy_and_referrals_in_distribution(predictors, tiny_run) -> None:  # noqa: F811
+def test_accuracy_and_referrals_in_distribution(predictors, tiny_run) -> None:
     val = _split(tiny_run, "val")
     preds = predictors["onnx"].predict(list(val.path))
     acc = np.mean([p.decision == y for p, y in zip(preds, val.label, strict=True)])
@@ -187,7 +186,7 @@ def test_noise_and_foreign_images_are_referred(predictors) -> None:
     assert p.predict(grey)[0].ood_score > p.ood_threshold
 
 
-def test_inputs_paths_bytes_pil_and_bad_bytes(predictors, tiny_run) -> None:  # noqa: F811
+def test_inputs_paths_bytes_pil_and_bad_bytes(predictors, tiny_run) -> None:
     p = predictors["torch"]
     path = _split(tiny_run, "val").path.iloc[0]
     a = p.predict(path)[0]
@@ -202,13 +201,13 @@ def test_inputs_paths_bytes_pil_and_bad_bytes(predictors, tiny_run) -> None:  # 
         p.predict([path, path], [{}])
 
 
-def test_too_many_pixels_refused(tiny_run) -> None:  # noqa: F811
+def test_too_many_pixels_refused(tiny_run) -> None:
     p = Predictor.from_run(tiny_run, backend="torch", max_pixels=1000)
     with pytest.raises(BadImageError, match="too large"):
         p.predict(png_bytes(Image.new("RGB", (100, 100))))
 
 
-def test_concurrent_predictions_equal_sequential(predictors, tiny_run) -> None:  # noqa: F811
+def test_concurrent_predictions_equal_sequential(predictors, tiny_run) -> None:
     paths = list(_split(tiny_run, "test").path)
     for p in predictors.values():
         expected = [x.probabilities for x in p.predict(paths)]
@@ -222,7 +221,7 @@ def test_concurrent_predictions_equal_sequential(predictors, tiny_run) -> None: 
         assert all(c.shape == (32, 32) for c in cams)
 
 
-def test_ood_detector_is_cached_and_refit_when_weights_change(tiny_run, tmp_path) -> None:  # noqa: F811
+def test_ood_detector_is_cached_and_refit_when_weights_change(tiny_run, tmp_path) -> None:
     import json
     import shutil
 
@@ -257,7 +256,7 @@ def test_ood_detector_is_cached_and_refit_when_weights_change(tiny_run, tmp_path
     assert bare.ood is None and not bare.predict(noise_image())[0].refer_reasons[1:]
 
 
-def test_fusion_run_uses_metadata(fusion_run) -> None:  # noqa: F811
+def test_fusion_run_uses_metadata(fusion_run) -> None:
     p = Predictor.from_run(fusion_run, backend="onnx")
     q = Predictor.from_run(fusion_run, backend="torch")
     assert set(p.metadata_fields) == {"age", "sex"}
@@ -291,13 +290,13 @@ def test_prediction_to_dict_is_json(predictors) -> None:
     assert set(d) >= {"probabilities", "label", "decision", "refer", "disclaimer"}
 
 
-def test_unknown_backend(tiny_run) -> None:  # noqa: F811
+def test_unknown_backend(tiny_run) -> None:
     with pytest.raises(ConfigError, match="backend"):
         Predictor.from_run(tiny_run, backend="tensorrt")
 
 
-def test_openvino_missing_or_misused_is_a_clear_error(tiny_run, monkeypatch) -> None:  # noqa: F811
-    import medclf._openvino as ovmod
+def test_openvino_missing_or_misused_is_a_clear_error(tiny_run, monkeypatch) -> None:
+    import medclf.runtime.openvino as ovmod
 
     with pytest.raises(ConfigError, match="openvino only"):
         Predictor.from_run(tiny_run, backend="onnx", precision="bf16")
@@ -306,9 +305,9 @@ def test_openvino_missing_or_misused_is_a_clear_error(tiny_run, monkeypatch) -> 
         Predictor.from_run(tiny_run, backend="openvino", ood=False)
 
 
-def test_openvino_bf16_is_opt_in_and_close(tiny_run) -> None:  # noqa: F811
-    from medclf._openvino import OpenVinoSession
+def test_openvino_bf16_is_opt_in_and_close(tiny_run) -> None:
     from medclf.models import load_run
+    from medclf.runtime.openvino import OpenVinoSession
     from medclf.serve.export import build_onnx
     from medclf.serve.predictor import serving_info_from_run
 
@@ -331,7 +330,7 @@ def test_openvino_bf16_is_opt_in_and_close(tiny_run) -> None:  # noqa: F811
         OpenVinoSession(graph, precision="int4")
 
 
-def test_multiclass_decision_follows_the_positive_group(group_run: Path) -> None:  # noqa: F811
+def test_multiclass_decision_follows_the_positive_group(group_run: Path) -> None:
     from medclf.serve.predictor import run_metrics
 
     p = Predictor.from_run(group_run, backend="torch", ood=False)
@@ -357,7 +356,7 @@ def test_multiclass_decision_follows_the_positive_group(group_run: Path) -> None
 
 
 def test_large_jpegs_are_decoded_at_a_reduced_scale_unless_the_run_predates_it(
-    tiny_run: Path,  # noqa: F811
+    tiny_run: Path,
     tmp_path: Path,
 ) -> None:
     import json
@@ -384,3 +383,26 @@ def test_large_jpegs_are_decoded_at_a_reduced_scale_unless_the_run_predates_it(
     assert old.load(big).size == (640, 640)
     p_new, p_old = new.predict(big)[0].probabilities, old.predict(big)[0].probabilities
     assert max(abs(p_new[c] - p_old[c]) for c in p_new) < 0.02
+
+
+def test_refer_below_comes_from_run_json_else_the_checked_recipe(tiny_run: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from medclf.models import load_run
+    from medclf.serve.predictor import serving_info_from_run
+
+    assert serving_info_from_run(load_run(tiny_run)).refer_below == 0.6
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    info = json.loads((run / "run.json").read_text())
+    # a run that does not record refer_below (saved before the manifest, so its files may be edited)
+    del info["refer_below"]
+    info["format_version"] = 1
+    (run / "run.json").write_text(json.dumps(info))
+    (run / "manifest.json").unlink()
+    assert serving_info_from_run(load_run(run)).refer_below == 0.6  # no config.yaml: the default
+    (run / "config.yaml").write_text("eval:\n  refer_below: 0.8\n")
+    assert serving_info_from_run(load_run(run)).refer_below == 0.8
+    (run / "config.yaml").write_text("eval:\n  refer_belo: 0.8\n")
+    with pytest.raises(ConfigError, match=r"config\.yaml: unknown config key eval\.refer_belo"):
+        serving_info_from_run(load_run(run))

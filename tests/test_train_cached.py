@@ -238,7 +238,7 @@ def test_ema_and_mixup_errors(tmp_path) -> None:
 
     for sets, match in (
         (["train.ema=1.5"], "between 0 and 1"),
-        (["train.ema=0.99", "train.strategy=finetune"], "cached strategy only"),
+        (["train.ema=1.5", "train.strategy=full"], "between 0 and 1"),
         (["train.mixup=-0.2"], "positive Beta"),
         (
             ["train.mixup=0.2", "train.strategy=scratch"],
@@ -286,6 +286,7 @@ def test_mixup_run_is_reproducible_and_differs_from_plain(data, tmp_path) -> Non
     assert np.isfinite([r["train_loss"] for r in runs[0][1]]).all()
 
 
+@pytest.mark.slow
 def test_a_cached_run_does_not_import_lightning(tmp_path) -> None:
     # Lightning costs about 2 s of every run's start-up; the cached strategy trains in its own loop without it
     import subprocess

@@ -95,6 +95,7 @@ def test_help_does_not_load_torch() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_models_lists_every_registered_model(capsys: pytest.CaptureFixture[str]) -> None:
     from medclf.models import list_models
 
@@ -121,6 +122,7 @@ def test_recipes_load(name: str) -> None:
         assert Path(str(cfg.data.spec)).is_file()
 
 
+@pytest.mark.slow
 def test_mpox_recipe_on_synthetic_fold_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from medclf.data import synth_dataset
 
@@ -143,21 +145,32 @@ def test_mpox_recipe_on_synthetic_fold_layout(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_cv_without_config_runs_the_default_recipe(tmp_path: Path) -> None:
-    """`medclf cv --data DIR` with no CONFIG: offline-pretrained Lite0, top 7 blocks from cached maps."""
+    """`medclf cv --data DIR` with no CONFIG: offline-pretrained Lite0, every layer, within a budget per fold."""
     from medclf.data import synth_dataset
-    from medclf.train.cv import default_cv_config
+    from medclf.train.engine import default_recipe
 
-    default = default_cv_config()
+    default = default_recipe()
     assert (default.model.name, default.model.pretrained) == ("efficientnet_lite0", True)
-    assert (default.train.strategy, default.train.finetune_blocks, default.train.views) == ("cached", 7, 4)
+    assert (default.train.strategy, default.train.budget, default.train.ema) == ("full", "10m", 0.99)
     synth_dataset(tmp_path / "data", n=24, size=48, seed=3)
     args = ["cv", "--data", str(tmp_path / "data"), "--folds", "2", "--quiet", "--out", str(tmp_path / "cv")]
-    args += ["--set", "train.epochs=1", "--set", "train.views=1", "--set", "model.input_size=64"]
+    args += ["--set", "train.epochs=2", "--set", "model.input_size=64", "--set", "train.low_res_size=48"]
     assert main(args) == 0
     run = json.loads((tmp_path / "cv" / "fold_1" / "run.json").read_text())
-    cached = json.loads((tmp_path / "cv" / "fold_1" / "logs" / "cached.json").read_text())
-    assert run["model"]["name"] == "efficientnet_lite0" and cached["finetune_blocks"] == 7
+    assert run["model"]["name"] == "efficientnet_lite0" and run["strategy"] == "full"
+    assert run["budget"]["budget_s"] == 600 and run["budget"]["input_size"] == 64
     assert len(json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())["folds"]) == 2
+
+
+def test_train_without_config_runs_the_default_recipe_within_its_budget(tmp_path: Path) -> None:
+    from medclf.data import synth_dataset
+
+    synth_dataset(tmp_path / "data", n=24, size=48, seed=3)
+    args = ["train", "--data", str(tmp_path / "data"), "--quiet", "--out", str(tmp_path / "run")]
+    args += ["--set", "train.epochs=2", "--set", "model.input_size=64", "--budget", "5m"]
+    assert main(args) == 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["strategy"] == "full" and run["budget"]["budget_s"] == 300 and run["epochs_run"] == 2
 
 
 def test_train_warns_about_small_splits_and_skips_fits_they_cannot_support(

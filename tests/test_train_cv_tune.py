@@ -57,6 +57,7 @@ def test_cv_uses_premade_folds(tmp_path: Path) -> None:
     assert (split.loc[split["path"].str.contains("FOLDS_AUG"), "split"] == "train").all()
 
 
+@pytest.mark.slow
 def test_tune_two_trials_writes_table_and_best_recipe(tmp_path: Path) -> None:
     data = make_folder_data(tmp_path / "d", n_per_class=10)
     recipe = tmp_path / "recipe.yaml"
@@ -84,6 +85,7 @@ def test_tune_needs_a_search_space(tmp_path: Path) -> None:
         run_tune(tiny_cfg(tmp_path), tmp_path / "t", trials=1)
 
 
+@pytest.mark.slow
 def test_cv_fold_ensemble_is_a_run_that_predicts_explains_and_exports(tmp_path: Path) -> None:
     from medclf.errors import MedclfError
     from medclf.evaluate.pipeline import evaluate_run
@@ -108,7 +110,9 @@ def test_cv_fold_ensemble_is_a_run_that_predicts_explains_and_exports(tmp_path: 
         got = torch.softmax(run.model(x) / run.temperature, 1)
         want = torch.stack([torch.softmax(m.model(x) / m.temperature, 1) for m in members]).mean(0)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert run.temperature == 1.0 and len(run.info["ensemble"]["members"]) == 3
+    assert run.temperature == 1.0 and len(run.info.ensemble["members"]) == 3
+    assert run.info.strategy == "fold_ensemble" and run.info.refer_below == cfg.eval.refer_below
+    assert run.info.train_seconds == pytest.approx(sum(m.info.train_seconds for m in members), abs=0.02)
 
     # the operating point comes from the out-of-fold predictions (no held-out split of its own)
     from medclf.evaluate.thresholds import choose_threshold_ovr

@@ -62,6 +62,7 @@ def test_scratch_run_folder_describes_itself(data: Path, tmp_path: Path) -> None
     assert len(info["data_fingerprint"]) == 64 and info["versions"]["torch"]
     assert info["train_seconds"] > 0 and info["epochs_run"] == 4
     assert info["preprocessing"]["jpeg_draft"] is True  # large JPEGs decoded at a reduced scale by default
+    assert info["refer_below"] == 0.6  # the recipe's eval.refer_below, which serving reads from run.json
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == [0, 1, 2, 3]
     # a learnable task is learnt
@@ -179,6 +180,7 @@ def test_finetune_epochs_count_the_head_epochs(data: Path, tmp_path: Path) -> No
             )
 
 
+@pytest.mark.slow
 def test_resume_after_crash_equals_uninterrupted(data: Path, tmp_path: Path) -> None:
     cfg = tiny_cfg(
         data,
@@ -212,6 +214,7 @@ def test_resume_after_crash_equals_uninterrupted(data: Path, tmp_path: Path) -> 
     assert json.loads((tmp_path / "b" / "run.json").read_text())["resumed"] is True
 
 
+@pytest.mark.slow
 def test_fusion_with_missing_and_unknown_metadata(tmp_path: Path) -> None:
     from medclf.data import synth_dataset
 
@@ -258,6 +261,7 @@ def test_cached_strategy_goes_through_the_same_run_folder(data: Path, tmp_path: 
     run = train(cfg, tmp_path / "run", progress=False)
     info = json.loads((run / "run.json").read_text())
     assert info["strategy"] == "cached" and info["epochs_run"] == 3
+    assert info["budget"] is None and list(info)[-3:] == ["model", "weights", "format_version"]
     assert (run / "val_predictions.csv").is_file() and (run / "history.csv").is_file()
     test = pd.read_csv(run / "test_predictions.csv")
     again = predict_frame(load_run(run), pd.read_csv(run / "split.csv").query("split == 'test'"))
@@ -300,6 +304,7 @@ def test_real_skin_images_through_the_engine(tmp_path: Path) -> None:
     assert len(pd.read_csv(run / "test_predictions.csv")) == info["images"]["test"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fit_on_tiny_validation")
 def test_multiclass_positive_group_threshold_from_validation_only(tmp_path: Path) -> None:
     from medclf.evaluate.thresholds import choose_threshold

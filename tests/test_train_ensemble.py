@@ -31,6 +31,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
     return data, a, b
 
 
+@pytest.mark.slow
 def test_ensemble_averages_members_on_their_own_inputs(two_runs, tmp_path: Path, capsys) -> None:
     _, a, b = two_runs
     out = tmp_path / "ens"
@@ -41,6 +42,8 @@ def test_ensemble_averages_members_on_their_own_inputs(two_runs, tmp_path: Path,
     assert info["strategy"] == "ensemble" and info["preprocessing"]["input_size"] == 96
     assert info["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
     assert [m["input_size"] for m in info["ensemble"]["member_inputs"]] == [96, 64]
+    # this process's seconds (choosing the operating point), the members' training time apart
+    assert 0 < info["train_seconds"] < 600 and info["train_seconds_members"] > 0
 
     ens, ra, rb = load_run(out), load_run(a), load_run(b)
     x = torch.rand(3, 3, 96, 96) * 2 - 1  # normalised the ensemble's (= tiny_cnn's) way

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import timm
@@ -124,6 +122,7 @@ def test_bad_image_is_an_error_or_skipped_and_listed(trunk, images, tmp_path) ->
     assert len(fs.views["clean"]) == 6
 
 
+@pytest.mark.slow
 def test_onnx_backend_matches_torch(trunk, images, tmp_path) -> None:
     bottom = F.split_backbone(trunk, 1).bottom
     a = F.extract_features(bottom, images, PRE, cache_dir=tmp_path / "t", backend="torch", progress=False)
@@ -135,15 +134,14 @@ def test_onnx_backend_matches_torch(trunk, images, tmp_path) -> None:
     np.testing.assert_allclose(
         a.views["clean"].astype(np.float32), c.views["clean"].astype(np.float32), atol=2e-2
     )
-    # auto measures every engine once and remembers the choice beside the exported model
-    F.extract_features(bottom, images, PRE, cache_dir=tmp_path / "x", backend="auto", progress=False)
-    (choice,) = (tmp_path / "x" / "onnx").glob("*.backend.json")
-    assert set(json.loads(choice.read_text())) == {"torch", "onnx", "openvino"}
-    # the engines that lost the timing are not kept loaded
-    onnx_dir = str(tmp_path / "x" / "onnx")
-    assert sum(key[1].startswith(onnx_dir) for key in F._ENGINES) <= 1
+    # auto is the documented default engine, ONNX Runtime: the same arrays, and no timing left behind
+    d = F.extract_features(bottom, images, PRE, cache_dir=tmp_path / "x", backend="auto", progress=False)
+    assert F.DEFAULT_BACKEND == "onnx"
+    np.testing.assert_array_equal(d.views["clean"], b.views["clean"])
+    assert not list((tmp_path / "x" / "onnx").glob("*.json"))
 
 
+@pytest.mark.slow
 def test_onnx_on_both_cores_gives_the_one_core_arrays(trunk, images, tmp_path) -> None:
     # two cores: one image per engine call and core, queued beside the decoding, results back in order
     bad = tmp_path / "broken.jpg"
@@ -175,9 +173,7 @@ def test_onnx_on_both_cores_gives_the_one_core_arrays(trunk, images, tmp_path) -
     )
 
 
-def test_auto_times_the_engines_on_the_dataset_and_copes_with_bad_images(
-    trunk, images, tmp_path, caplog
-) -> None:
+def test_auto_copes_with_bad_images(trunk, images, tmp_path, caplog) -> None:
     bottom = F.split_backbone(trunk, 0).bottom
     broken = []
     for i in range(3):
@@ -188,25 +184,23 @@ def test_auto_times_the_engines_on_the_dataset_and_copes_with_bad_images(
     with caplog.at_level("WARNING", logger=F.log.name):
         fs = F.extract_features(bottom, [*broken, *images], PRE, cache_dir=tmp_path / "a", **kw)
     assert fs.bad == broken and len(fs.views["clean"]) == len(images)
-    # the timing runs on the dataset's first images: their problems are reported once, by the extraction
+    # the problems of the dataset's first images are reported once, by the extraction
     assert sum("skipped 3 unreadable" in r.getMessage() for r in caplog.records) == 1
-    (choice,) = (tmp_path / "a" / "onnx").glob("*.backend.json")
-    assert all(v > 0 for v in json.loads(choice.read_text()).values())
-    # nothing readable: the extraction's own error, and no engine choice remembered from an empty timing
+    # nothing readable: the extraction's own error
     with pytest.raises(BadImageError, match="broken0"):
         F.extract_features(bottom, broken, PRE, cache_dir=tmp_path / "b", backend="auto", progress=False)
-    assert not list((tmp_path / "b" / "onnx").glob("*.backend.json"))
 
 
+@pytest.mark.slow
 def test_an_engine_is_built_once_per_model_file(trunk, images, tmp_path, monkeypatch) -> None:
     built = []
-    real = F._OnnxRunner
+    real = F.create_graph_engine
 
-    def counting(path):
+    def counting(name, path, **kw):
         built.append(path)
-        return real(path)
+        return real(name, path, **kw)
 
-    monkeypatch.setattr(F, "_OnnxRunner", counting)
+    monkeypatch.setattr(F, "create_graph_engine", counting)
     bottom = F.split_backbone(trunk, 0).bottom
     kw = {"cache_dir": tmp_path / "c", "backend": "onnx", "progress": False}
     a = F.extract_features(bottom, images, PRE, **kw)
@@ -238,6 +232,7 @@ def test_fingerprint_of_a_model_that_takes_only_its_own_size() -> None:
         F.module_fingerprint(fixed, 3, 80)
 
 
+@pytest.mark.slow
 def test_views_together_decode_once_and_equal_views_one_at_a_time(
     trunk, images, tmp_path, monkeypatch
 ) -> None:
@@ -284,12 +279,12 @@ def test_extraction_beside_a_per_image_engine_leaves_torch_threads_as_they_were(
 ) -> None:
     bottom = F.split_backbone(trunk, 0).bottom
     seen = []
-    runner = F._make_runner(bottom, "k", PRE, "onnx", tmp_path, images)
-    run = runner.run
-    runner.run = lambda x: (seen.append(torch.get_num_threads()), run(x))[1]  # type: ignore[method-assign]
+    engine = F._make_engine(bottom, "k", PRE, "onnx", tmp_path)
+    run = engine.run_one
+    engine.run_one = lambda feed: (seen.append(torch.get_num_threads()), run(feed))[1]  # type: ignore[method-assign]
     torch.set_num_threads(2)
     try:
-        F._run_views(runner, images, PRE, ["clean", "aug1"], "standard", 0, 4, False, False, None)
+        F._run_views(engine, images, PRE, ["clean", "aug1"], "standard", 0, 4, False, False, None)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)
@@ -297,22 +292,24 @@ def test_extraction_beside_a_per_image_engine_leaves_torch_threads_as_they_were(
     assert seen and set(seen) == {1}
 
 
-def test_auto_keeps_onnx_runtime_unless_another_engine_is_clearly_faster(
+def test_auto_is_onnx_runtime_or_pytorch_for_a_bottom_that_does_not_export(
     trunk, images, tmp_path, monkeypatch
 ) -> None:
     bottom = F.split_backbone(trunk, 0).bottom
     built: list = []
-    make = F._make_runner
-    monkeypatch.setattr(F, "_make_runner", lambda *a, **k: (built.append(r := make(*a, **k)), r)[1])
-    for measured, chosen in (
-        ({"torch": 20.0, "onnx": 100.0, "openvino": 108.0}, "onnx"),  # within the noise of a short timing
-        ({"torch": 20.0, "onnx": 100.0, "openvino": 125.0}, "openvino"),
-        ({"torch": 130.0, "onnx": 100.0, "openvino": 90.0}, "torch"),
-    ):
-        monkeypatch.setattr(F, "_throughput", lambda runners, probe, m=measured: {n: m[n] for n in runners})
-        kw = {"backend": "auto", "progress": False, "cache_dir": tmp_path / chosen}
-        F.extract_features(bottom, images, PRE, **kw)
-        assert built[-1].name == chosen, measured
-        # the remembered measurements give the same choice in a later run
-        F.extract_features(bottom, images[:3], PRE, **kw)
-        assert built[-1].name == chosen, measured
+    make = F._make_engine
+    monkeypatch.setattr(F, "_make_engine", lambda *a, **k: (built.append(r := make(*a, **k)), r)[1])
+    kw = {"backend": "auto", "progress": False}
+    F.extract_features(bottom, images, PRE, cache_dir=tmp_path / "a", **kw)
+    assert built[-1].name == "onnx"
+
+    def no_export(*a, **k):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(F, "export_graph", no_export)
+    ref = F.extract_features(bottom, images, PRE, cache_dir=tmp_path / "t", backend="torch", progress=False)
+    got = F.extract_features(bottom, images, PRE, cache_dir=tmp_path / "b", **kw)
+    assert built[-1].name == "torch"
+    np.testing.assert_array_equal(got.views["clean"], ref.views["clean"])
+    with pytest.raises(MedclfError, match="use backend='torch'"):
+        F.extract_features(bottom, images, PRE, cache_dir=tmp_path / "c", backend="onnx", progress=False)

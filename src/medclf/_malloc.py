@@ -3,10 +3,8 @@
 glibc serves an allocation above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and unmaps it when it is
 freed, and it trims the heap's top whenever more than 128 KiB there is free. A training step allocates and frees
 activations and gradients of tens of MiB each, so every step maps fresh pages and the kernel faults them in and zeroes
-them one page at a time. On this project's 2-core VM, two epochs of the skin_bm recipe (the top 7 blocks training on
-cached maps) took 6.4 million page faults and 10.9 s of system time; inside :func:`retain_freed_memory`, 0.75 million
-and 1.9 s, and the training loop was 20% shorter (``benchmarks/train_malloc.py``; docs/benchmarks-training.md,
-"Memory allocator"). jemalloc and tcmalloc, which
+them one page at a time. Keeping freed memory removes most of those page faults and shortens the training loop
+(docs/benchmarks-training.md, "Memory allocator", from ``benchmarks/train_malloc.py``). jemalloc and tcmalloc, which
 PyTorch's CPU tuning guide recommends, keep freed memory the same way; this needs no preloaded library.
 
 Elsewhere than glibc (macOS, Windows, musl) it does nothing, and ``MEDCLF_MALLOC=system`` leaves glibc's defaults

@@ -56,6 +56,9 @@ class DataConfig:
     """Seed of the split."""
     skip_bad: bool = False
     """Skip unreadable images (and list them) instead of stopping at the first one."""
+    exclude: str | None = None
+    """A CSV with a `path` column (e.g. the label_issues.csv of `medclf data audit --predictions`): those images
+    are left out of training only; val and test keep them, so held-out figures stay comparable."""
 
 
 @dataclass
@@ -72,9 +75,8 @@ class ModelConfig:
     """1 for grayscale models (chest X-ray CNN), 3 for RGB; None takes the model's default."""
     jpeg_draft: bool = True
     """Decode JPEGs of four times the input size or more at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), never
-    below twice the input size, before the resize: 1.5× faster at 3 megapixels, 1.8–2.3× at 6–12, and the input
-    moves by at most 2 grey levels (docs/benchmarks-serving.md). Saved with the run, so serving decodes as training did.
-    false decodes every pixel."""
+    below twice the input size, before the resize: large photos decode faster and the input barely moves
+    (docs/benchmarks-serving.md). Saved with the run, so serving decodes as training did. false decodes every pixel."""
     drop_rate: float = 0.2
     """Dropout before the classifier."""
     metadata: list[str] = field(default_factory=list)
@@ -120,9 +122,24 @@ class TrainConfig:
     label_smoothing: float = 0.0
     """Label smoothing of the loss (0.1 is a common choice)."""
     ema: float = 0.0
-    """`cached`: keep an exponential moving average of the trained weights, with this decay per optimisation
-    step (e.g. 0.99; warmed up as min(ema, (1 + step) / (10 + step))). Validation, the best epoch and the saved
-    model use the averaged weights. 0 = off."""
+    """Keep an exponential moving average of the trained weights, with this decay per optimisation step (e.g.
+    0.99 for `cached`, 0.998 for `full`; warmed up as min(ema, (1 + step) / (10 + step))). Validation, the best
+    epoch and the saved model use the averaged weights. 0 = off."""
+    image_cache: bool = True
+    """`full`, `finetune`, `scratch`: decode and resize every image once into memory (uint8, images × channels ×
+    input_size² bytes) and augment tensors each epoch, instead of decoding every image again every epoch."""
+    low_res_size: int = 0
+    """Progressive resizing (with `image_cache`): train at this image side for all but the last `full_res_epochs`
+    epochs, then at the model's input size. 0 = every epoch at the input size."""
+    full_res_epochs: int = 2
+    """With `low_res_size`: the last epochs, trained at the model's input size."""
+    warmup_epochs: int = 0
+    """`full`, `finetune`, `scratch` with the cosine schedule: epochs of linear learning-rate warm-up (per step)."""
+    budget: str | None = None
+    """A time budget for the whole run, e.g. 10m, 90s or 1h. Training throughput is measured at the start on this
+    machine; the image side (input_size or lower), the epochs and the strategy (all layers, or `cached` when even
+    the lowest side cannot train enough epochs) are chosen to fit it, and training stops on time with the best
+    epoch's weights. None = no budget."""
     mixup: float = 0.0
     """`cached`: manifold mixup on the cached maps: each training batch is blended with a shuffled copy of itself
     (maps, metadata and loss targets) by a weight drawn from Beta(mixup, mixup), e.g. 0.2. 0 = off."""
@@ -146,7 +163,8 @@ class TrainConfig:
     num_nodes: int = 1
     """Machines in a multi-node DDP run (each runs `devices` processes); see docs/scaling.md."""
     num_workers: int = 0
-    """DataLoader worker processes (0 is fastest for small images on a 2-core CPU)."""
+    """DataLoader worker processes (0 decodes in the training process: on a small CPU, workers would only compete
+    with it for the cores)."""
     seed: int = 0
     """Seed of weight initialisation, batch order, augmentation and dropout (a resumed run replays it exactly)."""
     cache_dir: str | None = None
@@ -316,7 +334,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: a recipe must be a mapping with sections data, model, train, eval")
         # relative data paths in a recipe are relative to the recipe's folder
         data_sec = data.get("data") or {}
-        for key in ("root", "split_csv"):
+        for key in ("root", "split_csv", "exclude"):
             v = data_sec.get(key)
             if isinstance(v, str) and not Path(v).expanduser().is_absolute():
                 data_sec[key] = str((path.parent / v).resolve())

@@ -1,4 +1,4 @@
-"""`medclf demo`: the whole path on built-in synthetic data, offline, in a few minutes on a laptop CPU.
+"""`medclf demo`: the whole path on built-in synthetic data, offline, on a laptop CPU (time: docs/benchmarks.md).
 
 synthetic data → audit → grouped split → train (cached features, the fast CPU strategy) → evaluate with
 intervals → HTML report → ONNX export. The data are drawn shapes, not medical images.
@@ -41,6 +41,7 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> DemoResult:
     """Run every step on synthetic data under ``out_dir`` and return where the results are."""
+    from medclf._lazy import require_extra
     from medclf.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
     from medclf.data import (
         audit_dataset,
@@ -55,6 +56,8 @@ def run_demo(
     from medclf.explain.gallery import run_explainer
     from medclf.train import train
 
+    for extra in ("audit", "train", "report"):
+        require_extra(extra, "medclf demo")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -93,7 +96,7 @@ def run_demo(
         model=ModelConfig(
             name=model, pretrained=True, input_size=input_size, metadata=["age", "sex", "site"]
         ),
-        # head only (finetune_blocks=0) and two cached views: seconds of training on a laptop CPU
+        # head only (finetune_blocks=0) and two cached views: the cheapest training that still runs the whole path
         train=TrainConfig(
             strategy="cached",
             epochs=40,

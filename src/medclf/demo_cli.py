@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="the whole path on built-in synthetic data: audit, split, train, evaluate, report, export",
         description="Synthetic lesion data (NOT medical data) → audit → grouped split → train (cached features) → "
-        "evaluate with 95% intervals → HTML report → ONNX export. Works offline; a few minutes on a laptop CPU.",
+        "evaluate with 95% intervals → HTML report → ONNX export. Works offline on a laptop CPU "
+        "(time: docs/benchmarks.md).",
     )
     p.add_argument("--out", default="medclf-demo", help="output folder (default: %(default)s)")
     p.add_argument("--n", type=int, default=480, help="number of synthetic images (default: %(default)s)")

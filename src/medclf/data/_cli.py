@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
@@ -50,9 +51,11 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser(
         "audit",
-        help="duplicates, near-duplicates, leakage, unreadable files, imbalance, metadata gaps",
+        help="duplicates, near-duplicates, leakage, unreadable files, imbalance, metadata gaps, probable label "
+        "errors",
         description="Reads and decodes every image once; prints a summary, and with --out writes audit.json and "
-        "a self-contained audit.html.",
+        "a self-contained audit.html. With --predictions (out-of-fold predictions of `medclf cv`) it also ranks "
+        "the images whose given label is improbable (cleanlab) into label_issues.csv and a gallery.",
     )
     _add_data_args(p)
     p.add_argument(
@@ -64,6 +67,30 @@ def register(subparsers: Any) -> None:
         "--near-threshold",
         type=int,
         help="max perceptual-hash distance (of 256 bits) for near duplicates (default 20)",
+    )
+    p.add_argument(
+        "--predictions",
+        metavar="DIR",
+        help="also find probable label errors (cleanlab) from held-out predictions: a `medclf cv` folder "
+        "(out-of-fold: every image), a `medclf train` run folder (its val/test images only) or a predictions CSV; "
+        "writes label_issues.csv and label_issues.html; nothing is deleted or relabelled",
+    )
+    p.add_argument(
+        "--label-issues-top",
+        type=int,
+        metavar="N",
+        help="suspects shown in audit.html and the gallery (default 24; label_issues.csv lists all)",
+    )
+    p.add_argument(
+        "--rank-by",
+        choices=("self_confidence", "normalized_margin"),
+        default="self_confidence",
+        help="cleanlab's label-quality score that ranks the suspects (default self_confidence)",
+    )
+    p.add_argument(
+        "--no-gradcam",
+        action="store_true",
+        help="thumbnails only in the label-issue gallery (no model is loaded)",
     )
     p.set_defaults(func=_audit)
 
@@ -170,10 +197,19 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    from medclf._lazy import require_extra
     from medclf.data.audit import NEAR_DUPLICATE_THRESHOLD, audit_dataset, format_audit, write_audit
     from medclf.data.dataset import load_dataset, resolve_spec
+    from medclf.data.label_issues import DEFAULT_TOP
     from medclf.data.splits import read_split_csv
+    from medclf.errors import ConfigError
 
+    require_extra("audit", "medclf data audit")  # before reading any image: the fix is an install
+    top = DEFAULT_TOP if args.label_issues_top is None else args.label_issues_top
+    if args.label_issues_top is not None and not args.predictions:
+        raise ConfigError("--label-issues-top needs --predictions DIR (a `medclf cv` folder or a run folder)")
+    if top < 0:
+        raise ConfigError(f"--label-issues-top {top}: give 0 or more")
     # the audit reports bad files instead of stopping at them, and decodes every image itself
     ds = load_dataset(resolve_spec(args.data, args.spec), skip_bad=True, verify="none")
     records = read_split_csv(args.split, check_groups=False) if args.split else None
@@ -182,14 +218,50 @@ def _audit(args: argparse.Namespace) -> int:
         records=records,
         workers=args.workers,
         near_threshold=args.near_threshold if args.near_threshold is not None else NEAR_DUPLICATE_THRESHOLD,
+        predictions=args.predictions,
+        label_issues_top=top,
+        rank_by=args.rank_by,
     )
     print(format_audit(report))
     if args.out:
         j, h = write_audit(report, args.out)
         print(f"\nwrote {j} and {h}")
+        if report.get("label_issues"):
+            from medclf.explain.label_gallery import write_label_issue_gallery
+
+            out = Path(args.out)
+            explainer = None if args.no_gradcam else _explainers()
+            write_label_issue_gallery(report["label_issues"], out, explainer=explainer)
+            print(
+                f"wrote {out / 'label_issues.csv'} and {out / 'label_issues.html'} (nothing was deleted or relabelled)"
+            )
     else:
         print("\n(pass --out DIR to write audit.json and audit.html)")
     return 0
+
+
+def _explainers() -> Any:
+    """``model folder -> (Predictor or None, why not)`` for the label-issue gallery, each folder loaded once."""
+    from medclf.errors import MedclfError
+
+    cache: dict[str, tuple[Any, str | None]] = {}
+
+    def get(model: str | None) -> tuple[Any, str | None]:
+        if not model:
+            return None, "the predictions name no model"
+        if model not in cache:
+            try:
+                from medclf.serve.predictor import Predictor
+
+                p = Predictor.from_run(model, backend="torch", ood=False)
+                cache[model] = (
+                    (p, None) if p.can_explain else (None, f"{model} has no image layer to explain")
+                )
+            except (MedclfError, ImportError, OSError) as exc:
+                cache[model] = (None, f"{model}: {exc}")
+        return cache[model]
+
+    return get
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from medclf._lazy import require_extra
 from medclf.errors import BadImageError
 
 __all__ = ["decode_dicom"]
@@ -19,10 +20,11 @@ __all__ = ["decode_dicom"]
 
 def decode_dicom(data: bytes, path: str | os.PathLike[str], *, max_pixels: int) -> Image.Image:
     """Decode the first frame of a DICOM file into L (grayscale) or RGB."""
+    require_extra("dicom", "reading DICOM files")
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    from medclf.data.images import _too_big_reason, to_8bit
+    from medclf.data.images import to_8bit, too_big_reason
 
     try:
         with warnings.catch_warnings():
@@ -47,7 +49,7 @@ def decode_dicom(data: bytes, path: str | os.PathLike[str], *, max_pixels: int) 
     if rows <= 0 or cols <= 0:
         raise BadImageError(path, f"DICOM image has no pixels ({cols}x{rows}); re-export it or delete it")
     if rows * cols > max_pixels:
-        raise BadImageError(path, _too_big_reason((cols, rows), max_pixels))
+        raise BadImageError(path, too_big_reason((cols, rows), max_pixels))
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     try:
         with warnings.catch_warnings():

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from medclf._atomic import atomic_write_json, atomic_write_text
+from medclf._lazy import require_extra
 from medclf.data.dataset import Dataset, load_dataset
 from medclf.data.splits import group_leaks, small_split_warnings, split_makeup_warnings, summarize_split
 
@@ -52,7 +53,7 @@ class _ImageFacts:
 def _examine(path: str) -> _ImageFacts:
     import imagehash
 
-    from medclf.data.images import _read_error, describe_image_bytes, load_image_bytes
+    from medclf.data.images import describe_image_bytes, load_image_bytes, read_error
     from medclf.errors import BadImageError
 
     facts = _ImageFacts(path)
@@ -60,7 +61,7 @@ def _examine(path: str) -> _ImageFacts:
         data = Path(path).read_bytes()
     except OSError as exc:
         # the same reason + fix as load_image gives (e.g. "symbolic link loop; replace the link ...")
-        facts.error = _read_error(Path(path), exc).reason
+        facts.error = read_error(Path(path), exc).reason
         return facts
     facts.sha = hashlib.blake2b(data, digest_size=16).hexdigest()
     info = describe_image_bytes(data)
@@ -155,16 +156,29 @@ def audit_dataset(
     workers: int | None = None,
     near_threshold: int = NEAR_DUPLICATE_THRESHOLD,
     progress: bool = False,
+    predictions: str | os.PathLike[str] | None = None,
+    label_issues_top: int = 24,
+    rank_by: str = "self_confidence",
 ) -> dict[str, Any]:
     """Audit a dataset (folder, spec, or loaded `Dataset`); `records` (e.g. a split CSV) replaces its records.
 
-    Returns a JSON-serialisable dict; `write_audit` writes audit.json and audit.html, `format_audit` the summary.
+    ``predictions`` (a `medclf cv` folder, a run folder or a predictions CSV) adds the ``label_issues`` section:
+    probable label errors by confident learning (``medclf.data.label_issues``), the first ``label_issues_top``
+    shown in the report. Returns a JSON-serialisable dict; `write_audit` writes audit.json and audit.html (and
+    label_issues.csv / label_issues.html), `format_audit` the summary.
     """
+    require_extra("audit", "medclf data audit")
     t0 = time.perf_counter()
     ds = data if isinstance(data, Dataset) else load_dataset(data, skip_bad=True, verify="none")
     recs = (records if records is not None else ds.records).reset_index(drop=True).copy()
     recs["role"] = _roles(recs)
     classes = list(ds.classes)
+    label_issues = None
+    if predictions is not None:  # before decoding every image: a wrong predictions folder fails at once
+        from medclf.data.label_issues import label_issues_for
+
+        found = label_issues_for(predictions, recs, classes, rank_by=rank_by)
+        label_issues = found.to_dict(top=label_issues_top)
 
     paths = list(dict.fromkeys(recs["path"]))
     workers = workers or min(4, max(2, (os.cpu_count() or 2)))
@@ -298,6 +312,8 @@ def audit_dataset(
         "split_makeup": split_makeup,
         "metadata": meta,
     }
+    if label_issues is not None:
+        report["label_issues"] = label_issues
     report["warnings"] = _warnings(report) + split_makeup_warnings(recs) + small_split_warnings(recs, classes)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     return report
@@ -344,6 +360,13 @@ def _warnings(r: dict[str, Any]) -> list[str]:
     for col, m in r["metadata"].items():
         if m["missing"]:
             w.append(f"metadata {col!r}: {m['missing']} missing value(s) ({m['missing_fraction']:.1%})")
+    li = r.get("label_issues")
+    if li and li["flagged"]:
+        w.append(
+            f"{li['flagged']} image(s) ({li['flagged_fraction']:.1%} of {li['images']} scored) have an improbable "
+            "given label (confident learning): review them (label_issues.csv); nothing was deleted or relabelled, "
+            "and `--exclude label_issues.csv` retrains without them"
+        )
     return w
 
 
@@ -383,6 +406,19 @@ def format_audit(r: dict[str, Any]) -> str:
         lines.append(
             "metadata missing: " + ", ".join(f"{c} {m['missing']}" for c, m in r["metadata"].items())
         )
+    li = r.get("label_issues")
+    if li:
+        lines.append(
+            f"probable label errors: {li['flagged']} of {li['images']} scored images ("
+            + ", ".join(f"{c} {v['flagged']}" for c, v in li["per_class"].items())
+            + f"); ranked by {li['method']['rank_by']}, {li['method']['library']}"
+        )
+        lines.append(f"  source: {li['source']}")
+        for row in li["issues"][:5]:
+            lines.append(
+                f"  #{row['rank']} {row['path']}: given {row['given_label']}, suggested {row['suggested_label']} "
+                f"(score {row['score']:.3f})"
+            )
     if r["warnings"]:
         lines.append("")
         lines.extend(f"! {w}" for w in r["warnings"])
@@ -390,11 +426,17 @@ def format_audit(r: dict[str, Any]) -> str:
 
 
 def write_audit(report: dict[str, Any], out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write `audit.json` and a self-contained `audit.html` (inline CSS, no scripts, no images)."""
+    """Write `audit.json` and a self-contained `audit.html` (inline CSS, no scripts, no images); with a
+    ``label_issues`` section also `label_issues.csv` (its gallery: ``medclf.explain.label_gallery``)."""
+    require_extra("audit", "medclf data audit")
     import jinja2
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if report.get("label_issues"):
+        from medclf.data.label_issues import write_label_issues_csv
+
+        write_label_issues_csv(report["label_issues"], out / "label_issues.csv")
     atomic_write_json(out / "audit.json", report)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("medclf.data", "templates"),

@@ -134,6 +134,52 @@ def load_dataset(
 
     if verify not in VERIFY_MODES:
         raise ConfigError(f"verify={verify!r}: choose one of {', '.join(VERIFY_MODES)}")
+    spec, root = _spec_with_root(spec_or_path)
+    layout = spec.layout if spec.layout != "auto" else _detect_layout(root, spec)
+    report = _BadInputs(skip_bad)
+    images, columns = scan(root, layout, spec, report)
+    if layout == "files" and spec.label_regex is None:
+        raise ConfigError(
+            f"{root}: images without class folders or a CSV; set `label_regex:` in a dataset spec (label = first "
+            "capture group of the file name), or sort the images into one folder per class"
+        )
+    kept, dropped = _labelled(images, spec, report)
+    kept, classes = _known_classes(kept, spec, root, layout, report)
+    if verify != "none":
+        kept = _verified(kept, verify, max_pixels or MAX_PIXELS, report)
+    report.stop()
+    records, metadata, group_rule = _records(kept, spec, layout, columns)
+    return Dataset(
+        records=records,
+        classes=classes,
+        metadata=metadata,
+        spec=spec if spec.layout != "auto" else _with_layout(spec, layout),
+        layout=layout,
+        bad_files=report.inputs,
+        dropped=dropped,
+        group_rule=group_rule,
+    )
+
+
+class _BadInputs:
+    """``report(where, reason)`` for every bad input of one `load_dataset` call: they are collected so that one
+    error lists them all (or, with ``skip_bad``, they are left out and listed)."""
+
+    def __init__(self, skip_bad: bool) -> None:
+        self.skip_bad = skip_bad
+        self.inputs: list[tuple[str, str]] = []
+
+    def __call__(self, where: str, reason: str) -> None:
+        self.inputs.append((where, reason))
+
+    def stop(self) -> None:
+        """Raise the one `DataError` for the bad inputs so far, unless they are to be skipped."""
+        if self.inputs and not self.skip_bad:
+            raise DataError(_bad_inputs_message(self.inputs))
+
+
+def _spec_with_root(spec_or_path: str | os.PathLike[str] | DatasetSpec) -> tuple[DatasetSpec, Path]:
+    """The resolved spec, its root made explicit, after checking that the root is an existing folder."""
     spec = resolve_spec(spec_or_path)
     if spec.root is None:
         raise ConfigError("dataset spec has no root; set `root:` to the data folder")
@@ -144,27 +190,14 @@ def load_dataset(
         )
     if not root.is_dir():
         raise DataError(f"dataset root {root} is not a folder; pass the folder that holds the data")
-    spec = spec.with_root(root)
-    layout = spec.layout if spec.layout != "auto" else _detect_layout(root, spec)
+    return spec.with_root(root), root
 
-    # every bad input is collected, so that one error lists them all (or, with skip_bad, they are left out)
-    bad: list[tuple[str, str]] = []
 
-    def report(where: str, reason: str) -> None:
-        bad.append((where, reason))
-
-    def stop_on_bad() -> None:
-        if bad and not skip_bad:
-            raise DataError(_bad_inputs_message(bad))
-
-    images, columns = scan(root, layout, spec, report)
-    if layout == "files" and spec.label_regex is None:
-        raise ConfigError(
-            f"{root}: images without class folders or a CSV; set `label_regex:` in a dataset spec (label = first "
-            "capture group of the file name), or sort the images into one folder per class"
-        )
-
-    # -- labels --------------------------------------------------------------------------------------------
+def _labelled(
+    images: list[RawImage], spec: DatasetSpec, report: _BadInputs
+) -> tuple[list[tuple[RawImage, str]], int]:
+    """(image, class) of every image with a label after `label_regex` and `class_map`, and how many `subset`
+    left out; an image without a label is a bad input."""
     label_rx = compile_capture_regex(spec.label_regex, "label_regex") if spec.label_regex else None
     kept: list[tuple[RawImage, str]] = []
     dropped = 0
@@ -186,7 +219,14 @@ def load_dataset(
             dropped += 1
             continue
         kept.append((im, label))
+    return kept, dropped
 
+
+def _known_classes(
+    kept: list[tuple[RawImage, str]], spec: DatasetSpec, root: Path, layout: str, report: _BadInputs
+) -> tuple[list[tuple[RawImage, str]], list[str]]:
+    """The images whose label is one of the classes, and the class order; every declared class needs images
+    and the data at least two classes."""
     classes = list(spec.classes) if spec.classes else (list(spec.subset) if spec.subset else None)
     if classes is not None:
         known = set(classes)
@@ -204,7 +244,7 @@ def load_dataset(
     else:
         classes = sorted({label for _, label in kept})
     if not kept:
-        stop_on_bad()
+        report.stop()
         raise DataError(f"{root}: no usable images (layout {layout}); check the folder and the dataset spec")
     present = {label for _, label in kept}
     for c in classes:
@@ -214,28 +254,35 @@ def load_dataset(
                 "has no images; add images of this class, or remove it from `classes:`/`subset:` in the spec",
             )
     if len(present) < 2:
-        stop_on_bad()
+        report.stop()
         raise DataError(
             f"{root}: only one class ({next(iter(present))!r}) found; a classifier needs at least two — check the "
             "layout (class folders, CSV label column, or label_regex)"
         )
+    return kept, classes
 
-    # -- image checks --------------------------------------------------------------------------------------
-    if verify != "none":
-        limit = max_pixels or MAX_PIXELS
-        problems = _verify_images([im.path for im, _ in kept], verify, limit)
-        if problems:
-            ok = []
-            for im, label in kept:
-                reason = problems.get(im.path)
-                if reason is None:
-                    ok.append((im, label))
-                else:
-                    report(im.where if im.where != im.path else im.path, reason)
-            kept = ok
-    stop_on_bad()
 
-    # -- records -------------------------------------------------------------------------------------------
+def _verified(
+    kept: list[tuple[RawImage, str]], verify: str, max_pixels: int, report: _BadInputs
+) -> list[tuple[RawImage, str]]:
+    """The images that pass the `verify` check (header or full decode); the others are bad inputs."""
+    problems = _verify_images([im.path for im, _ in kept], verify, max_pixels)
+    if not problems:
+        return kept
+    ok = []
+    for im, label in kept:
+        reason = problems.get(im.path)
+        if reason is None:
+            ok.append((im, label))
+        else:
+            report(im.where if im.where != im.path else im.path, reason)
+    return ok
+
+
+def _records(
+    kept: list[tuple[RawImage, str]], spec: DatasetSpec, layout: str, columns: dict[str, str]
+) -> tuple[pd.DataFrame, dict[str, str], str | None]:
+    """The records table of the kept images (docs/architecture.md §1), its metadata types and its group rule."""
     table: dict[str, Any] = {
         "path": [im.path for im, _ in kept],
         "label": [label for _, label in kept],
@@ -268,16 +315,7 @@ def load_dataset(
     # a CSV's group column becomes `group` and is not kept under its own name: the rule travels with the
     # records so that a later group_by naming that column (`--group-by lesion_id`) is understood
     records.attrs["group_rule"] = group_rule
-    return Dataset(
-        records=records,
-        classes=classes,
-        metadata=metadata,
-        spec=spec if spec.layout != "auto" else _with_layout(spec, layout),
-        layout=layout,
-        bad_files=bad,
-        dropped=dropped,
-        group_rule=group_rule,
-    )
+    return records, metadata, group_rule
 
 
 _BAD_INPUTS_SHOWN = 5

@@ -27,7 +27,9 @@ __all__ = [
     "is_dicom_bytes",
     "load_image",
     "load_image_bytes",
+    "read_error",
     "to_8bit",
+    "too_big_reason",
 ]
 
 MAX_PIXELS = 50_000_000
@@ -78,7 +80,8 @@ def is_dicom_bytes(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def _read_error(path: Path, exc: OSError) -> BadImageError:
+def read_error(path: Path, exc: OSError) -> BadImageError:
+    """The error for an image file the OS cannot read (missing, a folder, no permission, ...), with the fix."""
     if isinstance(exc, FileNotFoundError):
         return BadImageError(path, "file not found; check the path or remove the row/file that names it")
     if isinstance(exc, IsADirectoryError):
@@ -110,7 +113,7 @@ def check_image_header(path: str | os.PathLike[str], *, max_pixels: int = MAX_PI
                     im = Image.open(fh, formats=_formats())
                     w, h = im.size
             except Image.DecompressionBombError:
-                raise BadImageError(path, _too_big_reason(None, max_pixels)) from None
+                raise BadImageError(path, too_big_reason(None, max_pixels)) from None
             except UnidentifiedImageError:
                 raise BadImageError(path, _not_an_image_reason(head + fh.read(380))) from None
             except Exception as exc:
@@ -118,11 +121,11 @@ def check_image_header(path: str | os.PathLike[str], *, max_pixels: int = MAX_PI
                     path, f"unreadable image header ({_short(exc)}); re-export the image or delete it"
                 ) from None
     except OSError as exc:
-        raise _read_error(path, exc) from None
+        raise read_error(path, exc) from None
     if w <= 0 or h <= 0:
         raise BadImageError(path, f"image has no pixels ({w}x{h}); re-export it or delete it")
     if w * h > max_pixels:
-        raise BadImageError(path, _too_big_reason((w, h), max_pixels))
+        raise BadImageError(path, too_big_reason((w, h), max_pixels))
     return w, h
 
 
@@ -143,7 +146,7 @@ def load_image(
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise _read_error(path, exc) from None
+        raise read_error(path, exc) from None
     return load_image_bytes(data, path, max_pixels=max_pixels, min_side=min_side)
 
 
@@ -182,7 +185,7 @@ def _decode_pillow_quiet(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=_formats())
     except Image.DecompressionBombError:
-        raise BadImageError(path, _too_big_reason(None, max_pixels)) from None
+        raise BadImageError(path, too_big_reason(None, max_pixels)) from None
     except UnidentifiedImageError:
         raise BadImageError(path, _not_an_image_reason(data)) from None
     except Exception as exc:  # a malformed header can raise nearly anything inside a Pillow plugin
@@ -195,7 +198,7 @@ def _decode_pillow_quiet(
         if w <= 0 or h <= 0:
             raise BadImageError(path, f"image has no pixels ({w}x{h}); re-export it or delete it")
         if w * h > max_pixels:  # only the first frame is ever decoded
-            raise BadImageError(path, _too_big_reason((w, h), max_pixels))
+            raise BadImageError(path, too_big_reason((w, h), max_pixels))
         if getattr(im, "is_animated", False):
             im.seek(0)
         _draft(im, min_side)
@@ -274,7 +277,8 @@ def to_8bit(arr: np.ndarray, lo: float | None = None, hi: float | None = None) -
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _too_big_reason(size: tuple[int, int] | None, max_pixels: int) -> str:
+def too_big_reason(size: tuple[int, int] | None, max_pixels: int) -> str:
+    """The reason an image of ``size`` (width, height; None: unknown) over ``max_pixels`` is refused, with the fix."""
     dims = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels" if size else "too many pixels"
     return (
         f"image is too large ({dims}; limit {max_pixels:,}, a decompression-bomb guard); downscale it, "

@@ -144,8 +144,8 @@ def _render(lesion: _Lesion, rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _write(path: Path, data: bytes) -> None:
-    # temp + rename (never a half-written image), but no fsync per image: synthetic images are regenerated
-    # from the seed in well under a second, while 1,000 fsyncs would take seconds on a laptop disk
+    # temp + rename (never a half-written image), but no fsync per image: synthetic images are cheaper to
+    # regenerate from the seed than an fsync per file would cost
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-__all__ = ["AUGMENT_POLICIES", "Preprocessing", "create_transform"]
+__all__ = ["AUGMENT_POLICIES", "Preprocessing", "augmentations", "create_transform"]
 
 AUGMENT_POLICIES = ("none", "standard", "lesion_safe")
 
@@ -30,8 +30,8 @@ class Preprocessing:
     """squash (resize to a square, as the studies did) or center_crop (keep aspect, crop the centre)."""
     jpeg_draft: bool = True
     """Decode a JPEG of four times the input size or more at a reduced scale (libjpeg's DCT scaling) that keeps
-    both sides at twice the input size or more (``decode_side``), before the resize: 1.5× faster at 3 megapixels,
-    1.8–2.3× at 6–12 (docs/benchmarks-serving.md). Runs saved before this option decode every pixel (False)."""
+    both sides at twice the input size or more (``decode_side``), before the resize: large photos decode faster
+    (docs/benchmarks-serving.md). Runs saved before this option decode every pixel (False)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -71,7 +71,8 @@ def _per_channel(values: Sequence[float], n: int) -> tuple[float, ...]:
     raise ValueError(f"expected {n} normalisation values, got {len(values)}")
 
 
-def _augmentations(policy: str, size: int) -> list[Any]:
+def augmentations(policy: str, size: int) -> list[Any]:
+    """The random transforms of an augmentation policy (torchvision v2: they take PIL images and tensors alike)."""
     if policy == "none":
         return []
     if policy == "standard":
@@ -120,7 +121,7 @@ def create_transform(pre: Preprocessing, augment: str = "none") -> Callable[[Ima
         return _EvalTransform(to_uint8, normalize, pre.mean, pre.std, size, mode)
     return _AugmentTransform(
         to_uint8,
-        _augmentations(augment, size),
+        augmentations(augment, size),
         _EvalTransform(to_uint8, normalize, pre.mean, pre.std),
         (pre.in_chans, size, size),
     )

@@ -116,6 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from medclf._lazy import has_extra
     from medclf.errors import ConfigError
     from medclf.evaluate.pipeline import evaluate_run, read_run_context
     from medclf.evaluate.subgroups import (
@@ -155,7 +156,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         subgroups=options,
     )
     _print_summary(metrics)
-    print(f"wrote {Path(args.out) / 'report.html'}")
+    if has_extra("report"):  # without it, a note printed above names the extra
+        print(f"wrote {Path(args.out) / 'report.html'}")
     return 0
 
 

@@ -12,6 +12,10 @@ import numpy as np
 
 from medclf.errors import DataError
 
+# one softmax and temperature for every path (medclf.runtime.decision); the names stay here beside the fit
+from medclf.runtime.decision import calibrated_probabilities as apply_temperature
+from medclf.runtime.decision import softmax
+
 __all__ = [
     "MIN_CALIBRATION_IMAGES",
     "apply_temperature",
@@ -29,8 +33,8 @@ _T_MIN, _T_MAX = 0.05, 20.0
 
 MIN_CALIBRATION_IMAGES = 50
 """Fewer validation images than this and no temperature is fitted (T = 1 is kept)."""
-# with fewer, the one-parameter NLL fit follows the few most confident mistakes: a T of 0.34 fitted on 30 images
-# pushed wrong answers to p ≈ 0.98
+# with fewer, the one-parameter NLL fit follows the few most confident mistakes and can make wrong answers
+# near-certain
 
 
 def temperature_skip_reason(n_images: int, min_images: int | None = None) -> str | None:
@@ -44,23 +48,9 @@ def temperature_skip_reason(n_images: int, min_images: int | None = None) -> str
     )
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def log_probs(probs: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Probabilities to log-probabilities (usable as logits), clipped so an exact 0 stays finite."""
     return np.log(np.clip(np.asarray(probs, dtype=np.float64), eps, 1.0))
-
-
-def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """Calibrated probabilities ``softmax(logits / T)``."""
-    if not temperature > 0:
-        raise DataError(f"temperature must be positive, got {temperature}; refit it on validation data")
-    return softmax(np.asarray(logits, dtype=np.float64) / float(temperature))
 
 
 def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:

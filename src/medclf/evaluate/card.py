@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from medclf import DISCLAIMER
 from medclf._atomic import atomic_write_text
 from medclf.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from medclf.models.run_io import RunInfo
 
 __all__ = ["CARD_FILE", "OWNER_FIELDS", "PLACEHOLDER", "model_card", "write_model_card"]
 
@@ -62,14 +65,16 @@ _METRICS = (
 def model_card(run_dir: str | Path, eval_dir: str | Path | None = None) -> str:
     """The model card of ``run_dir`` as Markdown, with the figures of the evaluation in ``eval_dir`` (default:
     ``run_dir/eval`` when it holds a finished evaluation; without one, the validation figures)."""
+    from medclf.models.run_io import RunDir
+
     run = Path(run_dir)
-    info = _read_json(run / "run.json", "train one with `medclf train`")
-    if info is None:
+    if not RunDir(run).is_run():
         raise DataError(f"{run} is not a run folder (no run.json); pass a folder written by `medclf train`")
+    info = RunDir(run).load_info()
     cfg = _read_yaml(run / "config.yaml")
     metrics = _evaluation(run, eval_dir)
-    classes = [str(c) for c in info.get("classes") or []]
-    name = str(info.get("name") or cfg.get("name") or run.name)
+    classes = [str(c) for c in info.classes]
+    name = str(info.name or cfg.get("name") or run.name)
 
     out = [f"# Model card: {name}", "", f"> {DISCLAIMER}", ""]
     out += [
@@ -165,19 +170,19 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}"
 
 
-def _model_rows(info: dict[str, Any], cfg: dict[str, Any], classes: list[str]) -> dict[str, str]:
+def _model_rows(info: RunInfo, cfg: dict[str, Any], classes: list[str]) -> dict[str, str]:
     model_cfg, train_cfg = cfg.get("model") or {}, cfg.get("train") or {}
     task = "binary" if len(classes) == 2 else f"{len(classes)}-class"
     rows = {"task": f"{task} classification: {', '.join(classes)}"}
-    network = [str((info.get("model") or {}).get("name") or model_cfg.get("name") or "unknown")]
+    network = [str(info.model_name or model_cfg.get("name") or "unknown")]
     if model_cfg.get("pretrained") is not None:
         network.append("ImageNet-pretrained" if model_cfg["pretrained"] else "trained from scratch")
-    if info.get("strategy") or train_cfg.get("strategy"):
-        network.append(f"strategy {info.get('strategy') or train_cfg.get('strategy')}")
-    if info.get("epochs_run") is not None:
-        network.append(f"{info['epochs_run']} epochs")
+    if info.strategy or train_cfg.get("strategy"):
+        network.append(f"strategy {info.strategy or train_cfg.get('strategy')}")
+    if info.epochs_run is not None:
+        network.append(f"{info.epochs_run} epochs")
     rows["network"] = ", ".join(network)
-    pre = info.get("preprocessing") or {}
+    pre = info.preprocessing or {}
     if pre:
         rows["input"] = f"{pre.get('input_size')} px, {pre.get('in_chans')} channel(s)"
     meta = model_cfg.get("metadata") or []
@@ -186,32 +191,26 @@ def _model_rows(info: dict[str, Any], cfg: dict[str, Any], classes: list[str]) -
         if meta
         else "none: the image only"
     )
-    positive = info.get("positive_classes") or (
-        [info["positive_class"]] if info.get("positive_class") else []
-    )
-    if positive and info.get("threshold") is not None:
+    positive = info.threshold_classes
+    if positive and info.threshold is not None:
         how = (
-            f"the default threshold: {info['threshold_skipped']}"
-            if info.get("threshold_skipped")
-            else f"rule {info.get('threshold_rule')}, chosen on the validation split"
+            f"the default threshold: {info.threshold_skipped}"
+            if info.threshold_skipped
+            else f"rule {info.threshold_rule}, chosen on the validation split"
         )
-        rows["decision"] = f"P({' + '.join(positive)}) ≥ {_fmt(info['threshold'])}; {how}"
+        rows["decision"] = f"P({' + '.join(positive)}) ≥ {_fmt(info.threshold)}; {how}"
     else:
         rows["decision"] = "the most probable class"
-    temperature = info.get("temperature")
     rows["calibration"] = (
-        f"none: {info['temperature_skipped']}"
-        if info.get("temperature_skipped")
-        else f"temperature {_fmt(temperature)}, fitted on the validation split"
+        f"none: {info.temperature_skipped}"
+        if info.temperature_skipped
+        else f"temperature {_fmt(info.temperature)}, fitted on the validation split"
     )
-    if info.get("created"):
-        seconds = info.get("train_seconds")
-        rows["trained"] = str(info["created"]) + (
-            f" in {float(seconds):.0f} s" if seconds is not None else ""
-        )
-    versions = info.get("versions")
-    if isinstance(versions, dict):
-        rows["software"] = ", ".join(f"{k} {v}" for k, v in versions.items())
+    if info.created:
+        seconds = info.train_seconds
+        rows["trained"] = str(info.created) + (f" in {float(seconds):.0f} s" if seconds is not None else "")
+    if info.versions:
+        rows["software"] = ", ".join(f"{k} {v}" for k, v in info.versions.items())
     return rows
 
 
@@ -249,9 +248,9 @@ def _data_lines(run: Path, cfg: dict[str, Any], classes: list[str]) -> list[str]
     return [*lines, ""]
 
 
-def _performance_lines(run: Path, info: dict[str, Any], metrics: dict[str, Any] | None) -> list[str]:
+def _performance_lines(run: Path, info: RunInfo, metrics: dict[str, Any] | None) -> list[str]:
     if not metrics:
-        vm = info.get("val_metrics") or {}
+        vm = info.val_metrics or {}
         return [
             f"Validation split only (it chose the epoch and the operating point, so these are optimistic): "
             f"accuracy {_fmt(vm.get('acc'))}, balanced accuracy {_fmt(vm.get('bacc'))}, AUC {_fmt(vm.get('auc'))}. "
@@ -298,13 +297,13 @@ def _subgroup_lines(metrics: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
-def _limits(info: dict[str, Any], metrics: dict[str, Any] | None) -> list[str]:
+def _limits(info: RunInfo, metrics: dict[str, Any] | None) -> list[str]:
     from medclf.evaluate.report import default_limits
 
     if metrics is None:
         metrics = {
-            "threshold": info.get("threshold"),
-            "threshold_skipped": info.get("threshold_skipped"),
-            "calibration": {"skipped": info.get("temperature_skipped")},
+            "threshold": info.threshold,
+            "threshold_skipped": info.threshold_skipped,
+            "calibration": {"skipped": info.temperature_skipped},
         }
     return default_limits(metrics)

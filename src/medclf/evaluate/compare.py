@@ -80,7 +80,8 @@ def _json(path: Path) -> dict[str, Any]:
 
 def load_entry(path: str | Path, *, n_boot: int = 1000, seed: int = 0) -> Entry:
     """Read one folder as a leaderboard entry (see the module docstring for what it may be)."""
-    from medclf.evaluate.pipeline import INCOMPLETE_FILE, _params, prediction_arrays, read_run_context
+    from medclf.evaluate.pipeline import INCOMPLETE_FILE, prediction_arrays, read_run_context, run_params
+    from medclf.models.run_io import RunDir
 
     path = Path(path)
     if not path.is_dir():
@@ -130,40 +131,37 @@ def load_entry(path: str | Path, *, n_boot: int = 1000, seed: int = 0) -> Entry:
             metrics=mean,
             std={k: v for k, v in std.items() if isinstance(v, int | float)},
             n_folds=len(folds) or None,
-            params=_params(ctx),
+            params=run_params(ctx),
             train_seconds=float(sum(secs)) if secs else mean.get("train_seconds"),
             classes=list(m.get("classes") or []),
         )
-    if (path / "run.json").is_file():
+    if RunDir(path).is_run():
         ctx = read_run_context(path)
         info = ctx["info"]
-        classes = [str(c) for c in info.get("classes") or []]
+        classes = [str(c) for c in info.classes]
         entry = Entry(
             name=str((ctx["config"] or {}).get("name") or path.name),
             kind="run",
             source=path,
             metrics={},
-            params=_params(ctx),
-            train_seconds=info.get("train_seconds"),
+            params=run_params(ctx),
+            train_seconds=info.train_seconds,
             classes=classes,
-            threshold=info.get("threshold"),
-            positive_class=info.get("positive_class") or info.get("positive_classes") or None,
+            threshold=info.threshold,
+            positive_class=info.positive_class or info.positive_classes or None,
         )
         test_csv = path / "test_predictions.csv"
         if test_csv.is_file():
             preds = pd.read_csv(test_csv)
             y, probs = prediction_arrays(preds, classes, str(test_csv))
-            names = info.get("positive_classes") or (
-                [info["positive_class"]] if info.get("positive_class") else []
-            )
-            positive = [classes.index(c) for c in names if c in classes] or None
+            positive = [classes.index(c) for c in info.threshold_classes if c in classes] or None
             groups = preds["group"].astype(str).to_numpy() if "group" in preds.columns else None
             entry.metrics = compute_metrics(
                 y,
                 probs,
                 classes,
                 groups=groups,
-                threshold=info.get("threshold"),
+                threshold=info.threshold,
                 positive_index=positive,
                 n_boot=n_boot,
                 seed=seed,

@@ -354,12 +354,9 @@ def compute_metrics(
     """
     y, p = check_inputs(y_true, probs, classes)
     k = len(classes)
-    if positive_index is None:
-        positive = [1] if k == 2 else None
-    else:
-        positive = [int(positive_index)] if np.isscalar(positive_index) else [int(i) for i in positive_index]  # type: ignore[arg-type]
-        if not positive or min(positive) < 0 or max(positive) >= k:
-            raise DataError(f"positive_index {positive_index!r} is not a class index 0..{k - 1}")
+    positive = _positive_set(positive_index, k)
+    if positive_index is not None and (not positive or min(positive) < 0 or max(positive) >= k):
+        raise DataError(f"positive_index {positive_index!r} is not a class index 0..{k - 1}")
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise DataError(f"threshold {threshold} must be between 0 and 1")
     if groups is not None:
@@ -368,17 +365,42 @@ def compute_metrics(
             raise DataError(
                 f"{groups.size} group ids for {y.size} images; pass one group per image (or none)"
             )
+    inp = _decided_inputs(y, p, classes, positive, threshold)
+    point = _evaluate(inp, np.ones((1, y.size)))
+    notes = _notes(inp, point, classes)
+    result = _point_figures(inp, point, classes, threshold)
+    result["n_groups"] = int(np.unique(groups.astype(str)).size) if groups is not None else int(y.size)
+    if n_boot > 0:
+        result.update(_intervals(inp, point, result, classes, groups, n_boot, seed, level))
+    else:
+        result["ci95"] = {}
+    result["notes"] = notes
+    return result
 
+
+def _positive_set(positive_index: int | Sequence[int] | None, k: int) -> list[int] | None:
+    """The positive class indices as a list (binary default: class 1; multiclass default: none)."""
+    if positive_index is None:
+        return [1] if k == 2 else None
+    return [int(positive_index)] if np.isscalar(positive_index) else [int(i) for i in positive_index]  # type: ignore[arg-type]
+
+
+def _decided_inputs(
+    y: np.ndarray, p: np.ndarray, classes: Sequence[str], positive: list[int] | None, threshold: float | None
+) -> _Inputs:
+    """The per-image quantities of ``p`` at its decision: with a positive set, the operating point's decisions
+    ("decided positive" is exactly score >= threshold, so accuracy and the confusion matrix describe the same
+    decisions as sensitivity/specificity: ``thresholds.decide``); without one, the arg-max."""
     if positive is not None:
-        # the operating point's decisions: "decided positive" is exactly score >= threshold, so accuracy and the
-        # confusion matrix describe the same decisions as sensitivity/specificity (thresholds.decide)
         thr = 0.5 if threshold is None else float(threshold)
         pred = decide(p, list(classes), thr, [classes[i] for i in positive])
     else:
         pred = p.argmax(axis=1)
-    inp = _Inputs(y, p, pred, k, positive, threshold)
-    point = _evaluate(inp, np.ones((1, y.size)))
+    return _Inputs(y, p, pred, len(classes), positive, threshold)
 
+
+def _notes(inp: _Inputs, point: dict[str, np.ndarray], classes: Sequence[str]) -> list[str]:
+    """Sentences naming the figures that the evaluated labels leave undefined (null)."""
     notes: list[str] = []
     support = point["per_class_support"][0].astype(int)
     for c, name in enumerate(classes):
@@ -386,13 +408,20 @@ def compute_metrics(
             notes.append(
                 f"class {name!r} has no images in the evaluated labels: its AUC, recall and F1 are undefined (null)"
             )
-        elif support[c] == y.size:
+        elif support[c] == inp.y.size:
             notes.append(f"only class {name!r} is present: AUCs are undefined (null)")
-    if positive is not None and (inp.y_bin.all() or not inp.y_bin.any()):
+    if inp.positive is not None and (inp.y_bin.all() or not inp.y_bin.any()):
         notes.append(
             "the evaluated labels contain only one side of the positive/negative split: AUC, sensitivity or specificity are undefined (null)"
         )
+    return notes
 
+
+def _point_figures(
+    inp: _Inputs, point: dict[str, np.ndarray], classes: list[str], threshold: float | None
+) -> dict[str, Any]:
+    """The point estimates of the result: headline, per-class, screening and arg-max figures, confusion matrix."""
+    support = point["per_class_support"][0].astype(int)
     per_class: dict[str, dict[str, float | int]] = {}
     for c, name in enumerate(classes):
         per_class[name] = {
@@ -405,11 +434,11 @@ def compute_metrics(
             "npv": _float(point["per_class_npv"][0, c]),
             "support": int(support[c]),
         }
-
-    result: dict[str, Any] = {"n": int(y.size), "classes": list(classes)}
+    result: dict[str, Any] = {"n": int(inp.y.size), "classes": list(classes)}
     for name in HEADLINE_METRICS:
         result[name] = _float(point[name][0])
     result["per_class"] = per_class
+    positive = inp.positive
     if positive is not None:
         result["positive_class"] = (
             classes[positive[0]] if len(positive) == 1 else [classes[i] for i in positive]
@@ -421,66 +450,87 @@ def compute_metrics(
         for name in TOP1_METRICS:
             result[name] = _float(point[name][0])
     result["confusion_matrix"] = point["confusion_matrix"][0].astype(int).tolist()
-    result["n_groups"] = int(np.unique(groups.astype(str)).size) if groups is not None else int(y.size)
+    return result
 
-    if n_boot > 0:
-        names = list(HEADLINE_METRICS) + (list(BINARY_METRICS) if positive is not None else [])
-        names += list(TOP1_METRICS) if inp.top1 is not None else []
-        reps: dict[str, list[np.ndarray]] = {m: [] for m in names}
-        per_class_reps: dict[str, list[np.ndarray]] = {m: [] for m in _PER_CLASS_CI}
-        for w in resample_weights(y, groups, n_boot=n_boot, seed=seed):
-            values = _evaluate(inp, w)
-            for m in names:
-                reps[m].append(values[m])
-            for m in _PER_CLASS_CI:
-                per_class_reps[m].append(values[f"per_class_{m}"])
-        # proportions also get a Wilson interval; it replaces a degenerate bootstrap (e.g. 15 of 15 positives
-        # caught: every resample gives 1.000, an interval of zero width that hides how few cases there were)
-        counts, pc_counts = _proportions(inp, point)
-        ci: dict[str, list[float]] = {}
-        wilson: dict[str, list[float]] = {}
-        method: dict[str, str] = {}
-        degenerate: dict[str, str] = {}
+
+def _intervals(
+    inp: _Inputs,
+    point: dict[str, np.ndarray],
+    result: dict[str, Any],
+    classes: list[str],
+    groups: np.ndarray | None,
+    n_boot: int,
+    seed: int,
+    level: float,
+) -> dict[str, Any]:
+    """The interval keys of the result (``ci95`` ... ``bootstrap``) for the point figures in ``result``."""
+    names = list(HEADLINE_METRICS) + (list(BINARY_METRICS) if inp.positive is not None else [])
+    names += list(TOP1_METRICS) if inp.top1 is not None else []
+    reps: dict[str, list[np.ndarray]] = {m: [] for m in names}
+    per_class_reps: dict[str, list[np.ndarray]] = {m: [] for m in _PER_CLASS_CI}
+    for w in resample_weights(inp.y, groups, n_boot=n_boot, seed=seed):
+        values = _evaluate(inp, w)
         for m in names:
-            w_ci, w_method = _wilson(counts[m], level) if m in counts else (None, "")
-            if w_ci is not None:
-                wilson[m] = list(w_ci)
-            ci[m], method[m], why = _choose_interval(
-                np.concatenate(reps[m]), result[m], level, w_ci, w_method
-            )
-            if why:
-                degenerate[m] = why
-        result["ci95"] = ci
-        pc_ci: dict[str, dict[str, list[float]]] = {name: {} for name in classes}
-        pc_wilson: dict[str, dict[str, list[float]]] = {name: {} for name in classes}
-        pc_method: dict[str, dict[str, str]] = {name: {} for name in classes}
+            reps[m].append(values[m])
         for m in _PER_CLASS_CI:
-            stacked = np.concatenate(per_class_reps[m], axis=0)
-            for c, name in enumerate(classes):
-                w_ci = None
-                if m in pc_counts:
-                    w_ci = wilson_interval(pc_counts[m][0][c], pc_counts[m][1][c], level)
-                    pc_wilson[name][m] = list(w_ci)
-                pc_ci[name][m], pc_method[name][m], _ = _choose_interval(
-                    stacked[:, c], per_class[name][m], level, w_ci, WILSON
-                )
-        result["per_class_ci95"] = pc_ci
-        result["ci95_method"] = method
-        result["ci95_degenerate"] = degenerate
-        result["wilson95"] = wilson
-        result["per_class_ci95_method"] = pc_method
-        result["per_class_wilson95"] = pc_wilson
-        result["bootstrap"] = {
+            per_class_reps[m].append(values[f"per_class_{m}"])
+    # proportions also get a Wilson interval; it replaces a degenerate bootstrap (e.g. 15 of 15 positives
+    # caught: every resample gives 1.000, an interval of zero width that hides how few cases there were)
+    counts, pc_counts = _proportions(inp, point)
+    ci: dict[str, list[float]] = {}
+    wilson: dict[str, list[float]] = {}
+    method: dict[str, str] = {}
+    degenerate: dict[str, str] = {}
+    for m in names:
+        w_ci, w_method = _wilson(counts[m], level) if m in counts else (None, "")
+        if w_ci is not None:
+            wilson[m] = list(w_ci)
+        ci[m], method[m], why = _choose_interval(np.concatenate(reps[m]), result[m], level, w_ci, w_method)
+        if why:
+            degenerate[m] = why
+    pc_ci, pc_method, pc_wilson = _per_class_intervals(
+        per_class_reps, pc_counts, result["per_class"], classes, level
+    )
+    return {
+        "ci95": ci,
+        "per_class_ci95": pc_ci,
+        "ci95_method": method,
+        "ci95_degenerate": degenerate,
+        "wilson95": wilson,
+        "per_class_ci95_method": pc_method,
+        "per_class_wilson95": pc_wilson,
+        "bootstrap": {
             "n_resamples": int(n_boot),
             "seed": int(seed),
             "level": float(level),
             "method": "percentile; stratified by class"
             + ("; whole groups resampled" if groups is not None else ""),
-        }
-    else:
-        result["ci95"] = {}
-    result["notes"] = notes
-    return result
+        },
+    }
+
+
+def _per_class_intervals(
+    per_class_reps: dict[str, list[np.ndarray]],
+    pc_counts: dict[str, Any],
+    per_class: dict[str, dict[str, float | int]],
+    classes: list[str],
+    level: float,
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, str]], dict[str, dict[str, list[float]]]]:
+    """(interval, method, Wilson interval) of every per-class figure in ``_PER_CLASS_CI``, by class name."""
+    pc_ci: dict[str, dict[str, list[float]]] = {name: {} for name in classes}
+    pc_wilson: dict[str, dict[str, list[float]]] = {name: {} for name in classes}
+    pc_method: dict[str, dict[str, str]] = {name: {} for name in classes}
+    for m in _PER_CLASS_CI:
+        stacked = np.concatenate(per_class_reps[m], axis=0)
+        for c, name in enumerate(classes):
+            w_ci = None
+            if m in pc_counts:
+                w_ci = wilson_interval(pc_counts[m][0][c], pc_counts[m][1][c], level)
+                pc_wilson[name][m] = list(w_ci)
+            pc_ci[name][m], pc_method[name][m], _ = _choose_interval(
+                stacked[:, c], float(per_class[name][m]), level, w_ci, WILSON
+            )
+    return pc_ci, pc_method, pc_wilson
 
 
 def json_safe(obj: Any) -> Any:
@@ -521,20 +571,9 @@ def paired_bootstrap(
     """
     y, pa = check_inputs(y_true, probs_a, classes)
     _, pb = check_inputs(y_true, probs_b, classes)
-    k = len(classes)
-    if positive_index is None:
-        positive = [1] if k == 2 else None
-    else:
-        positive = [int(positive_index)] if np.isscalar(positive_index) else [int(i) for i in positive_index]  # type: ignore[arg-type]
-
-    def inputs(p: np.ndarray, thr: float | None) -> _Inputs:
-        if positive is not None:
-            pred = decide(p, list(classes), 0.5 if thr is None else thr, [classes[i] for i in positive])
-        else:
-            pred = p.argmax(axis=1)
-        return _Inputs(y, p, pred, k, positive, thr)
-
-    ia, ib = inputs(pa, threshold_a), inputs(pb, threshold_b)
+    positive = _positive_set(positive_index, len(classes))
+    ia = _decided_inputs(y, pa, classes, positive, threshold_a)
+    ib = _decided_inputs(y, pb, classes, positive, threshold_b)
 
     def key(m: str) -> str:
         return m if m != "auc" or positive is not None else "macro_auc"

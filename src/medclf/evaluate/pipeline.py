@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ import pandas as pd
 
 from medclf import DISCLAIMER
 from medclf._atomic import atomic_path, atomic_write_json, atomic_write_text
+from medclf._lazy import has_extra, missing_extra, require_extra
 from medclf.errors import DataError, MedclfError
 from medclf.evaluate.calibration import (
     apply_temperature,
@@ -39,13 +41,21 @@ from medclf.evaluate.thresholds import (
     threshold_skip_reason,
     threshold_sweep,
 )
+from medclf.models.run_io import RunDir, RunInfo
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from medclf.data import DatasetSpec
 
-__all__ = ["INCOMPLETE_FILE", "evaluate_predictions", "evaluate_run", "prediction_arrays", "read_run_context"]
+__all__ = [
+    "INCOMPLETE_FILE",
+    "evaluate_predictions",
+    "evaluate_run",
+    "prediction_arrays",
+    "read_run_context",
+    "run_params",
+]
 
 INCOMPLETE_FILE = "INCOMPLETE"
 """Present in an evaluation folder from the first file written to the last: an interrupted evaluation keeps it."""
@@ -62,11 +72,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def read_run_context(run_dir: str | Path | None) -> dict[str, Any]:
-    """What evaluation needs from a run folder: run.json, config.yaml, history.csv, split.csv,
-    val_predictions.csv and audit.json, each None when absent."""
+    """What evaluation needs from a run folder: ``info`` (run.json as a ``RunInfo``; with no run folder, one
+    with every field at its default), ``config`` (config.yaml as read, ``{}`` when absent), and history.csv,
+    split.csv, val_predictions.csv and audit.json, each None when absent."""
     ctx: dict[str, Any] = {
         "run_dir": None,
-        "info": {},
+        "info": RunInfo(classes=[]),
         "config": {},
         "history": None,
         "split": None,
@@ -79,7 +90,8 @@ def read_run_context(run_dir: str | Path | None) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     ctx["run_dir"] = run_dir
-    ctx["info"] = _read_json(run_dir / "run.json") or {}
+    if RunDir(run_dir).is_run():
+        ctx["info"] = RunDir(run_dir).load_info()
     cfg_path = run_dir / "config.yaml"
     if cfg_path.is_file():
         try:
@@ -185,8 +197,8 @@ def _split_summary(
 def _model_card(
     ctx: dict[str, Any], classes: Sequence[str], metrics: dict[str, Any], split_summary: dict[str, Any]
 ) -> dict[str, str]:
-    info, cfg = ctx.get("info") or {}, ctx.get("config") or {}
-    model = info.get("model") or {}
+    info: RunInfo = ctx["info"]
+    cfg = ctx.get("config") or {}
     model_cfg, train_cfg = cfg.get("model") or {}, cfg.get("train") or {}
     task = "binary" if len(classes) == 2 else f"{len(classes)}-class"
     card = {
@@ -196,8 +208,8 @@ def _model_card(
         ),
         "not a diagnosis": DISCLAIMER,
     }
-    if model or model_cfg:
-        parts = [str(model.get("name") or model_cfg.get("name"))]
+    if info.model or model_cfg:
+        parts = [str((info.model or {}).get("name") or model_cfg.get("name"))]
         if model_cfg.get("pretrained") is not None:
             parts.append("ImageNet-pretrained" if model_cfg.get("pretrained") else "trained from scratch")
         if train_cfg.get("strategy"):
@@ -211,15 +223,14 @@ def _model_card(
             f"{r[0]}: {r[1]} images ({', '.join(f'{c} {n}' for c, n in zip(classes, r[3:], strict=False))})"
             for r in train_rows
         )
-    dataset = (cfg.get("data") or {}).get("root") or info.get("dataset")
+    dataset = (cfg.get("data") or {}).get("root")
     if isinstance(dataset, str):
         card["dataset"] = Path(dataset).name  # the folder name only: full paths can name people
     card["evaluation data"] = split_summary.get("facts", {}).get("evaluated on", "")
-    if info.get("created"):
-        card["trained"] = str(info["created"])
-    versions = info.get("versions")
-    if isinstance(versions, dict):
-        card["versions"] = ", ".join(f"{k} {v}" for k, v in versions.items())
+    if info.created:
+        card["trained"] = str(info.created)
+    if info.versions:
+        card["versions"] = ", ".join(f"{k} {v}" for k, v in info.versions.items())
     sub = metrics.get("subgroups") or {}
     if sub.get("columns"):
         card["subgroups evaluated"] = "; ".join(
@@ -230,10 +241,10 @@ def _model_card(
     return card
 
 
-def _speed_rows(info: dict[str, Any], timing: dict[str, Any] | None) -> dict[str, str]:
+def _speed_rows(info: RunInfo, timing: dict[str, Any] | None) -> dict[str, str]:
     rows: dict[str, str] = {}
-    if info.get("train_seconds") is not None:
-        secs = float(info["train_seconds"])
+    if info.train_seconds is not None:
+        secs = float(info.train_seconds)
         rows["training time"] = f"{secs:.0f} s ({secs / 60:.1f} min)"
     if timing:
         if timing.get("images_per_second"):
@@ -245,10 +256,10 @@ def _speed_rows(info: dict[str, Any], timing: dict[str, Any] | None) -> dict[str
     return rows
 
 
-def _params(ctx: dict[str, Any]) -> dict[str, Any]:
-    """The hyper-parameters a leaderboard shows, from config.yaml (and run.json)."""
+def run_params(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters a leaderboard shows, from a ``read_run_context``: config.yaml (and run.json)."""
     cfg = ctx.get("config") or {}
-    info = ctx.get("info") or {}
+    info: RunInfo = ctx["info"]
     out: dict[str, Any] = {}
     for section, keys in (
         ("model", ("name", "pretrained", "input_size", "metadata")),
@@ -258,8 +269,8 @@ def _params(ctx: dict[str, Any]) -> dict[str, Any]:
             value = (cfg.get(section) or {}).get(key)
             if value is not None and value != []:
                 out[f"{section}.{key}"] = ",".join(map(str, value)) if isinstance(value, list) else value
-    if "model.name" not in out and isinstance(info.get("model"), dict) and info["model"].get("name"):
-        out["model.name"] = info["model"]["name"]
+    if "model.name" not in out and info.model_name:
+        out["model.name"] = info.model_name
     history = ctx.get("history")
     if history is not None and not history.empty:
         out["epochs_trained"] = len(history)
@@ -301,13 +312,16 @@ def evaluate_predictions(
     ``warnings`` in the result lists classes with too few evaluated images (``pred_df`` named as the
     ``split_name`` split), fits that were skipped, and the run's own warnings. ``subgroups`` in the result holds
     the figures per subgroup of ``pred_df``'s metadata columns (``medclf.evaluate.subgroups``; ``subgroups``
-    chooses the columns, age bands, minimum size and flag margin). Returns the metrics dict.
+    chooses the columns, age bands, minimum size and flag margin). Returns the metrics dict. plots/,
+    threshold_sweep.csv, report.html and report.pdf need the ``report`` extra; without it the rest is written, with
+    a note that names the extra.
     """
+    if pdf:
+        require_extra("report", "medclf evaluate --pdf")
     out_dir = Path(out_dir)
     classes = [str(c) for c in classes]
     ctx = read_run_context(run_dir)
-    info, cfg = ctx["info"], ctx["config"]
-    eval_cfg = cfg.get("eval") or {}
+    info, eval_cfg = ctx["info"], ctx["config"].get("eval") or {}
     if val_pred_df is None:
         val_pred_df = ctx["val"]
     notes = list(notes)  # the caller's (e.g. skipped images) first, so the report shows them too
@@ -316,29 +330,91 @@ def evaluate_predictions(
     val = None
     if val_pred_df is not None and len(val_pred_df):
         val = prediction_arrays(val_pred_df, classes, "validation predictions")
-        if "path" in pred_df.columns and "path" in val_pred_df.columns:
-            overlap = len(set(pred_df["path"].astype(str)) & set(val_pred_df["path"].astype(str)))
-            if overlap:
-                notes.append(
-                    f"{overlap} evaluated images are validation images (used to choose the threshold/temperature): "
-                    "these results are optimistic; report the test split"
-                )
+        notes += _validation_overlap(pred_df, val_pred_df)
+    cal = _calibration(info, eval_cfg, p_in, val, temperature, temperature_applied)
+    probs = apply_temperature(cal.logits, cal.temperature)
+    val_probs = apply_temperature(cal.val_logits, cal.temperature) if cal.val_logits is not None else None
+    op = _operating_point(info, eval_cfg, classes, val, val_probs, threshold, threshold_rule, positive_class)
+    notes += [op.note] if op.note else []
+    metrics = _scored_metrics(pred_df, y, probs, classes, op, notes, n_boot, seed, subgroups)
+    _add_provenance(metrics, ctx, pred_df, y, cal, op, classes, evaluated_on, split_name, timing)
+    out = _predictions_table(pred_df, classes, probs, op)
+    _mark_incomplete(out_dir)
+    with atomic_path(out_dir / "predictions.csv") as tmp:
+        out.to_csv(tmp, index=False)
 
-    from medclf.data.splits import small_split_warnings
+    if has_extra("report"):
+        probs_before = apply_temperature(cal.logits, 1.0)
+        figures = _make_figures(
+            ctx, y, probs, probs_before, classes, metrics, op.positive, op.threshold, out_dir
+        )
+        atomic_write_json(out_dir / "metrics.json", json_safe(metrics))
+        _write_report_files(
+            out_dir,
+            ctx,
+            pred_df,
+            out,
+            classes,
+            metrics,
+            figures,
+            speed=_speed_rows(info, timing),
+            audit=audit if audit is not None else ctx["audit"],
+            explain=explain,
+            evaluated_on=evaluated_on,
+            gallery_size=gallery_size,
+            pdf=pdf,
+            title=title,
+        )
+    else:
+        metrics["notes"].append(str(missing_extra("report", "the evaluation report (plots/, report.html)")))
+        atomic_write_json(out_dir / "metrics.json", json_safe(metrics))
+    (out_dir / INCOMPLETE_FILE).unlink(missing_ok=True)
+    return metrics
 
-    evaluated = pred_df[["label"]].astype(str).assign(split=split_name if split_name == "val" else "test")
-    warning_lines = small_split_warnings(evaluated, classes)
 
-    # temperature: the probabilities' own temperature is undone, then the chosen one applied
-    t_run = info.get("temperature")
+def _validation_overlap(pred_df: pd.DataFrame, val_pred_df: pd.DataFrame) -> list[str]:
+    """A note when evaluated images are also the validation images the fits are chosen on."""
+    if "path" not in pred_df.columns or "path" not in val_pred_df.columns:
+        return []
+    overlap = len(set(pred_df["path"].astype(str)) & set(val_pred_df["path"].astype(str)))
+    if not overlap:
+        return []
+    return [
+        f"{overlap} evaluated images are validation images (used to choose the threshold/temperature): "
+        "these results are optimistic; report the test split"
+    ]
+
+
+@dataclass
+class _Calibration:
+    """The temperature chosen for the evaluation, and the logits it divides."""
+
+    logits: np.ndarray
+    """Of the evaluated predictions, with the probabilities' own temperature undone."""
+    val_logits: np.ndarray | None
+    temperature: float
+    source: str
+    skipped: str | None
+
+
+def _calibration(
+    info: RunInfo,
+    eval_cfg: dict[str, Any],
+    p_in: np.ndarray,
+    val: tuple[np.ndarray, np.ndarray] | None,
+    temperature: float | None,
+    temperature_applied: bool,
+) -> _Calibration:
+    """The temperature: given > run.json > fitted now on validation > 1."""
+    t_run = info.temperature
     t_in = float(t_run) if (temperature_applied and t_run) else 1.0
     logits = log_probs(p_in) * t_in
     val_logits = log_probs(val[1]) * t_in if val is not None else None
     t_skipped = None
     if temperature is not None:
         t_final, t_source = float(temperature), "given"
-    elif t_run and info.get("temperature_skipped"):
-        t_final, t_skipped = float(t_run), str(info["temperature_skipped"])
+    elif t_run and info.temperature_skipped:
+        t_final, t_skipped = float(t_run), str(info.temperature_skipped)
         t_source = "run.json (not fitted during training: too few validation images)"
     elif t_run:
         t_final, t_source = float(t_run), "run.json (fitted on validation during training)"
@@ -351,49 +427,87 @@ def evaluate_predictions(
             t_source = f"fitted now on {len(val[0])} validation predictions"
     else:
         t_final, t_source = 1.0, "none (no validation predictions to fit on)"
-    probs_before = apply_temperature(logits, 1.0)
-    probs = apply_temperature(logits, t_final)
-    val_probs = apply_temperature(val_logits, t_final) if val_logits is not None else None
+    return _Calibration(logits, val_logits, t_final, t_source, t_skipped)
 
-    # operating point: given > run.json > chosen on validation > 0.5
+
+@dataclass
+class _OperatingPoint:
+    """The decision rule: the positive classes' indices (None: arg-max) and the threshold on their summed
+    probability."""
+
+    positive: list[int] | None
+    threshold: float | None = None
+    source: str = ""
+    skipped: str | None = None
+    rule: str = "youden"
+    note: str | None = None
+
+
+def _operating_point(
+    info: RunInfo,
+    eval_cfg: dict[str, Any],
+    classes: list[str],
+    val: tuple[np.ndarray, np.ndarray] | None,
+    val_probs: np.ndarray | None,
+    threshold: float | None,
+    threshold_rule: str | None,
+    positive_class: str | Sequence[str] | None,
+) -> _OperatingPoint:
+    """The operating point: given > run.json > chosen on validation > 0.5."""
     positive_names = (
         positive_class
         if positive_class is not None
-        else info.get("positive_classes")
-        or info.get("positive_class")
+        else info.positive_classes
+        or info.positive_class
         or eval_cfg.get("positive_classes")
         or eval_cfg.get("positive_class")
     )
-    positive = _positive_indices(classes, positive_names)
-    thr: float | None = None
-    thr_source = ""
-    thr_skipped = None
-    rule = threshold_rule or eval_cfg.get("threshold") or "youden"
-    if positive is not None:
-        pos_names = [classes[i] for i in positive]
-        if threshold is not None:
-            thr, thr_source = float(threshold), "given"
-        elif info.get("threshold") is not None and info.get("threshold_skipped"):
-            thr, thr_skipped = float(info["threshold"]), str(info["threshold_skipped"])
-            thr_source = f"default {thr:g} (run.json: not chosen during training, too few validation images)"
-        elif info.get("threshold") is not None:
-            thr, thr_source = float(info["threshold"]), "run.json (chosen on validation during training)"
-        elif val_probs is not None:
-            y_val_bin = np.isin(val[0], positive).astype(np.int8)  # type: ignore[index]
-            thr_skipped = threshold_skip_reason(y_val_bin, rule)
-            if thr_skipped:
-                thr = DEFAULT_THRESHOLD
-                thr_source = f"default {thr:g} (too few validation predictions to apply rule {rule})"
-            else:
-                thr = choose_threshold(y_val_bin, positive_scores(val_probs, classes, pos_names), rule)
-                thr_source = f"chosen now on {len(y_val_bin)} validation predictions (rule {rule})"
+    op = _OperatingPoint(_positive_indices(classes, positive_names))
+    op.rule = threshold_rule or eval_cfg.get("threshold") or "youden"
+    if op.positive is None:
+        return op
+    if threshold is not None:
+        op.threshold, op.source = float(threshold), "given"
+    elif info.threshold is not None and info.threshold_skipped:
+        op.threshold, op.skipped = float(info.threshold), str(info.threshold_skipped)
+        op.source = (
+            f"default {op.threshold:g} (run.json: not chosen during training, too few validation images)"
+        )
+    elif info.threshold is not None:
+        op.threshold, op.source = float(info.threshold), "run.json (chosen on validation during training)"
+    elif val_probs is not None and val is not None:
+        y_val_bin = np.isin(val[0], op.positive).astype(np.int8)
+        op.skipped = threshold_skip_reason(y_val_bin, op.rule)
+        if op.skipped:
+            op.threshold = DEFAULT_THRESHOLD
+            op.source = f"default {op.threshold:g} (too few validation predictions to apply rule {op.rule})"
         else:
-            thr, thr_source = 0.5, "default 0.5 (no validation predictions: not tuned)"
-            notes.append(
-                "the threshold is the default 0.5: the run stores none and no validation predictions were given"
-            )
+            pos_names = [classes[i] for i in op.positive]
+            score = positive_scores(val_probs, classes, pos_names)
+            op.threshold = choose_threshold(y_val_bin, score, op.rule)
+            op.source = f"chosen now on {len(y_val_bin)} validation predictions (rule {op.rule})"
+    else:
+        op.threshold, op.source = 0.5, "default 0.5 (no validation predictions: not tuned)"
+        op.note = (
+            "the threshold is the default 0.5: the run stores none and no validation predictions were given"
+        )
+    return op
 
+
+def _scored_metrics(
+    pred_df: pd.DataFrame,
+    y: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    op: _OperatingPoint,
+    notes: list[str],
+    n_boot: int,
+    seed: int,
+    subgroups: SubgroupOptions | None,
+) -> dict[str, Any]:
+    """The figures with their intervals, for all and per subgroup, at the operating point ``op``."""
     groups = pred_df["group"].astype(str).to_numpy() if "group" in pred_df.columns else None
+    thr, positive = op.threshold, op.positive
     metrics = compute_metrics(
         y, probs, classes, groups=groups, threshold=thr, positive_index=positive, n_boot=n_boot, seed=seed
     )
@@ -412,54 +526,90 @@ def evaluate_predictions(
         options=subgroups,
     )
     if positive is not None:
-        metrics["threshold_source"] = thr_source
-        metrics["threshold_rule"] = rule if thr_source.startswith("chosen") else None
-        metrics["threshold_skipped"] = thr_skipped
+        metrics["threshold_source"] = op.source
+        metrics["threshold_rule"] = op.rule if op.source.startswith("chosen") else None
+        metrics["threshold_skipped"] = op.skipped
+    return metrics
+
+
+def _add_provenance(
+    metrics: dict[str, Any],
+    ctx: dict[str, Any],
+    pred_df: pd.DataFrame,
+    y: np.ndarray,
+    cal: _Calibration,
+    op: _OperatingPoint,
+    classes: list[str],
+    evaluated_on: str,
+    split_name: str,
+    timing: dict[str, Any] | None,
+) -> None:
+    """Where every choice came from: warnings, the calibration, the evaluated set, timing and the run."""
+    from medclf.data.splits import small_split_warnings
+
+    info, run_dir = ctx["info"], ctx["run_dir"]
     # the evaluated set's own warnings first, then skipped fits, then the run's (its split, as trained)
-    for line in [t_skipped, thr_skipped, *(info.get("warnings") or [])]:
+    evaluated = pred_df[["label"]].astype(str).assign(split=split_name if split_name == "val" else "test")
+    warning_lines = small_split_warnings(evaluated, classes)
+    for line in [cal.skipped, op.skipped, *info.warnings]:
         if line and line not in warning_lines:
             warning_lines.append(str(line))
     metrics["warnings"] = warning_lines
-    ece_before = expected_calibration_error(probs_before, y)
     metrics["calibration"] = {
-        "temperature": t_final,
-        "source": t_source,
-        "skipped": t_skipped,
-        "ece_before": ece_before,
+        "temperature": cal.temperature,
+        "source": cal.source,
+        "skipped": cal.skipped,
+        "ece_before": expected_calibration_error(apply_temperature(cal.logits, 1.0), y),
         "ece_after": metrics["ece"],
         "n_bins": 15,
     }
     metrics["evaluated_on"] = evaluated_on
-    speed = _speed_rows(info, timing)
-    metrics["timing"] = {"train_seconds": info.get("train_seconds"), **(timing or {})}
+    metrics["timing"] = {"train_seconds": info.train_seconds, **(timing or {})}
     metrics["run"] = {
-        "name": cfg.get("name") or info.get("name") or (Path(run_dir).name if run_dir else None),
+        "name": ctx["config"].get("name") or info.name or (Path(run_dir).name if run_dir else None),
         "run_dir": str(Path(run_dir).resolve()) if run_dir else None,
-        "params": _params(ctx),
+        "params": run_params(ctx),
     }
     metrics["disclaimer"] = DISCLAIMER
 
-    # predictions.csv: the calibrated probabilities and the decision actually made
+
+def _predictions_table(
+    pred_df: pd.DataFrame, classes: list[str], probs: np.ndarray, op: _OperatingPoint
+) -> pd.DataFrame:
+    """predictions.csv: the calibrated probabilities and the decision actually made."""
     out = pred_df.copy()
     for j, c in enumerate(classes):
         out[f"prob_{c}"] = probs[:, j]
-    pos_list = [classes[i] for i in positive] if positive is not None else []
-    out["pred"] = [classes[i] for i in decide(probs, classes, thr, pos_list)]
+    pos_list = [classes[i] for i in op.positive] if op.positive is not None else []
+    out["pred"] = [classes[i] for i in decide(probs, classes, op.threshold, pos_list)]
     first = [c for c in ("path", "label", "group") if c in out.columns]
     prob_cols = [f"prob_{c}" for c in classes]
     rest = [c for c in out.columns if c not in (*first, *prob_cols, "pred")]
-    out = out[[*first, *prob_cols, "pred", *rest]]
-    _mark_incomplete(out_dir)
-    with atomic_path(out_dir / "predictions.csv") as tmp:
-        out.to_csv(tmp, index=False)
+    return out[[*first, *prob_cols, "pred", *rest]]
 
-    figures = _make_figures(ctx, y, probs, probs_before, classes, metrics, positive, thr, out_dir)
-    atomic_write_json(out_dir / "metrics.json", json_safe(metrics))
+
+def _write_report_files(
+    out_dir: Path,
+    ctx: dict[str, Any],
+    pred_df: pd.DataFrame,
+    out: pd.DataFrame,
+    classes: list[str],
+    metrics: dict[str, Any],
+    figures: dict[str, tuple[bytes, Any]],
+    *,
+    speed: dict[str, str],
+    audit: dict[str, Any] | None,
+    explain: Callable[[str], Image.Image] | None,
+    evaluated_on: str,
+    gallery_size: int,
+    pdf: bool,
+    title: str | None,
+) -> None:
+    """report.html (and report.pdf) from the metrics, the figures and the run's facts."""
+    from medclf.evaluate.report import confident_errors, write_report
 
     split_summary = _split_summary(ctx, pred_df, classes, evaluated_on)
     card = _model_card(ctx, classes, metrics, split_summary)
-    from medclf.evaluate.report import confident_errors, write_report
-
     errors = confident_errors(out, classes, limit=gallery_size) if "path" in out.columns else None
     name = metrics["run"]["name"]
     write_report(
@@ -467,9 +617,9 @@ def evaluate_predictions(
         metrics=metrics,
         figures={k: v for k, (v, _) in figures.items()},
         title=f"Evaluation report: {name}" if name else None,
-        subtitle=f"{len(y)} images · {evaluated_on}",
+        subtitle=f"{len(pred_df)} images · {evaluated_on}",
         split_summary=split_summary,
-        audit=audit if audit is not None else ctx["audit"],
+        audit=audit,
         model_card=card,
         speed=speed,
         errors=errors,
@@ -482,8 +632,6 @@ def evaluate_predictions(
             [fig for _, fig in figures.values()],
             title or f"Evaluation: {name}",
         )
-    (out_dir / INCOMPLETE_FILE).unlink(missing_ok=True)
-    return metrics
 
 
 def _mark_incomplete(out_dir: Path) -> None:
@@ -549,11 +697,11 @@ def _write_pdf(path: Path, metrics: dict[str, Any], figures: list[Any], title: s
     from matplotlib.backends.backend_pdf import PdfPages
     from matplotlib.figure import Figure
 
-    from medclf.evaluate.report import _headline_rows
+    from medclf.evaluate.report import headline_rows
 
     page = Figure(figsize=(8.27, 11.69))
     lines = [title, "", DISCLAIMER, "", f"{metrics['n']} images", ""]
-    lines += [f"{r['label']:<28} {r['value']:>7}   {r['ci']}" for r in _headline_rows(metrics)]
+    lines += [f"{r['label']:<28} {r['value']:>7}   {r['ci']}" for r in headline_rows(metrics)]
     lines += ["", *(f"warning: {w}" for w in metrics.get("warnings", [])), *metrics.get("notes", [])]
     lines += [f"subgroup flag: {f}" for f in (metrics.get("subgroups") or {}).get("flags", [])]
     page.text(0.06, 0.95, "\n".join(lines), va="top", family="monospace", fontsize=9, wrap=True)
@@ -584,12 +732,14 @@ def evaluate_run(
     from medclf.models.inference import predict_frame
 
     run_dir = Path(run_dir)
-    if not (run_dir / "run.json").is_file():
+    if not RunDir(run_dir).is_run():
         raise MedclfError(
             f"{run_dir} is not a medclf run folder (no run.json); pass the folder `medclf train` wrote"
         )
     if split not in ("test", "val", "all"):
         raise MedclfError(f"--split {split!r}: choose test, val or all")
+    if pdf:  # before predicting, not after
+        require_extra("report", "medclf evaluate --pdf")
     loaded = load_run(run_dir)
     columns = subgroups.columns if subgroups is not None else None
     records, evaluated_on, unreadable = _records(run_dir, data, split, skip_bad, columns)
@@ -643,8 +793,7 @@ def evaluate_run(
 
 
 def _is_ensemble(run_dir: Path) -> bool:
-    info = _read_json(run_dir / "run.json") or {}
-    return bool(info.get("ensemble"))
+    return RunDir(run_dir).is_run() and bool(RunDir(run_dir).load_info().ensemble)
 
 
 def _with_metadata(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medclf._atomic import atomic_write_bytes
+from medclf._lazy import require_extra
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,6 +36,7 @@ _DPI = 110
 
 
 def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1, **grid: object):  # -> (Figure, axes)
+    require_extra("report", "the evaluation plots")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

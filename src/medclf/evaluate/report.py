@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import io
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,13 +19,22 @@ import numpy as np
 
 from medclf import DISCLAIMER, __version__
 from medclf._atomic import atomic_write_text
+from medclf._lazy import require_extra
 from medclf.evaluate.metrics import TOP1_METRICS
+from medclf.explain.overlay import open_for_display, thumbnail_b64
 
 if TYPE_CHECKING:
     import pandas as pd
     from PIL import Image
 
-__all__ = ["PRIVACY_STATEMENT", "audit_findings", "confident_errors", "default_limits", "write_report"]
+__all__ = [
+    "PRIVACY_STATEMENT",
+    "audit_findings",
+    "confident_errors",
+    "default_limits",
+    "headline_rows",
+    "write_report",
+]
 
 PRIVACY_STATEMENT = (
     "This report contains no patient identifiers: no file names, patient/lesion ids or per-image metadata are "
@@ -106,37 +114,6 @@ def _fmt_ci(ci: Sequence[float | None] | None, method: str | None = None) -> str
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-THUMBNAIL = 224
-
-
-def _thumbnail(image: Image.Image, size: int = THUMBNAIL) -> str:
-    im = image.convert("RGB")
-    im.thumbnail((size, size))
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=82)
-    return _b64(buf.getvalue())
-
-
-def _open_image(path: str) -> Image.Image | None:
-    # the data layer's decoder first (DICOM, 16-bit); plain Pillow as a fallback; a missing or unreadable
-    # image must not stop the report (its gallery card says "image unavailable"); a large JPEG is decoded at a
-    # reduced scale that still leaves twice the thumbnail's pixels
-    try:
-        from medclf.data.images import load_image
-
-        return load_image(path, min_side=2 * THUMBNAIL)
-    except Exception:
-        pass
-    try:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except Exception:
-        return None
 
 
 def confident_errors(pred_df: pd.DataFrame, classes: Sequence[str], limit: int = 12) -> pd.DataFrame:
@@ -246,7 +223,8 @@ def _summarise(obj: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, st
     return rows[:60]
 
 
-def _headline_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
+def headline_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The report's headline figures: ``{label, value, ci}`` rows of formatted text (the PDF page uses them too)."""
     ci = metrics.get("ci95") or {}
     ci_method = metrics.get("ci95_method") or {}
     names: list[str] = []
@@ -390,6 +368,7 @@ def write_report(
     given, returns an overlay image (e.g. Grad-CAM) shown beside each error's thumbnail.
     ``split_summary`` has ``header`` + ``rows`` (a table) and ``facts`` (a mapping).
     """
+    require_extra("report", "the evaluation report (report.html)")
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(
@@ -411,17 +390,17 @@ def write_report(
     explained = False
     if errors is not None and not errors.empty:
         for _, row in errors.iterrows():
-            image = _open_image(str(row["path"])) if "path" in row else None
+            image = open_for_display(str(row["path"])) if "path" in row else None
             overlay = None
             if explain is not None and image is not None:
                 try:
-                    overlay = _thumbnail(explain(str(row["path"])))
+                    overlay = thumbnail_b64(explain(str(row["path"])))
                     explained = True
                 except Exception:  # an explanation failure should cost one overlay, not the report
                     overlay = None
             gallery.append(
                 {
-                    "thumb": _thumbnail(image) if image is not None else None,
+                    "thumb": thumbnail_b64(image) if image is not None else None,
                     "overlay": overlay,
                     "label": str(row["label"]),
                     "pred": str(row["pred"]),
@@ -448,7 +427,7 @@ def write_report(
         n=metrics.get("n"),
         n_groups=metrics.get("n_groups"),
         bootstrap_text=bootstrap_text,
-        headline=_headline_rows(metrics),
+        headline=headline_rows(metrics),
         notes=list(metrics.get("notes") or []),
         warnings=list(metrics.get("warnings") or []),
         operating=_operating_rows(metrics),

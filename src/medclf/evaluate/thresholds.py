@@ -22,6 +22,9 @@ import numpy as np
 
 from medclf.errors import ConfigError, DataError
 
+# the operating point's decision rule lives with the runtime; re-exported here beside the rules that choose it
+from medclf.runtime.decision import decide, positive_scores, resolve_positive_classes
+
 __all__ = [
     "DEFAULT_THRESHOLD",
     "MIN_THRESHOLD_CASES",
@@ -174,19 +177,6 @@ def threshold_skip_reason(
     )
 
 
-def positive_scores(probs: np.ndarray, classes: Sequence[str], positive_classes: Sequence[str]) -> np.ndarray:
-    """One-vs-rest score: the summed probability of the declared positive classes (e.g. mel + bcc + akiec)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    unknown = [c for c in positive_classes if c not in classes]
-    if unknown or not positive_classes:
-        raise ConfigError(
-            f"positive classes {list(positive_classes)!r}: {unknown or 'none given'} not among the classes "
-            f"{list(classes)}; set eval.positive_classes (or eval.positive_class) to some of them"
-        )
-    idx = [list(classes).index(c) for c in positive_classes]
-    return probs[:, idx].sum(axis=1)
-
-
 def choose_threshold_ovr(
     y_true: np.ndarray,
     probs: np.ndarray,
@@ -202,50 +192,6 @@ def choose_threshold_ovr(
     idx = [list(classes).index(c) for c in positive_classes if c in classes]
     score = positive_scores(probs, classes, positive_classes)
     return choose_threshold(np.isin(y, idx).astype(np.int8), score, rule)
-
-
-def resolve_positive_classes(
-    classes: Sequence[str],
-    positive_class: str | None = None,
-    positive_classes: Sequence[str] | None = None,
-) -> list[str]:
-    """The run's positive set: ``positive_classes`` when declared, else for binary tasks ``[positive_class]``
-    (default the second class), else ``[]`` (multiclass arg-max). Accepts run.json files without the list."""
-    if positive_classes:
-        return [str(c) for c in positive_classes]
-    if len(classes) == 2:
-        return [positive_class if positive_class in classes else str(classes[1])]
-    return []
-
-
-def decide(
-    probs: np.ndarray,
-    classes: Sequence[str],
-    threshold: float | None,
-    positive_classes: str | Sequence[str] | None,
-) -> np.ndarray:
-    """The decision (class index per row of ``probs`` [N, C]) at an operating point.
-
-    With a threshold and a positive set: when the summed probability of the positive classes is at least
-    ``threshold`` the decision is the most probable positive class, otherwise the most probable of the others
-    (binary: ``positive if p_pos >= threshold``). Without either it is the arg-max. So "decided positive" is
-    exactly ``positive_scores(...) >= threshold`` -- the group's sensitivity/specificity describe the decisions.
-    """
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != len(classes):
-        raise DataError(
-            f"probabilities of shape {p.shape} do not match the {len(classes)} classes {list(classes)}"
-        )
-    names = [positive_classes] if isinstance(positive_classes, str) else list(positive_classes or [])
-    if threshold is None or not names:
-        return p.argmax(axis=1)
-    in_set = np.isin(np.arange(len(classes)), [list(classes).index(c) for c in names if c in classes])
-    score = positive_scores(p, classes, names)  # validates the names
-    best_pos = np.where(in_set, p, -np.inf).argmax(axis=1)
-    if in_set.all():  # every class is "positive": nothing else to fall back to
-        return best_pos
-    best_neg = np.where(in_set, -np.inf, p).argmax(axis=1)
-    return np.where(score >= float(threshold), best_pos, best_neg)
 
 
 def threshold_sweep(

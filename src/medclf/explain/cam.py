@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medclf._lazy import require_extra
 from medclf.errors import ConfigError
 
 __all__ = ["CAM_METHODS", "MetaBound", "compute_cam"]
@@ -56,6 +57,7 @@ def _tokens_to_map(t: torch.Tensor) -> torch.Tensor:
 
 
 def _cam_class(method: str) -> Callable[..., object]:
+    require_extra("explain", "Grad-CAM")
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
 
     classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "scorecam": ScoreCAM}
@@ -69,7 +71,7 @@ def _grads_from(model: nn.Module, layers: list[nn.Module]) -> Iterator[None]:
     """Only the ``layers``' parameters require gradients while the map is computed (restored afterwards).
 
     The layers before it then build no autograd graph, so the backward pass covers the last block and the
-    head instead of the whole network: several times faster on a CPU, the same map.
+    head instead of the whole network: much less work on a CPU, the same map.
     """
     params = list(model.parameters())
     saved = [p.requires_grad for p in params]
@@ -99,6 +101,7 @@ def compute_cam(
     a fold ensemble) gets the average of their maps. A test-time-augmented model is explained on the original
     view only.
     """
+    require_extra("explain", "Grad-CAM")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from medclf.models.tta import unwrap_tta

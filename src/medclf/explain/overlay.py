@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import io
+
 import numpy as np
 from PIL import Image
+
+from medclf._lazy import require_extra
 
 __all__ = ["heatmap_image", "model_view", "overlay_cam"]
 
 
 def heatmap_image(cam: np.ndarray, size: tuple[int, int], colormap: str = "jet") -> Image.Image:
     """A [H, W] map in [0, 1] as an RGB colour image of ``size`` (width, height)."""
+    require_extra("explain", "the Grad-CAM heat map")
     from matplotlib import colormaps
 
     cam = np.clip(np.nan_to_num(np.asarray(cam, dtype=np.float32)), 0.0, 1.0)
     small = Image.fromarray((cam * 255).astype(np.uint8), mode="L").resize(size, Image.BILINEAR)
-    # a 256-entry colour table looked up per pixel gives the same colours as colouring the full-size map in
-    # float64, which took about 70 bytes per pixel (over 3 GB for a 7000 x 7000 image) instead of 4
+    # a 256-entry colour table looked up per pixel gives the same colours as colouring the full-size map, without
+    # the float64 RGBA copy of a large image that matplotlib's colormap call would allocate
     lut = (colormaps[colormap](np.arange(256, dtype=np.float32) / 255.0)[:, :3] * 255).astype(np.uint8)
     return Image.fromarray(lut[np.asarray(small)], mode="RGB")
 
@@ -43,3 +49,36 @@ def overlay_cam(
     base = model_view(image, resize)
     heat = heatmap_image(cam, base.size, colormap)
     return Image.blend(base, heat, float(alpha))
+
+
+THUMBNAIL = 224
+
+
+def thumbnail_b64(image: Image.Image, size: int = THUMBNAIL) -> str:
+    """A JPEG thumbnail (longest side ``size``) as base64, for a self-contained HTML page."""
+    im = image.convert("RGB")
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=82)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def open_for_display(path: str) -> Image.Image | None:
+    """The image at ``path`` for a page's thumbnail, or None if it cannot be read."""
+    # the data layer's decoder first (DICOM, 16-bit); plain Pillow as a fallback; a missing or unreadable
+    # image must not stop the report (its gallery card says "image unavailable"); a large JPEG is decoded at a
+    # reduced scale that still leaves twice the thumbnail's pixels
+    try:
+        from medclf.data.images import load_image
+
+        return load_image(path, min_side=2 * THUMBNAIL)
+    except Exception:
+        pass
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except Exception:
+        return None

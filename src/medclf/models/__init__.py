@@ -18,6 +18,8 @@ __all__ = [
     "MetadataEncoder",
     "MetadataOnlyModel",
     "ModelEntry",
+    "RunDir",
+    "RunInfo",
     "TimmClassifier",
     "create_model",
     "get_model_entry",
@@ -35,6 +37,8 @@ _WHERE = {
     "LinearHead": "base",
     "MedclfModel": "base",
     "LoadedRun": "run_io",
+    "RunDir": "run_io",
+    "RunInfo": "run_io",
     "load_run": "run_io",
     "save_run_model": "run_io",
     "MetadataEncoder": "metadata",
@@ -64,7 +68,7 @@ if TYPE_CHECKING:
     from medclf.models.inference import predict_frame
     from medclf.models.metadata import MetadataEncoder
     from medclf.models.preprocessing import resolve_preprocessing
-    from medclf.models.run_io import LoadedRun, load_run, save_run_model
+    from medclf.models.run_io import LoadedRun, RunDir, RunInfo, load_run, save_run_model
     from medclf.models.timm_adapter import TimmClassifier
 
 

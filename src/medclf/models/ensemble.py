@@ -93,8 +93,8 @@ class FoldEnsemble(MedclfModel):
         model = create_model(
             "fold_ensemble",
             len(runs[0].classes),
-            in_chans=runs[0].info["model"].get("in_chans"),
-            members=[r.info["model"] for r in runs],
+            in_chans=(runs[0].info.model or {}).get("in_chans"),
+            members=[r.info.model for r in runs],
             temperatures=[float(r.temperature) for r in runs],
             **({"member_inputs": list(member_inputs)} if member_inputs else {}),
         )

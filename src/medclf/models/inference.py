@@ -12,9 +12,10 @@ import torch
 
 from medclf.data.transforms import create_transform
 from medclf.errors import BadImageError
-from medclf.evaluate.thresholds import decide, resolve_positive_classes
-from medclf.models._graph_logits import ModelRunner, decoded_chunks
 from medclf.models.run_io import LoadedRun
+from medclf.runtime.decision import calibrated_probabilities, decide, resolve_positive_classes
+from medclf.runtime.engine import TorchEngine
+from medclf.runtime.runner import GRAPH_MIN_IMAGES, ModelRunner, decoded_chunks
 
 __all__ = [
     "decision",
@@ -46,36 +47,32 @@ def decision(
     threshold: float | None,
     positive_class: str | Sequence[str] | None,
 ) -> list[str]:
-    """Class names at the run's operating point (``medclf.evaluate.thresholds.decide``): the threshold on the
+    """Class names at the run's operating point (``medclf.runtime.decision.decide``): the threshold on the
     summed probability of the positive class(es) when there is one, else the arg-max."""
     if isinstance(positive_class, str) or positive_class is None:
         positive_class = resolve_positive_classes(classes, positive_class)
     return [classes[i] for i in decide(probs, classes, threshold, positive_class)]
 
 
-@torch.no_grad()
 def predict_logits(
     model: torch.nn.Module,
     images: list[torch.Tensor] | None,
     meta: np.ndarray | None,
     batch_size: int = 64,
 ) -> np.ndarray:
-    """Logits [N, C] for preprocessed image tensors (or None for a metadata-only model) and encoded metadata."""
+    """Logits [N, C] for preprocessed image tensors (or None for a metadata-only model) and encoded metadata, in
+    PyTorch (``medclf.runtime.TorchEngine``: the model in eval mode, on its device)."""
+    engine = TorchEngine(model)
     n = len(images) if images is not None else (0 if meta is None else len(meta))
     out = []
-    param = next(model.parameters())
     for start in range(0, n, batch_size):
-        x = torch.stack(images[start : start + batch_size]).to(param.device) if images is not None else None
-        m = torch.from_numpy(meta[start : start + batch_size]).to(param.device) if meta is not None else None
-        out.append(model(x, m).float().cpu())
-    return (
-        torch.cat(out).numpy() if out else np.zeros((0, getattr(model, "num_classes", 0)), dtype=np.float32)
-    )
-
-
-GRAPH_MIN_IMAGES = 16
-"""``predict_records(engine="auto")`` exports the model for ONNX Runtime from this many images up; fewer are quicker
-to predict in PyTorch than to export."""
+        feed = {}
+        if images is not None:
+            feed["image"] = torch.stack(images[start : start + batch_size]).numpy()
+        if meta is not None:
+            feed["meta"] = meta[start : start + batch_size]
+        out.append(engine.run(feed)[0])
+    return np.concatenate(out) if out else np.zeros((0, getattr(model, "num_classes", 0)), dtype=np.float32)
 
 
 def predict_records(
@@ -90,9 +87,10 @@ def predict_records(
     """Raw logits (no temperature) for the decodable rows: (rows kept, logits [N, C], skipped (path, reason)).
 
     Images are decoded ``batch_size`` at a time on every core. ``engine``: ``"auto"`` runs a model on the CPU
-    through ONNX Runtime (``medclf.models._graph_logits``: exported once per call and checked against PyTorch on
-    the first two images; several times faster here) when there are at least ``GRAPH_MIN_IMAGES`` rows, and
-    anything else in PyTorch; ``"torch"`` always uses PyTorch.
+    through ONNX Runtime (``medclf.runtime.ModelRunner``: exported once per call and checked against PyTorch on
+    the first two images; faster on a CPU: docs/benchmarks-serving.md) when there are at least
+    ``medclf.runtime.runner.GRAPH_MIN_IMAGES`` rows, and anything else in PyTorch; ``"torch"`` always uses
+    PyTorch.
     """
     if engine not in ("auto", "torch"):
         raise ValueError(f"engine must be 'auto' or 'torch', not {engine!r}")
@@ -140,10 +138,8 @@ def predict_records(
 def predictions_frame(loaded_run: LoadedRun, rows: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
     """The predictions.csv table for ``rows`` from raw logits, applying the run's temperature and operating point."""
     classes = loaded_run.classes
-    # float64 as in train.engine's threshold choice: the validation image the threshold sits on stays at it
-    probs = torch.softmax(
-        torch.from_numpy(np.asarray(logits, dtype=np.float32)).double() / loaded_run.temperature, 1
-    ).numpy()
+    # the function the threshold was chosen with: the validation image the threshold sits on stays at it
+    probs = calibrated_probabilities(np.asarray(logits, dtype=np.float32), loaded_run.temperature)
     out = pd.DataFrame({"path": rows["path"].astype(str).to_numpy()})
     out["label"] = rows["label"].astype(str).to_numpy() if "label" in rows else ""
     if "group" in rows:

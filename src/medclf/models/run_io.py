@@ -8,14 +8,20 @@ replaced file or a diverged model is caught before anything is predicted with it
 
 Run folders saved before the manifest existed (``format_version`` 1) load with a warning: their weights are still
 checked against the sha256 in run.json, their other files are not.
+
+``RunInfo`` is run.json as a typed record (read, checked and written only here) and ``RunDir`` names the files of a
+run folder; every other module reads a run's description through them.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +32,8 @@ from torch import nn
 from medclf._atomic import atomic_path, atomic_write_json, atomic_write_text, json_text, make_dir
 from medclf.data.transforms import Preprocessing
 from medclf.errors import ConfigError, MedclfError
-from medclf.evaluate.thresholds import resolve_positive_classes
 from medclf.models.metadata import MetadataEncoder
+from medclf.runtime.decision import resolve_positive_classes
 
 __all__ = [
     "MANIFEST_FILE",
@@ -36,6 +42,8 @@ __all__ = [
     "SEALED_FILES",
     "WEIGHTS_FILE",
     "LoadedRun",
+    "RunDir",
+    "RunInfo",
     "check_finite_model",
     "load_run",
     "read_manifest",
@@ -60,6 +68,221 @@ RUN_FORMAT = 2
 """2: the run folder has a manifest.json. 1: saved before the manifest existed."""
 _MAX_INPUT_SIZE = 4096
 _PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
+_TEXT_FIELDS = (
+    "name",
+    "task",
+    "threshold_rule",
+    "threshold_skipped",
+    "temperature_skipped",
+    "strategy",
+    "monitor",
+    "data_fingerprint",
+    "created",
+    "disclaimer",
+)
+
+
+_OPTIONAL = {"optional": True}
+"""Field metadata: a new record leaves the field out of run.json while it holds its default (only some writers
+set it)."""
+
+
+@dataclass(kw_only=True)
+class RunInfo:
+    """run.json as a typed record: what the run's model is, how it decides, and how it was trained.
+
+    ``from_json`` and ``from_dict`` check every field by type and range and name the file and the field of a bad
+    value. Keys this medclf does not know (written by an older or newer one) are kept in ``extra`` and written
+    back; missing keys get the defaults below. ``to_dict`` is the JSON object: a record read from a file gives
+    back its keys in their order, a new one every field in the order below (optional ones only when set).
+    """
+
+    name: str | None = None
+    classes: list[str]
+    """The class order: index = model output index."""
+    task: str | None = None
+    """``binary`` or ``multiclass``."""
+    preprocessing: dict[str, Any] | None = None
+    """``Preprocessing.to_dict()``; None: resolved from the model (``resolve_preprocessing``)."""
+    metadata_encoder: dict[str, Any] | None = None
+    """``MetadataEncoder.to_dict()`` of an image+metadata model."""
+    positive_class: str | None = None
+    """The binary run's positive class (None for multiclass runs)."""
+    threshold: float | None = None
+    """Summed probability of the positive classes at or above which the decision is a positive class."""
+    positive_classes: list[str] | None = None
+    """The classes the threshold applies to; [] for arg-max decisions; None in files written before the list."""
+    threshold_rule: str | None = None
+    threshold_skipped: str | None = None
+    """Why the rule was not applied (too few validation images): the threshold is then the default."""
+    temperature: float | None = None
+    """Logits are divided by it before the softmax; None or absent: 1."""
+    temperature_skipped: str | None = None
+    refer_below: float | None = field(default=None, metadata=_OPTIONAL)
+    """Top probability below which an answer is referred to a clinician (``eval.refer_below``)."""
+    warnings: list[str] = field(default_factory=list)
+    tta: list[str] = field(default_factory=list)
+    """Test-time views averaged with the plain image (``medclf.models.tta``)."""
+    val_metrics: dict[str, float | None] | None = None
+    strategy: str | None = None
+    ensemble: dict[str, Any] | None = field(default=None, metadata=_OPTIONAL)
+    """An ensemble run's members (run folders), their temperatures and inputs."""
+    monitor: str | None = None
+    best_epoch: int | None = None
+    best_score: float | None = None
+    epochs_run: int | None = None
+    resumed: bool = False
+    budget: dict[str, Any] | None = None
+    """The plan ``train.budget`` made (``medclf.train.budget``), None without a budget."""
+    train_seconds: float | None = None
+    train_seconds_members: float | None = field(default=None, metadata=_OPTIONAL)
+    """An ensemble's members' training time, summed."""
+    peak_memory_mb: float | None = None
+    images: dict[str, int] | None = None
+    """Images per split: train, val, test."""
+    excluded_images: int | None = None
+    """Training images ``data.exclude`` left out (None: unknown, a resumed run)."""
+    data_fingerprint: str | None = None
+    skipped_images: list[dict[str, str]] = field(default_factory=list)
+    """``{"path", "reason"}`` of each unreadable image training skipped."""
+    versions: dict[str, str] | None = None
+    created: str | None = None
+    """ISO 8601 time, UTC, of the save."""
+    disclaimer: str | None = None
+    model: dict[str, Any] | None = None
+    """``{name, num_classes, in_chans, kwargs}``: what ``create_model`` rebuilds (set by ``save_run_model``)."""
+    weights: dict[str, Any] | None = None
+    """``{file, format, sha256}`` of the weights (set by ``save_run_model``)."""
+    format_version: int | None = None
+    """``RUN_FORMAT`` of the writer; None or absent: 1."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """run.json keys that are not fields of this record, kept as read."""
+    _keys: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str | Path = "run.json") -> RunInfo:
+        """The record of a run.json object; a ``MedclfError`` names ``where`` and the first bad field."""
+        data = copy.deepcopy(dict(data))
+        _check_fields(data, Path(where))
+        known = {k: v for k, v in data.items() if k in _FIELDS}
+        for key in ("warnings", "tta", "skipped_images", "resumed"):
+            if key in known and known[key] is None:  # null where a list or a flag is expected: the default
+                del known[key]
+        info = cls(**known, extra={k: v for k, v in data.items() if k not in _FIELDS})
+        info._keys = tuple(data)
+        return info
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> RunInfo:
+        """Read and check a run.json file."""
+        path = Path(path)
+        return cls.from_dict(_read_info_data(path), path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object run.json holds (a new copy; NaN and infinite numbers become null)."""
+        out: dict[str, Any] = {}
+        for key in self._keys:
+            if key in _FIELDS:
+                out[key] = getattr(self, key)
+            elif key in self.extra:
+                out[key] = self.extra[key]
+        for f in dataclasses.fields(self):
+            if f.name not in _FIELDS or f.name in out:
+                continue
+            value = getattr(self, f.name)
+            # a file read in gets back only what it had (and what was set since); a new record every field
+            if (self._keys or f.metadata.get("optional")) and value == _default(f):
+                continue
+            out[f.name] = value
+        for key, value in self.extra.items():
+            out.setdefault(key, value)
+        return _jsonable(out)
+
+    @property
+    def model_name(self) -> str:
+        """The model's registry name ("" when run.json has no model yet)."""
+        return str((self.model or {}).get("name") or "")
+
+    @property
+    def threshold_classes(self) -> list[str]:
+        """The classes run.json says the threshold applies to: ``positive_classes``, else ``[positive_class]``,
+        else none (``medclf.runtime.decision.resolve_positive_classes`` adds the binary default)."""
+        if self.positive_classes:
+            return list(self.positive_classes)
+        return [self.positive_class] if self.positive_class else []
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(RunInfo) if f.init and f.name != "extra")
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of a run folder (docs/architecture.md, section 4)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def info_path(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / WEIGHTS_FILE
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST_FILE
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def dataset_spec(self) -> Path:
+        return self.root / "dataset.yaml"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.csv"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def ood(self) -> Path:
+        return self.root / OOD_FILE
+
+    def predictions(self, split: str) -> Path:
+        """``val_predictions.csv`` / ``test_predictions.csv``: the run's own predictions of that split."""
+        return self.root / f"{split}_predictions.csv"
+
+    def is_run(self) -> bool:
+        """True when the folder holds a run.json (the last file a save writes)."""
+        return self.info_path.is_file()
+
+    def load_info(self) -> RunInfo:
+        """run.json, checked; a ``MedclfError`` when the folder is not a run or a field is bad."""
+        return RunInfo.from_json(self.info_path)
+
+    def save_info(self, info: RunInfo) -> None:
+        """Write run.json atomically, after checking it, and record its new sha256 in the manifest (written
+        first, so an interrupted save leaves a run.json that no longer matches and is refused)."""
+        data = info.to_dict()
+        _check_fields(data, self.info_path)
+        text = json_text(data)
+        digests = read_manifest(self.root)
+        if digests is not None:
+            digests["run.json"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            atomic_write_json(self.manifest, {"format": 1, "sha256": digests})
+        atomic_write_text(self.info_path, text)
 
 
 @dataclass
@@ -68,8 +291,8 @@ class LoadedRun:
 
     model: nn.Module
     """In eval mode, on CPU."""
-    info: dict[str, Any]
-    """run.json as a dict."""
+    info: RunInfo
+    """run.json."""
     preprocessing: Preprocessing
     classes: list[str]
     meta_encoder: MetadataEncoder | None
@@ -81,7 +304,7 @@ class LoadedRun:
     positive_class: str | None = None
     positive_classes: list[str] = field(default_factory=list)
     """The classes the threshold applies to (binary: ``[positive_class]``; multiclass: the declared group or
-    ``[]`` for arg-max decisions). See ``medclf.evaluate.thresholds.decide``."""
+    ``[]`` for arg-max decisions). See ``medclf.runtime.decision.decide``."""
 
     @property
     def metadata_columns(self) -> list[str]:
@@ -109,37 +332,39 @@ def _read_error(path: str | Path, exc: OSError) -> MedclfError:
     )
 
 
-def save_run_model(run_dir: str | Path, model: nn.Module, info: dict[str, Any]) -> dict[str, Any]:
-    """Write ``model.safetensors``, ``manifest.json``, then ``run.json`` (each atomically); returns the run.json
-    dict written.
+def save_run_model(run_dir: str | Path, model: nn.Module, info: RunInfo | Mapping[str, Any]) -> RunInfo:
+    """Write ``model.safetensors``, ``manifest.json``, then ``run.json`` (each atomically); returns the record
+    written.
 
-    ``info`` holds the run description (classes, preprocessing, threshold, ...); the model spec is taken from
-    ``model.medclf_spec`` (set by ``create_model``) unless ``info`` has a ``model`` entry.
+    ``info`` describes the run (classes, preprocessing, threshold, ...): a ``RunInfo`` or a run.json object. The
+    model spec is taken from ``model.medclf_spec`` (set by ``create_model``) unless ``info`` has a ``model``. A bad
+    field is refused (named) before anything is written.
     """
     from safetensors.torch import save_model
 
     from medclf.models.tta import unwrap_tta
 
-    model = unwrap_tta(model)  # the views live in info["tta"]; the weights are the inner model's
+    model = unwrap_tta(model)  # the views live in info.tta; the weights are the inner model's
     run_dir = make_dir(run_dir)
-    info = dict(info)
-    if "model" not in info:
+    data = info.to_dict() if isinstance(info, RunInfo) else _jsonable(dict(info))
+    if data.get("model") is None:
         spec = getattr(model, "medclf_spec", None)
         if spec is None:
             raise MedclfError("save_run_model: the model was not built by medclf.models.create_model")
-        info["model"] = spec
+        data["model"] = _jsonable(spec)
+    record = RunInfo.from_dict(data, run_dir / "run.json")
     with atomic_path(run_dir / WEIGHTS_FILE, suffix=".safetensors") as tmp:
         # save_model handles shared tensors; contiguous CPU copies keep the file portable
         save_model(model, str(tmp))
         digest = sha256_file(tmp)
-    info["weights"] = {"file": WEIGHTS_FILE, "format": "safetensors", "sha256": digest}
-    info["format_version"] = RUN_FORMAT
-    text = json_text(_jsonable(info))
+    record.weights = {"file": WEIGHTS_FILE, "format": "safetensors", "sha256": digest}
+    record.format_version = RUN_FORMAT
+    text = json_text(record.to_dict())
     # the manifest goes first (with run.json's digest computed from the text about to be written), so run.json
     # stays the last file written: a folder killed before it is not a run, and --resume finishes it
     _write_manifest(run_dir, {"run.json": hashlib.sha256(text.encode("utf-8")).hexdigest()})
     atomic_write_text(run_dir / "run.json", text)
-    return info
+    return record
 
 
 def _write_manifest(run_dir: Path, known: dict[str, str]) -> None:
@@ -181,7 +406,7 @@ def seal_file(run_dir: str | Path, name: str) -> None:
     atomic_write_json(run_dir / MANIFEST_FILE, {"format": 1, "sha256": digests})
 
 
-def verify_run_files(run_dir: str | Path, info: dict[str, Any]) -> dict[str, str] | None:
+def verify_run_files(run_dir: str | Path, info: RunInfo | Mapping[str, Any]) -> dict[str, str] | None:
     """Check the run folder's files against ``manifest.json``; returns its {file: sha256}.
 
     None, with a warning, for a folder saved before manifests existed (``format_version`` 1 in run.json). A
@@ -191,7 +416,8 @@ def verify_run_files(run_dir: str | Path, info: dict[str, Any]) -> dict[str, str
     run_dir = Path(run_dir)
     digests = read_manifest(run_dir)
     if digests is None:
-        if info.get("format_version", 1) != 1:
+        version = info.format_version if isinstance(info, RunInfo) else info.get("format_version")
+        if version not in (None, 1):
             raise MedclfError(
                 f"{run_dir / MANIFEST_FILE} is missing (deleted, or the save was interrupted), so the run folder's "
                 "files cannot be checked; restore it from the original run folder, or retrain the run"
@@ -249,26 +475,25 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def read_run_info(run_dir: str | Path) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    path = run_dir / "run.json"
+def _read_info_data(path: Path) -> dict[str, Any]:
+    """The JSON object of a run.json file, unchecked but for the two keys every run has."""
     if not path.is_file():
         raise MedclfError(
-            f"{run_dir} is not a medclf run folder (no run.json); train one with `medclf train`"
+            f"{path.parent} is not a medclf run folder (no run.json); train one with `medclf train`"
         )
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise _read_error(path, exc) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MedclfError(f"{path}: not valid JSON ({exc}); the run folder is damaged, retrain it") from None
-    if not isinstance(info, dict) or "model" not in info or "classes" not in info:
+    if not isinstance(data, dict) or "model" not in data or "classes" not in data:
         raise MedclfError(f"{path}: missing 'model' or 'classes'; the run folder is damaged, retrain it")
-    return info
+    return data
 
 
-def _check_info(info: dict[str, Any], path: Path) -> None:
-    """run.json's fields by type and range: a ``MedclfError`` naming the first bad one."""
+def _check_fields(info: dict[str, Any], path: Path) -> None:
+    """run.json's fields by type and range: a ``MedclfError`` naming the file and the first bad field."""
     from medclf.models._registry import FILE_KWARGS
 
     def bad(name: str, should: str) -> MedclfError:
@@ -365,9 +590,32 @@ def _check_info(info: dict[str, Any], path: Path) -> None:
             check_tta_views(tta, where=f"{path}: tta")
         except ConfigError as exc:
             raise MedclfError(f"{exc}; restore the run's own run.json or retrain the run") from None
-    enc = info.get("metadata_encoder")
-    if enc is not None and not isinstance(enc, dict):
-        raise bad("metadata_encoder", "must be an object")
+    for name in ("metadata_encoder", "val_metrics", "ensemble", "budget", "images", "versions", "weights"):
+        if info.get(name) is not None and not isinstance(info[name], dict):
+            raise bad(name, "must be an object")
+    for name in _TEXT_FIELDS:
+        if info.get(name) is not None and not isinstance(info[name], str):
+            raise bad(name, "must be a string")
+    warnings = info.get("warnings")
+    if warnings is not None and (
+        not isinstance(warnings, list) or not all(isinstance(v, str) for v in warnings)
+    ):
+        raise bad("warnings", "must be a list of strings")
+    skipped = info.get("skipped_images")
+    if skipped is not None and (
+        not isinstance(skipped, list) or not all(isinstance(v, dict) for v in skipped)
+    ):
+        raise bad("skipped_images", "must be a list of {path, reason} objects")
+    for name in ("best_epoch", "epochs_run", "excluded_images", "format_version"):
+        value = info.get(name)
+        if value is not None and (not _is_int(value) or value < 0):
+            raise bad(name, "must be a whole number >= 0")
+    # facts about the training that nothing decides with: any number loads
+    for name in ("best_score", "train_seconds", "train_seconds_members", "peak_memory_mb"):
+        if info.get(name) is not None and not _is_number(info[name]):
+            raise bad(name, "must be a number")
+    if info.get("resumed") is not None and not isinstance(info["resumed"], bool):
+        raise bad("resumed", "must be true or false")
 
 
 def _is_int(v: Any) -> bool:
@@ -413,8 +661,9 @@ def load_run(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -
     from medclf.models._registry import create_model
 
     run_dir = Path(run_dir)
-    info = read_run_info(run_dir)
-    weights = info.get("weights") if isinstance(info.get("weights"), dict) else {}
+    info_path = RunDir(run_dir).info_path
+    data = _read_info_data(info_path)
+    weights = data.get("weights") if isinstance(data.get("weights"), dict) else {}
     fname = str(weights.get("file", WEIGHTS_FILE))
     if (
         Path(fname).name != fname
@@ -422,13 +671,13 @@ def load_run(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -
         or weights.get("format") != "safetensors"
     ):
         raise MedclfError(
-            f"{run_dir / 'run.json'}: weights file {fname!r} is not a safetensors file in the run folder; "
+            f"{info_path}: weights file {fname!r} is not a safetensors file in the run folder; "
             "medclf never loads pickled weights — retrain the run"
         )
     wpath = run_dir / fname
     if not wpath.is_file():
         raise MedclfError(f"{wpath} is missing; the run folder is incomplete — retrain or restore it")
-    checked = verify_run_files(run_dir, info) or {}
+    checked = verify_run_files(run_dir, data) or {}
     expected = weights.get("sha256")
     actual = checked.get(fname) or sha256_file(wpath)  # the manifest check has just read the file
     if not expected or actual != expected:
@@ -436,8 +685,9 @@ def load_run(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -
             f"{wpath} does not match the sha256 recorded in run.json (file changed after training or run.json "
             "edited); refusing to load it — restore the original file or retrain"
         )
-    _check_info(info, run_dir / "run.json")
-    spec = info["model"]
+    # fields are checked once the files are known to be the saved ones: an edit is named as an edit first
+    info = RunInfo.from_dict(data, info_path)
+    spec = info.model or {}
     kwargs = dict(spec.get("kwargs") or {})
     try:
         model = create_model(
@@ -445,7 +695,7 @@ def load_run(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -
         )
     except (ConfigError, TypeError, ValueError) as exc:
         raise MedclfError(
-            f"{run_dir / 'run.json'}: cannot build its model {spec['name']!r} ({exc}); retrain the run"
+            f"{info_path}: cannot build its model {spec['name']!r} ({exc}); retrain the run"
         ) from None
     try:
         load_model(model, str(wpath), strict=True, device=str(map_location))
@@ -454,31 +704,27 @@ def load_run(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -
             f"{wpath}: cannot load the weights into {spec['name']} ({exc}); retrain the run"
         ) from None
     model.eval()
-    classes = [str(c) for c in info["classes"]]
-    pre = Preprocessing.from_dict(info["preprocessing"]) if info.get("preprocessing") else None
+    classes = [str(c) for c in info.classes]
+    pre = Preprocessing.from_dict(info.preprocessing) if info.preprocessing else None
     if pre is None:
         from medclf.models.preprocessing import resolve_preprocessing
 
         pre = resolve_preprocessing(model)
-    enc = MetadataEncoder.from_dict(info["metadata_encoder"]) if info.get("metadata_encoder") else None
+    enc = MetadataEncoder.from_dict(info.metadata_encoder) if info.metadata_encoder else None
     check_finite_model(model, pre, enc.dim if enc else 0, wpath)
-    if info.get("tta"):
+    if info.tta:
         from medclf.models.tta import with_tta
 
-        model = with_tta(model, [str(v) for v in info["tta"]])
-    threshold = info.get("threshold")
-    temperature = info.get("temperature") or 1.0
+        model = with_tta(model, [str(v) for v in info.tta])
     return LoadedRun(
         model=model,
         info=info,
         preprocessing=pre,
         classes=classes,
         meta_encoder=enc,
-        threshold=float(threshold) if threshold is not None else None,
-        temperature=float(temperature),
+        threshold=float(info.threshold) if info.threshold is not None else None,
+        temperature=float(info.temperature or 1.0),
         run_dir=run_dir,
-        positive_class=info.get("positive_class"),
-        positive_classes=resolve_positive_classes(
-            classes, info.get("positive_class"), info.get("positive_classes")
-        ),
+        positive_class=info.positive_class,
+        positive_classes=resolve_positive_classes(classes, info.positive_class, info.positive_classes),
     )

@@ -16,8 +16,8 @@ _BACKEND_HELP = (
     "(eager PyTorch; an exported .onnx file runs on onnx instead)"
 )
 _BF16_HELP = (
-    "with --backend openvino: bfloat16 arithmetic on CPUs with AMX or AVX512-BF16 (about 2x faster; "
-    "probabilities move by a few hundredths)"
+    "with --backend openvino: bfloat16 arithmetic on CPUs with AMX or AVX512-BF16 (faster, but probabilities "
+    "move by a few hundredths: docs/benchmarks-cpu.md)"
 )
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom")
 

@@ -18,12 +18,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import anyio
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from starlette.requests import ClientDisconnect
-
 from medclf import DISCLAIMER, __version__
+from medclf._lazy import missing_extra
+
+try:
+    import anyio
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+    from starlette.requests import ClientDisconnect
+except ModuleNotFoundError as exc:
+    raise missing_extra("serve", "medclf serve (the REST API)", [str(exc.name)]) from None
 from medclf.data.images import MAX_PIXELS, decoded_size
 from medclf.errors import BadImageError, ConfigError, MedclfError
 
@@ -221,19 +225,12 @@ def _upload_schema(extra_fields: dict[str, Any]) -> dict[str, Any]:
 def create_app(predictor: Any, config: ServerConfig | None = None) -> FastAPI:
     """The FastAPI application serving ``predictor`` (a ``medclf.serve.Predictor``)."""
     cfg = config or ServerConfig()
-    meta_fields = predictor.metadata_fields
     app = FastAPI(
         title="medclf",
         version=__version__,
         description=f"Medical image classifier ({', '.join(predictor.classes)}). {DISCLAIMER}",
     )
-
-    requests = anyio.CapacityLimiter(cfg.max_requests)
-    work = anyio.CapacityLimiter(cfg.workers or _default_workers())
-    big = anyio.CapacityLimiter(1)
-    # Grad-CAM calls run one at a time (they hook the model), Score-CAM's on a copy of its own: a 15-second
-    # Score-CAM then delays neither predictions nor Grad-CAM, and its queue is short because each costs seconds
-    explain_lanes = {"grad": _Lane(1, cfg.explain_queue), "score": _Lane(1, cfg.explain_queue)}
+    uploads = _Uploads(predictor, cfg)
 
     @app.exception_handler(_HTTPError)
     async def _http_error(_: Request, exc: _HTTPError) -> JSONResponse:
@@ -241,32 +238,59 @@ def create_app(predictor: Any, config: ServerConfig | None = None) -> FastAPI:
             {"detail": exc.detail, "disclaimer": DISCLAIMER}, status_code=exc.status, headers=exc.headers
         )
 
-    def check_key(request: Request) -> None:
-        if cfg.api_key is None:
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness: the model is loaded."""
+        return {"status": "ok", "classes": predictor.classes, "backend": predictor.backend.name}
+
+    @app.get("/model")
+    async def model(request: Request) -> dict[str, Any]:
+        """The model card: classes, operating point, preprocessing, validation metrics."""
+        uploads.check_key(request)
+        return predictor.model_card()
+
+    _add_predict(app, uploads)
+    _add_explain(app, uploads)
+    return app
+
+
+class _Uploads:
+    """What every upload route shares: the API key, the body's size and time limits, the content type, the
+    metadata fields, and the worker threads that decode the image and run the model."""
+
+    def __init__(self, predictor: Any, cfg: ServerConfig) -> None:
+        self.predictor = predictor
+        self.cfg = cfg
+        self.meta_fields = predictor.metadata_fields
+        self.requests = anyio.CapacityLimiter(cfg.max_requests)
+        self.work = anyio.CapacityLimiter(cfg.workers or _default_workers())
+        self.big = anyio.CapacityLimiter(1)
+        # Grad-CAM calls run one at a time (they hook the model), Score-CAM's on a copy of its own: a slow
+        # Score-CAM then delays neither predictions nor Grad-CAM, and its queue is short because each costs seconds
+        self.explain_lanes = {"grad": _Lane(1, cfg.explain_queue), "score": _Lane(1, cfg.explain_queue)}
+
+    def admit(self) -> contextlib.AbstractContextManager[None]:
+        """One of the ``max_requests`` places for a request in progress, or 503 at once."""
+        return _admit(self.requests, f"{self.cfg.max_requests} requests in progress", 1)
+
+    def check_key(self, request: Request) -> None:
+        if self.cfg.api_key is None:
             return
         given = request.headers.get("x-api-key", "")
-        if not hmac.compare_digest(given.encode(), cfg.api_key.encode()):
+        if not hmac.compare_digest(given.encode(), self.cfg.api_key.encode()):
             raise _HTTPError(401, "missing or wrong API key; send it in the X-API-Key header")
 
-    async def read_upload(request: Request) -> tuple[bytes, dict[str, Any] | None]:
+    async def read(self, request: Request) -> tuple[bytes, dict[str, Any] | None]:
         """The ``file`` part's bytes and the metadata fields (nothing decoded yet)."""
-        check_key(request)
+        cfg = self.cfg
+        self.check_key(request)
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > cfg.max_upload_bytes:
             raise _HTTPError(413, f"upload too large (limit {cfg.max_upload_bytes // (1024 * 1024)} MiB)")
-
-        async def read() -> bytes:
-            buf = bytearray()
-            async for chunk in request.stream():
-                buf.extend(chunk)
-                if len(buf) > cfg.max_upload_bytes:
-                    raise _HTTPError(
-                        413, f"upload too large (limit {cfg.max_upload_bytes // (1024 * 1024)} MiB)"
-                    )
-            return bytes(buf)
-
         try:
-            body = await asyncio.wait_for(read(), timeout=cfg.request_timeout_s)
+            body = await asyncio.wait_for(
+                _read_body(request, cfg.max_upload_bytes), timeout=cfg.request_timeout_s
+            )
         except asyncio.TimeoutError:
             raise _HTTPError(
                 408, f"the upload took longer than {cfg.request_timeout_s:.0f} s; try again"
@@ -281,13 +305,14 @@ def create_app(predictor: Any, config: ServerConfig | None = None) -> FastAPI:
                 415,
                 f"content type {upload.content_type!r} is not an image; send JPEG, PNG, BMP, TIFF, GIF, WebP or DICOM",
             )
-        return upload.data, _metadata(upload.fields)
+        return upload.data, self.metadata(upload.fields)
 
-    async def on_upload(fn: Callable[[Any], T], data: bytes, threads: anyio.CapacityLimiter) -> T:
+    async def run(self, fn: Callable[[Any], T], data: bytes, threads: anyio.CapacityLimiter) -> T:
         """``fn(image)`` in a worker thread on the decoded upload, after its header passed the pixel limit."""
+        cfg, predictor = self.cfg, self.predictor
         size = await anyio.to_thread.run_sync(
             functools.partial(decoded_size, data, min_side=predictor.serving.preprocessing.decode_side()),
-            limiter=work,
+            limiter=self.work,
         )
         if size is not None and size[0] * size[1] > cfg.max_pixels:
             w, h = size
@@ -310,14 +335,15 @@ def create_app(predictor: Any, config: ServerConfig | None = None) -> FastAPI:
 
         if size is not None and size[0] * size[1] <= _BIG_PIXELS:
             return await anyio.to_thread.run_sync(job, limiter=threads)
-        async with big:  # one big decode at a time: its memory, not the core count, sets the ceiling
+        async with self.big:  # one big decode at a time: its memory, not the core count, sets the ceiling
             return await anyio.to_thread.run_sync(job, limiter=threads)
 
-    def _metadata(fields: dict[str, str]) -> dict[str, Any] | None:
-        if not meta_fields:
+    def metadata(self, fields: dict[str, str]) -> dict[str, Any] | None:
+        """The form's metadata fields the model takes, numbers parsed; None for a model without metadata."""
+        if not self.meta_fields:
             return None
         out: dict[str, Any] = {}
-        for name, spec in meta_fields.items():
+        for name, spec in self.meta_fields.items():
             value = fields.get(name)
             if value in (None, ""):
                 continue
@@ -332,16 +358,20 @@ def create_app(predictor: Any, config: ServerConfig | None = None) -> FastAPI:
                 out[name] = value
         return out
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        """Liveness: the model is loaded."""
-        return {"status": "ok", "classes": predictor.classes, "backend": predictor.backend.name}
 
-    @app.get("/model")
-    async def model(request: Request) -> dict[str, Any]:
-        """The model card: classes, operating point, preprocessing, validation metrics."""
-        check_key(request)
-        return predictor.model_card()
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, read into memory; 413 as soon as it grows past ``max_bytes``."""
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf.extend(chunk)
+        if len(buf) > max_bytes:
+            raise _HTTPError(413, f"upload too large (limit {max_bytes // (1024 * 1024)} MiB)")
+    return bytes(buf)
+
+
+def _add_predict(app: FastAPI, uploads: _Uploads) -> None:
+    """POST /predict: the prediction for one uploaded image."""
+    predictor = uploads.predictor
 
     def predict_image(image: Any, metadata: dict[str, Any] | None) -> Any:
         try:
@@ -349,21 +379,26 @@ def create_app(predictor: Any, config: ServerConfig | None = None) -> FastAPI:
         except MedclfError as exc:
             raise _HTTPError(422, str(exc)) from None
 
-    @app.post("/predict", openapi_extra=_upload_schema(meta_fields))
+    @app.post("/predict", openapi_extra=_upload_schema(uploads.meta_fields))
     async def predict(request: Request) -> dict[str, Any]:
         """Predict one image (multipart field ``file``; metadata as optional form fields)."""
-        with _admit(requests, f"{cfg.max_requests} requests in progress", 1):
-            data, metadata = await read_upload(request)
-            pred = await on_upload(functools.partial(predict_image, metadata=metadata), data, work)
+        with uploads.admit():
+            data, metadata = await uploads.read(request)
+            pred = await uploads.run(functools.partial(predict_image, metadata=metadata), data, uploads.work)
         out = pred.to_dict()
         out["threshold"] = predictor.threshold
         out["positive_class"] = predictor.positive_class
         out["positive_classes"] = predictor.positive_classes
         return out
 
+
+def _add_explain(app: FastAPI, uploads: _Uploads) -> None:
+    """POST /explain: a class-activation heat map over one uploaded image, as a PNG."""
+    predictor = uploads.predictor
+
     @app.post(
         "/explain",
-        openapi_extra=_upload_schema(meta_fields),
+        openapi_extra=_upload_schema(uploads.meta_fields),
         responses={200: {"content": {"image/png": {}}, "description": "heat map over the image"}},
         response_class=Response,
     )
@@ -397,13 +432,11 @@ def create_app(predictor: Any, config: ServerConfig | None = None) -> FastAPI:
             }
             return buf.getvalue(), headers
 
-        lane = explain_lanes["score" if method == "scorecam" else "grad"]
-        with _admit(requests, f"{cfg.max_requests} requests in progress", 1):
-            data, metadata = await read_upload(request)
+        lane = uploads.explain_lanes["score" if method == "scorecam" else "grad"]
+        with uploads.admit():
+            data, metadata = await uploads.read(request)
             with _admit(lane.admitted, f"{method} explanations queued", 5):
-                png, headers = await on_upload(
+                png, headers = await uploads.run(
                     functools.partial(explain_image, metadata=metadata), data, lane.threads
                 )
         return Response(png, media_type="image/png", headers=headers)
-
-    return app

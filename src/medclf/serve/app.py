@@ -202,8 +202,10 @@ def main() -> None:
     st.set_page_config(page_title="medclf", layout="wide")
     st.title("medclf")
     st.warning(DISCLAIMER)
+    from medclf.models.run_io import RunDir
+
     run_dir = _run_dir()
-    if run_dir is None or not (run_dir / "run.json").is_file():
+    if run_dir is None or not RunDir(run_dir).is_run():
         st.error("No run folder: start the app with `medclf app RUN_DIR`.")
         return
     try:

@@ -22,18 +22,19 @@ import torch
 from torch import nn
 
 from medclf import DISCLAIMER, __version__
-from medclf._onnx_export import onnx_bytes, onnx_session
 from medclf.data.transforms import Preprocessing
 from medclf.errors import MedclfError
-from medclf.evaluate.thresholds import decide
-from medclf.serve.ood import FeatureOOD
+from medclf.runtime.decision import calibrated_probabilities, decide
+from medclf.runtime.engine import Engine, OnnxRuntimeEngine, TorchEngine
+from medclf.runtime.onnx import export_graph, parity_gap
+from medclf.serve.ood import FeatureOOD, split_paths
 
 if TYPE_CHECKING:
     import onnx
 
-    from medclf.serve.predictor import _ServingInfo
+    from medclf.serve.predictor import ServingInfo
 
-__all__ = ["PARITY_TOLERANCE", "ExportReport", "build_onnx", "export_onnx", "onnx_session", "read_onnx"]
+__all__ = ["PARITY_TOLERANCE", "ExportReport", "build_onnx", "export_onnx", "read_onnx"]
 
 PARITY_TOLERANCE = 1e-4
 """Largest allowed |ONNX - PyTorch| difference of any class probability (and logit)."""
@@ -78,7 +79,7 @@ class _ServingModule(nn.Module):
         return logits, ((d @ self.ood_precision) * d).sum(dim=1)
 
 
-def _metadata_props(serving: _ServingInfo, ood: FeatureOOD | None) -> dict[str, str]:
+def _metadata_props(serving: ServingInfo, ood: FeatureOOD | None) -> dict[str, str]:
     props = {
         "classes": serving.classes,
         "preprocessing": serving.preprocessing.to_dict(),
@@ -96,7 +97,7 @@ def _metadata_props(serving: _ServingInfo, ood: FeatureOOD | None) -> dict[str, 
     return {_PREFIX + k: json.dumps(v) for k, v in props.items()}
 
 
-def build_onnx(model: nn.Module, serving: _ServingInfo, ood: FeatureOOD | None = None) -> onnx.ModelProto:
+def build_onnx(model: nn.Module, serving: ServingInfo, ood: FeatureOOD | None = None) -> onnx.ModelProto:
     """Export ``model`` (+ the OOD detector) with a dynamic batch axis and the serving metadata; checked."""
     import onnx
 
@@ -109,7 +110,7 @@ def build_onnx(model: nn.Module, serving: _ServingInfo, ood: FeatureOOD | None =
     if num_meta > 0:
         args = (x, torch.zeros(2, num_meta))
         names.append("meta")
-    data = onnx_bytes(module, args, names, ["logits", "ood_score"])
+    data = export_graph(module, args, names, ["logits", "ood_score"])
     proto = onnx.load_from_string(data)
     onnx.helper.set_model_props(proto, _metadata_props(serving, ood if module.has_ood else None))
     proto.doc_string = f"medclf {serving.model_name}: {DISCLAIMER}"
@@ -117,11 +118,11 @@ def build_onnx(model: nn.Module, serving: _ServingInfo, ood: FeatureOOD | None =
     return proto
 
 
-def read_onnx(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, _ServingInfo, dict[str, Any] | None]:
+def read_onnx(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, ServingInfo, dict[str, Any] | None]:
     """Load and check an exported file; returns (model, serving info, OOD info or None)."""
     import onnx
 
-    from medclf.serve.predictor import _ServingInfo
+    from medclf.serve.predictor import ServingInfo
 
     path = Path(path)
     if not path.is_file():
@@ -143,7 +144,7 @@ def read_onnx(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, _ServingIn
     props = {p.key[len(_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(_PREFIX)}
     try:
         meta = {k: json.loads(v) for k, v in props.items()}
-        serving = _ServingInfo(
+        serving = ServingInfo(
             classes=[str(c) for c in meta["classes"]],
             preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
             threshold=meta.get("threshold"),
@@ -199,9 +200,7 @@ def _parity_inputs(
     predictor: Any, max_images: int = 16
 ) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
     """Real validation/test images of the run when they are on this machine, else random tensors."""
-    from medclf.serve.predictor import _split_paths
-
-    splits = _split_paths(predictor.run_dir) if predictor.run_dir else {}
+    splits = split_paths(predictor.run_dir) if predictor.run_dir else {}
     xs: list[np.ndarray] = []
     labels: list[str] = []
     for split in ("val", "test", "train"):
@@ -244,13 +243,15 @@ def _split_labels(run_dir: Path | None, split: str) -> list[tuple[str, str]]:
     return list(zip(df["path"].astype(str), df["label"].astype(str), strict=True))
 
 
-def _probs(
-    sess: Any, x: np.ndarray, meta: np.ndarray | None, temperature: float
-) -> tuple[np.ndarray, np.ndarray]:
-    from medclf.serve.predictor import _OnnxBackend, _softmax
+def _feed(x: np.ndarray, meta: np.ndarray | None) -> dict[str, np.ndarray]:
+    return {"image": x} if meta is None else {"image": x, "meta": meta}
 
-    logits, _ = _OnnxBackend(sess, has_ood=False).run(x, meta)
-    return logits, _softmax(np.asarray(logits, np.float64) / temperature)
+
+def _probs(
+    engine: Engine, x: np.ndarray, meta: np.ndarray | None, temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    logits = engine.run(_feed(x, meta))[0]
+    return logits, calibrated_probabilities(logits, temperature)
 
 
 def export_onnx(
@@ -276,21 +277,13 @@ def export_onnx(
     model = predictor.torch_model
     assert model is not None
     proto = build_onnx(model, predictor.serving, predictor.ood)
-    model_bytes = proto.SerializeToString()
-    sess = onnx_session(model_bytes, num_threads)
+    engine = OnnxRuntimeEngine(proto.SerializeToString(), threads=num_threads, outputs=["logits"])
 
     x, meta, _, what = _parity_inputs(predictor)
     t = predictor.serving.temperature
-    with torch.inference_mode():
-        ref_logits = model(torch.from_numpy(x), None if meta is None else torch.from_numpy(meta)).numpy()
-    from medclf.serve.predictor import _softmax
-
-    ref_probs = _softmax(ref_logits.astype(np.float64) / t)
-    logits, probs = _probs(sess, x, meta, t)
-    # the batch axis must really be dynamic: one image alone gives the same answer
-    l1, p1 = _probs(sess, x[:1], None if meta is None else meta[:1], t)
-    d_probs = float(max(np.abs(probs - ref_probs).max(), np.abs(p1 - ref_probs[:1]).max()))
-    d_logits = float(max(np.abs(logits - ref_logits).max(), np.abs(l1 - ref_logits[:1]).max()))
+    d_logits, d_probs = parity_gap(
+        engine, TorchEngine(model), _feed(x, meta), lambda logits: calibrated_probabilities(logits, t)
+    )
     if not d_probs <= PARITY_TOLERANCE:
         raise MedclfError(
             f"ONNX export of {run_dir} disagrees with PyTorch (max |Δprob| = {d_probs:.2e} > {PARITY_TOLERANCE:.0e}); "
@@ -309,7 +302,7 @@ def export_onnx(
         qpath = out.with_name(out.stem + ".int8.onnx")
         # the accuracy cost needs more images than the parity check
         xq, mq, lq, _ = _parity_inputs(predictor, max_images=200)
-        fp32 = _probs(sess, xq, mq, t)[1]
+        fp32 = _probs(engine, xq, mq, t)[1]
         report.int8 = _quantize(proto, qpath, xq, mq, lq, fp32, predictor, num_threads)
         report.int8_path = qpath
     return report
@@ -353,8 +346,8 @@ def _quantize(
     onnx.helper.set_model_props(qproto, {p.key: p.value for p in proto.metadata_props})
     with atomic_path(qpath, suffix=".onnx") as tmp:
         onnx.save(qproto, str(tmp))
-    qsess = onnx_session(qproto.SerializeToString(), num_threads)
-    _, qprobs = _probs(qsess, x, meta, predictor.serving.temperature)
+    qengine = OnnxRuntimeEngine(qproto.SerializeToString(), threads=num_threads, outputs=["logits"])
+    _, qprobs = _probs(qengine, x, meta, predictor.serving.temperature)
     s = predictor.serving
     dec = decide(fp32_probs, s.classes, s.threshold, s.positive_classes)
     qdec = decide(qprobs, s.classes, s.threshold, s.positive_classes)

@@ -12,16 +12,24 @@ validation split), so about 1% of in-distribution images are flagged by design.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medclf.errors import DataError
+from medclf.errors import DataError, MedclfError
 
-__all__ = ["FeatureOOD"]
+if TYPE_CHECKING:
+    import torch
+
+    from medclf.data.transforms import Preprocessing
+
+__all__ = ["FeatureOOD", "image_features", "load_or_fit_ood", "split_paths"]
 
 
 @dataclass
@@ -172,3 +180,110 @@ class FeatureOOD:
 
 def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# ---------------------------------------------------------------------- fitting a run's detector
+def split_paths(run_dir: Path) -> dict[str, list[str]]:
+    """Image paths per split (``train``/``val``/``test``) of a run's split.csv (the first fold of a k-fold split);
+    {} when the file is missing or unreadable."""
+    import pandas as pd
+
+    path = run_dir / "split.csv"
+    if not path.is_file():
+        return {}
+    try:
+        df = pd.read_csv(path)
+    except Exception:
+        return {}
+    if "path" not in df.columns:
+        return {}
+    if "fold" in df.columns and "split" in df.columns:
+        df = df[df["fold"] == df["fold"].min()]
+    if "split" not in df.columns:
+        return {"train": df["path"].astype(str).tolist()}
+    return {s: g["path"].astype(str).tolist() for s, g in df.groupby("split")}
+
+
+def _weights_digest(run: Any) -> str:
+    return str((run.info.weights or {}).get("sha256", ""))
+
+
+def image_features(
+    model: torch.nn.Module, pre: Preprocessing, paths: Sequence[str], batch_size: int = 32
+) -> np.ndarray:
+    """Pooled features of the readable images among ``paths`` (unreadable ones are skipped).
+
+    Decoded a batch at a time on every core; on a CPU, from ``medclf.runtime.runner.GRAPH_MIN_IMAGES`` images up,
+    the features come from an ONNX Runtime graph checked against PyTorch (``medclf.runtime.ModelRunner``), else
+    from PyTorch.
+    """
+    import torch
+
+    from medclf.data.images import load_image
+    from medclf.data.transforms import create_transform
+    from medclf.runtime.runner import GRAPH_MIN_IMAGES, ModelRunner, decoded_chunks
+
+    transform = create_transform(pre)
+    min_side = pre.decode_side()
+
+    def decode(i: int) -> torch.Tensor | None:
+        try:
+            return transform(load_image(paths[i], min_side=min_side))
+        except MedclfError:
+            return None
+
+    feats: list[np.ndarray] = []
+    with ModelRunner(model, features=True, graph=len(paths) >= GRAPH_MIN_IMAGES) as run:
+        for _, decoded in decoded_chunks(len(paths), decode, batch_size):
+            batch = [t for t in decoded if t is not None]
+            if batch:
+                feats.append(run(torch.stack(batch)))
+    return (
+        np.concatenate(feats) if feats else np.zeros((0, int(getattr(model, "num_features", 0))), np.float32)
+    )
+
+
+def load_or_fit_ood(run: Any, *, max_images: int = 400, seed: int = 0) -> FeatureOOD | None:
+    """The run's OOD detector: ``ood.safetensors`` when it matches the weights, else fitted from split.csv.
+
+    Returns None (no OOD flag; low confidence still refers) when the model has no image features or the
+    training images are not on this machine.
+    """
+    if int(getattr(run.model, "num_features", 0) or 0) <= 0:
+        return None
+    from medclf.models.run_io import OOD_FILE, read_manifest, seal_file, sha256_file
+
+    run_dir = Path(run.run_dir)
+    cache = run_dir / OOD_FILE
+    digest = _weights_digest(run)
+    digests = read_manifest(run_dir)
+    # a detector the manifest does not vouch for (added later, or edited: a threshold of 1e30 refers nothing) is
+    # not used; a folder saved before manifests has only the weights' digest to go by
+    vouched = digests is None or (
+        cache.is_file() and OOD_FILE in digests and sha256_file(cache) == digests[OOD_FILE]
+    )
+    if vouched and cache.is_file() and FeatureOOD.read_info(cache).get("weights_sha256") == digest:
+        try:
+            return FeatureOOD.load(cache)
+        except MedclfError:
+            pass  # damaged: refit below
+    splits = split_paths(run_dir)
+    rng = np.random.default_rng(seed)
+
+    def sample(paths: list[str], n: int) -> list[str]:
+        if len(paths) <= n:
+            return paths
+        return [paths[i] for i in sorted(rng.choice(len(paths), n, replace=False))]
+
+    train = sample(splits.get("train", []), max_images)
+    val = sample(splits.get("val", []), max_images // 2)
+    ftrain = image_features(run.model, run.preprocessing, train)
+    if len(ftrain) < 2:
+        return None
+    fval = image_features(run.model, run.preprocessing, val) if val else None
+    ood = FeatureOOD.fit(ftrain, fval)
+    # a read-only run folder keeps the detector in memory only
+    with contextlib.suppress(OSError):
+        ood.save(cache, weights_sha256=digest)
+        seal_file(run_dir, OOD_FILE)
+    return ood

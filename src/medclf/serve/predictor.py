@@ -6,7 +6,6 @@ out-of-distribution detector, so every front end gives the same answer for the s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import threading
@@ -18,14 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from medclf import DISCLAIMER
-from medclf._microbatch import ENGINE_BATCH, OneImagePerCore, run_micro_batches
 from medclf.data.transforms import Preprocessing, create_transform
 from medclf.errors import BadImageError, ConfigError, MedclfError
-from medclf.evaluate.thresholds import decide, resolve_positive_classes
-from medclf.models.run_io import OOD_FILE
-from medclf.serve.ood import FeatureOOD
+from medclf.models.run_io import RunDir, RunInfo
+from medclf.runtime.decision import calibrated_probabilities, decide, resolve_positive_classes
+from medclf.runtime.engine import ENGINES, Engine, TorchEngine, check_engine, create_graph_engine
+from medclf.serve.ood import FeatureOOD, load_or_fit_ood
 
 __all__ = [
     "BACKENDS",
@@ -35,9 +35,12 @@ __all__ = [
     "NonFiniteOutputError",
     "Prediction",
     "Predictor",
+    "ServingInfo",
+    "serving_info_from_run",
 ]
 
-BACKENDS = ("onnx", "openvino", "torch")
+BACKENDS = ENGINES
+"""The engines a ``Predictor`` runs on (``medclf.runtime.engine``); ``onnx`` is the default."""
 DEFAULT_REFER_BELOW = 0.6
 ImageInput = str | os.PathLike | bytes | Image.Image
 """A file path, the bytes of an image file (JPEG, PNG, DICOM, ...) or a decoded PIL image."""
@@ -106,7 +109,10 @@ class Explanation:
 
 
 @dataclass
-class _ServingInfo:
+class ServingInfo:
+    """What serving needs besides the model: from a run folder (``serving_info_from_run``) or an exported file's
+    metadata (``medclf.serve.export.read_onnx``)."""
+
     classes: list[str]
     preprocessing: Preprocessing
     threshold: float | None = None
@@ -126,125 +132,44 @@ class _ServingInfo:
         )
 
 
-class _TorchBackend:
-    name = "torch"
+class _LogitsAndFeatures(nn.Module):
+    """image (+ meta) -> (logits, pooled features): the features feed the OOD detector, scored in float64."""
 
-    def __init__(self, model: torch.nn.Module, ood: FeatureOOD | None) -> None:
-        self.model = model.eval()
-        self.ood = ood
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
         self.uses_images = int(getattr(model, "num_features", 1) or 0) > 0
 
-    def run(self, x: np.ndarray, meta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        # inference_mode keeps no autograd state, so concurrent calls on one eval-mode model do not interact
-        with torch.inference_mode():
-            xt = torch.from_numpy(x)
-            mt = torch.from_numpy(meta) if meta is not None else None
-            if self.uses_images:
-                feats = self.model.forward_features(xt)
-                logits = self.model.forward_head(feats, mt)
-            else:
-                feats, logits = None, self.model(xt, mt)
-        scores = None
-        if self.ood is not None and feats is not None:
-            scores = self.ood.score(feats.float().numpy())
-        return logits.float().numpy(), scores
+    def forward(
+        self, image: torch.Tensor, meta: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.uses_images:
+            return self.model(image, meta), None
+        feats = self.model.forward_features(image)
+        return self.model.forward_head(feats, meta), feats
 
 
-def _check_backend(backend: str, precision: str) -> None:
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    from medclf._openvino import PRECISIONS
-
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision={precision!r}: choose {' or '.join(PRECISIONS)}")
-    if precision == "bf16" and backend != "openvino":
-        raise ConfigError(f"precision=bf16 runs on backend openvino only (got backend {backend!r})")
+def torch_engine(model: nn.Module) -> TorchEngine:
+    """The PyTorch engine a ``Predictor`` runs ``model`` on: outputs ``logits`` and ``features``."""
+    return TorchEngine(_LogitsAndFeatures(model), outputs=("logits", "features"))
 
 
-class _OnnxBackend:
-    """The exported graph, run by ONNX Runtime or OpenVINO (``name`` says which).
+def _refer_below_from_run(run_dir: Path, info: RunInfo) -> float:
+    """run.json's ``refer_below``; for runs that do not record it, the recipe's ``eval.refer_below`` in config.yaml
+    (read and checked as any recipe); the default without either."""
+    if info.refer_below is not None:
+        return float(info.refer_below)
+    cfg_path = RunDir(run_dir).config
+    if not cfg_path.is_file():
+        return DEFAULT_REFER_BELOW
+    from medclf.config import load_config
 
-    A single image runs on every core (the lowest latency). A batch on ONNX Runtime, when the graph's bytes are
-    given, runs one image per call on a second, one-thread session, with one call per core at a time: the
-    images are independent, so the cores need not meet at every layer, and a core slowed by a neighbour on a
-    shared machine holds up only its own image (docs/benchmarks.md). Both sessions compute the same numbers
-    (tested). OpenVINO runs a batch as micro-batches (``medclf._microbatch``).
-    """
-
-    def __init__(
-        self,
-        session: Any,
-        has_ood: bool,
-        name: str = "onnx",
-        *,
-        model_bytes: bytes | None = None,
-        num_threads: int | None = None,
-    ) -> None:
-        self.name = name
-        self.session = session
-        self.inputs = {i.name for i in session.get_inputs()}
-        self.has_ood = has_ood
-        self.engine_batch = ENGINE_BATCH
-        """Images per engine call (``medclf._microbatch``) when a batch is not split over the cores."""
-        self.threads = int(num_threads or _cores())
-        self.per_image = name == "onnx" and model_bytes is not None and self.threads > 1
-        """Whether a batch runs one image per call, one call per core at a time."""
-        self._model_bytes = model_bytes if self.per_image else None
-        self._lock = threading.Lock()
-        self._single: OneImagePerCore | None = None  # the one-thread session, built at the first batch
-
-    def _per_core(self) -> OneImagePerCore:
-        with self._lock:
-            if self._single is None:
-                from medclf._onnx_export import onnx_session
-
-                self._single = OneImagePerCore(
-                    onnx_session(self._model_bytes or b"", num_threads=1), self.threads
-                )
-            return self._single
-
-    def run(self, x: np.ndarray, meta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        feed = {"image": x}
-        if "meta" in self.inputs:
-            feed["meta"] = meta if meta is not None else np.zeros((x.shape[0], 0), np.float32)
-        names = ["logits", "ood_score"]
-        # both engines' sessions are thread-safe: one session serves concurrent requests
-        if self.per_image and len(x) > 1:
-            logits, scores = self._per_core().run(names, feed)
-        else:
-            logits, scores = run_micro_batches(self.session, names, feed, self.engine_batch)
-        return logits, (scores if self.has_ood else None)
-
-
-def _cores() -> int:
-    """The CPU cores this process may run on."""
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _refer_below_from_run(run_dir: Path, info: Mapping[str, Any]) -> float:
-    if info.get("refer_below") is not None:
-        return float(info["refer_below"])
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.is_file():
-        import yaml
-
-        try:
-            cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
-            value = (cfg.get("eval") or {}).get("refer_below")
-            if value is not None:
-                return float(value)
-        except (yaml.YAMLError, AttributeError, TypeError, ValueError):
-            pass
-    return DEFAULT_REFER_BELOW
+        return float(load_config(cfg_path).eval.refer_below)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{cfg_path}: {exc}; it sets the run's refer_below, so restore the run's own config.yaml"
+        ) from None
 
 
 class Predictor:
@@ -252,14 +177,14 @@ class Predictor:
 
     def __init__(
         self,
-        serving: _ServingInfo,
-        backend: _TorchBackend | _OnnxBackend,
+        serving: ServingInfo,
+        backend: Engine,
         *,
         ood: FeatureOOD | None = None,
         ood_threshold: float | None = None,
         torch_model: torch.nn.Module | None = None,
         run_dir: Path | None = None,
-        info: dict[str, Any] | None = None,
+        info: RunInfo | None = None,
         max_pixels: int | None = None,
         batch_size: int = 16,
     ) -> None:
@@ -267,11 +192,13 @@ class Predictor:
 
         self.serving = serving
         self.backend = backend
+        """The ``medclf.runtime`` engine that answers: a graph's (logits, ood_score), or PyTorch's (logits, features)."""
         self.ood = ood
         self.ood_threshold = ood.threshold if ood is not None else ood_threshold
         self.torch_model = torch_model
         self.run_dir = run_dir
-        self.info = dict(info or {})
+        self.info = info
+        """The run's run.json (None for an exported graph)."""
         self.max_pixels = int(max_pixels or MAX_PIXELS)
         self.batch_size = batch_size
         self._transform = create_transform(serving.preprocessing)
@@ -303,7 +230,7 @@ class Predictor:
     ) -> Predictor:
         """Load a run folder. ``backend``: ``onnx`` (default) / ``openvino`` export the model in memory and run it
         with ONNX Runtime / OpenVINO (``pip install 'medclf[openvino]'``); ``torch`` runs it eagerly.
-        ``precision="bf16"`` (OpenVINO only): bfloat16 arithmetic on CPUs with AMX or AVX512-BF16, about 2x
+        ``precision="bf16"`` (OpenVINO only): bfloat16 arithmetic on CPUs with AMX or AVX512-BF16,
         faster, with probabilities that move by a few hundredths (docs/benchmarks-cpu.md).
 
         ``ood``: fit (first use; cached as ``ood.safetensors`` in the run folder) or load the
@@ -311,7 +238,7 @@ class Predictor:
         """
         from medclf.models import load_run
 
-        _check_backend(backend, precision)  # fail on a typo before loading anything
+        check_engine(backend, precision)  # fail on a typo before loading anything
         return cls.from_loaded_run(
             load_run(run_dir),
             backend,
@@ -335,22 +262,16 @@ class Predictor:
         max_pixels: int | None = None,
     ) -> Predictor:
         """``from_run`` for a ``medclf.models.LoadedRun`` already in memory (e.g. right after training)."""
-        _check_backend(backend, precision)
+        check_engine(backend, precision)
         serving = serving_info_from_run(run)
         detector = load_or_fit_ood(run, max_images=max_ood_images) if ood else None
         if backend == "torch":
-            impl: _TorchBackend | _OnnxBackend = _TorchBackend(run.model, detector)
+            impl: Engine = torch_engine(run.model)
         else:
-            from medclf.serve.export import build_onnx, onnx_session
+            from medclf.serve.export import build_onnx
 
             graph = build_onnx(run.model, serving, detector).SerializeToString()
-            impl = _OnnxBackend(
-                onnx_session(graph, num_threads, engine=backend, precision=precision),
-                has_ood=detector is not None,
-                name=backend,
-                model_bytes=graph,
-                num_threads=num_threads,
-            )
+            impl = create_graph_engine(backend, graph, threads=num_threads, precision=precision)
         return cls(
             serving,
             impl,
@@ -374,22 +295,16 @@ class Predictor:
         """Serve an exported ``.onnx`` file alone: everything needed is in its metadata (no explanations).
 
         ``backend``: ``onnx`` (ONNX Runtime) or ``openvino``; ``precision`` as for ``from_run``."""
-        from medclf.serve.export import onnx_session, read_onnx
+        from medclf.serve.export import read_onnx
 
-        _check_backend(backend, precision)
+        check_engine(backend, precision)
         if backend == "torch":
             raise ConfigError("an exported .onnx file runs on backend onnx or openvino, not torch")
         proto, serving, ood_info = read_onnx(path)
         graph = proto.SerializeToString()
-        impl = _OnnxBackend(
-            onnx_session(graph, num_threads, engine=backend, precision=precision),
-            has_ood=ood_info is not None,
-            name=backend,
-            model_bytes=graph,
-            num_threads=num_threads,
-        )
+        impl = create_graph_engine(backend, graph, threads=num_threads, precision=precision)
         threshold = float(ood_info["threshold"]) if ood_info else None
-        return cls(serving, impl, ood_threshold=threshold, info=serving.extra, max_pixels=max_pixels)
+        return cls(serving, impl, ood_threshold=threshold, max_pixels=max_pixels)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -500,9 +415,9 @@ class Predictor:
         ``NonFiniteOutputError`` when the output for any image is NaN or infinite: such an output is no answer
         (NaN compares false with every threshold, so it would read as the negative class, unreferred).
         """
-        logits, scores = self.backend.run(np.ascontiguousarray(x, dtype=np.float32), meta)
+        logits, scores = self.run_engine(x, meta)
         with np.errstate(all="ignore"):  # non-finite rows are refused below, not warned about
-            probs = _softmax(np.asarray(logits, np.float64) / max(self.serving.temperature, 1e-6))
+            probs = calibrated_probabilities(logits, max(self.serving.temperature, 1e-6))
         ok = np.isfinite(probs).all(axis=1)
         if scores is not None:
             ok &= np.isfinite(np.asarray(scores, np.float64))
@@ -516,6 +431,23 @@ class Predictor:
         if not ok.all():
             raise NonFiniteOutputError(np.flatnonzero(~ok).tolist(), preds)
         return preds  # type: ignore[return-value]
+
+    def run_engine(
+        self, x: np.ndarray, meta: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw logits [B, C] and OOD scores [B] (None without a detector) for preprocessed images."""
+        feed = {"image": np.ascontiguousarray(x, dtype=np.float32)}
+        graph = not isinstance(self.backend, TorchEngine)
+        if meta is not None:
+            feed["meta"] = meta
+        elif graph and "meta" in self.backend.inputs:  # a fusion graph with no metadata given: all unknown
+            feed["meta"] = np.zeros((len(x), 0), np.float32)
+        logits, second = self.backend.run(feed)[:2]
+        if graph:  # the exported graph scores OOD itself (0 when it has no detector)
+            return logits, second if self.ood_threshold is not None else None
+        if self.ood is None or second is None:
+            return logits, None
+        return logits, self.ood.score(np.asarray(second, np.float32))
 
     def _decide(self, p: np.ndarray, ood_score: float | None, decided: int | None = None) -> Prediction:
         """One image's answer from its probabilities; ``decided``: its decision, when the batch's was made at once."""
@@ -608,8 +540,8 @@ class Predictor:
                 with self._cam_lock:  # copied while no Grad-CAM hooks it (deepcopy would copy the hooks)
                     self._slow_cam_model = copy.deepcopy(self.torch_model).eval()
             return self._slow_cam_model
-        if getattr(self.backend, "model", None) is not self.torch_model:
-            return self.torch_model  # ONNX backend: nothing else runs this module
+        if not isinstance(self.backend, TorchEngine):
+            return self.torch_model  # a graph engine: nothing else runs this module
         if self._cam_model is None:
             import copy
 
@@ -641,9 +573,15 @@ class Predictor:
             "card": _card_text(self.run_dir),
             "disclaimer": DISCLAIMER,
         }
-        for key in ("created", "train_seconds", "versions", "data_fingerprint", "task"):
-            if key in self.info and key not in ("task",):
-                card[key] = self.info[key]
+        if self.info is not None:
+            info = self.info
+            facts = {
+                "created": info.created,
+                "train_seconds": info.train_seconds,
+                "versions": info.versions,
+                "data_fingerprint": info.data_fingerprint,
+            }
+            card.update({key: value for key, value in facts.items() if value is not None})
         return card
 
 
@@ -653,14 +591,14 @@ def _name(image: Any) -> str:
     return "<upload>"
 
 
-def serving_info_from_run(run: Any) -> _ServingInfo:
+def serving_info_from_run(run: Any) -> ServingInfo:
     """What serving needs from a ``LoadedRun``."""
-    info = run.info
+    info: RunInfo = run.info
     enc = run.meta_encoder.to_dict() if run.meta_encoder is not None else None
     pos = run.positive_class
     if len(run.classes) == 2 and pos not in run.classes:
         pos = run.classes[1]
-    return _ServingInfo(
+    return ServingInfo(
         classes=list(run.classes),
         preprocessing=run.preprocessing,
         threshold=run.threshold,
@@ -668,111 +606,9 @@ def serving_info_from_run(run: Any) -> _ServingInfo:
         temperature=float(run.temperature or 1.0),
         refer_below=_refer_below_from_run(Path(run.run_dir), info),
         metadata_encoder=enc,
-        model_name=str((info.get("model") or {}).get("name", "")),
+        model_name=info.model_name,
         positive_classes=list(getattr(run, "positive_classes", None) or []),
     )
-
-
-# ---------------------------------------------------------------------- OOD fitting
-def _split_paths(run_dir: Path) -> dict[str, list[str]]:
-    import pandas as pd
-
-    path = run_dir / "split.csv"
-    if not path.is_file():
-        return {}
-    try:
-        df = pd.read_csv(path)
-    except Exception:
-        return {}
-    if "path" not in df.columns:
-        return {}
-    if "fold" in df.columns and "split" in df.columns:
-        df = df[df["fold"] == df["fold"].min()]
-    if "split" not in df.columns:
-        return {"train": df["path"].astype(str).tolist()}
-    return {s: g["path"].astype(str).tolist() for s, g in df.groupby("split")}
-
-
-def _weights_digest(run: Any) -> str:
-    return str((run.info.get("weights") or {}).get("sha256", ""))
-
-
-def image_features(
-    model: torch.nn.Module, pre: Preprocessing, paths: Sequence[str], batch_size: int = 32
-) -> np.ndarray:
-    """Pooled features of the readable images among ``paths`` (unreadable ones are skipped).
-
-    Decoded a batch at a time on every core; on a CPU, from ``GRAPH_MIN_IMAGES`` images up, the features come from
-    an ONNX Runtime graph checked against PyTorch (``medclf.models._graph_logits``), else from PyTorch.
-    """
-    from medclf.data.images import load_image
-    from medclf.models._graph_logits import ModelRunner, decoded_chunks
-    from medclf.models.inference import GRAPH_MIN_IMAGES
-
-    transform = create_transform(pre)
-    min_side = pre.decode_side()
-
-    def decode(i: int) -> torch.Tensor | None:
-        try:
-            return transform(load_image(paths[i], min_side=min_side))
-        except MedclfError:
-            return None
-
-    feats: list[np.ndarray] = []
-    with ModelRunner(model, features=True, graph=len(paths) >= GRAPH_MIN_IMAGES) as run:
-        for _, decoded in decoded_chunks(len(paths), decode, batch_size):
-            batch = [t for t in decoded if t is not None]
-            if batch:
-                feats.append(run(torch.stack(batch)))
-    return (
-        np.concatenate(feats) if feats else np.zeros((0, int(getattr(model, "num_features", 0))), np.float32)
-    )
-
-
-def load_or_fit_ood(run: Any, *, max_images: int = 400, seed: int = 0) -> FeatureOOD | None:
-    """The run's OOD detector: ``ood.safetensors`` when it matches the weights, else fitted from split.csv.
-
-    Returns None (no OOD flag; low confidence still refers) when the model has no image features or the
-    training images are not on this machine.
-    """
-    if int(getattr(run.model, "num_features", 0) or 0) <= 0:
-        return None
-    from medclf.models.run_io import read_manifest, seal_file, sha256_file
-
-    run_dir = Path(run.run_dir)
-    cache = run_dir / OOD_FILE
-    digest = _weights_digest(run)
-    digests = read_manifest(run_dir)
-    # a detector the manifest does not vouch for (added later, or edited: a threshold of 1e30 refers nothing) is
-    # not used; a folder saved before manifests has only the weights' digest to go by
-    vouched = digests is None or (
-        cache.is_file() and OOD_FILE in digests and sha256_file(cache) == digests[OOD_FILE]
-    )
-    if vouched and cache.is_file() and FeatureOOD.read_info(cache).get("weights_sha256") == digest:
-        try:
-            return FeatureOOD.load(cache)
-        except MedclfError:
-            pass  # damaged: refit below
-    splits = _split_paths(run_dir)
-    rng = np.random.default_rng(seed)
-
-    def sample(paths: list[str], n: int) -> list[str]:
-        if len(paths) <= n:
-            return paths
-        return [paths[i] for i in sorted(rng.choice(len(paths), n, replace=False))]
-
-    train = sample(splits.get("train", []), max_images)
-    val = sample(splits.get("val", []), max_images // 2)
-    ftrain = image_features(run.model, run.preprocessing, train)
-    if len(ftrain) < 2:
-        return None
-    fval = image_features(run.model, run.preprocessing, val) if val else None
-    ood = FeatureOOD.fit(ftrain, fval)
-    # a read-only run folder keeps the detector in memory only
-    with contextlib.suppress(OSError):
-        ood.save(cache, weights_sha256=digest)
-        seal_file(run_dir, OOD_FILE)
-    return ood
 
 
 # ---------------------------------------------------------------------- run description

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medclf._lazy import require_extra
 from medclf.errors import MedclfError
 
 __all__ = ["APP_SCRIPT", "BackgroundServer", "app_command", "app_env", "run_app", "run_server"]
@@ -117,6 +118,7 @@ def _uvicorn_config(predictor: Any, host: str, port: int, config: Any, log_level
 
 
 def run_server(predictor: Any, *, host: str = "127.0.0.1", port: int = 8000, config: Any = None) -> None:
+    require_extra("serve", "medclf serve")
     import uvicorn
 
     from medclf import DISCLAIMER
@@ -131,6 +133,7 @@ class BackgroundServer:
     def __init__(self, predictor: Any, config: Any = None, port: int = 0, log_level: str = "warning") -> None:
         import socket
 
+        require_extra("serve", "the REST server")
         import uvicorn
 
         if port == 0:
@@ -197,10 +200,7 @@ def app_env(run_dir: str | os.PathLike[str]) -> dict[str, str]:
 def run_app(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8501) -> int:
     if not (Path(run_dir) / "run.json").is_file():
         raise MedclfError(f"{run_dir} is not a run folder (no run.json); train one with `medclf train`")
-    try:
-        import streamlit  # noqa: F401
-    except ImportError:
-        raise MedclfError("the web app needs streamlit: pip install 'medclf[app]'") from None
+    require_extra("app", "medclf app")
     print(f"medclf app: http://{host}:{port}", file=sys.stderr)
     proc = subprocess.Popen(app_command(run_dir, host=host, port=port), env=app_env(run_dir))
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medclf.models import RunInfo
 
 __all__ = ["register"]
 
@@ -34,7 +36,23 @@ def _common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
         action="store_true",
         help="skip and list unreadable images instead of stopping (the same as --set data.skip_bad=true)",
     )
+    p.add_argument(
+        "--budget",
+        metavar="DURATION",
+        help="time budget of the run, e.g. 10m (in cv: of each fold): the image side, epochs and strategy are "
+        "chosen from this machine's measured speed, and training stops on time with the best epoch "
+        "(the same as --set train.budget=DURATION)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_exclude(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--exclude",
+        metavar="CSV",
+        help="leave the images of CSV's `path` column (e.g. label_issues.csv of `medclf data audit "
+        "--predictions`) out of training only, never out of val/test (the same as --set data.exclude=CSV)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue an interrupted run in RUN_DIR from its last checkpoint",
     )
+    _add_exclude(p)
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser(
@@ -68,6 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write DIR/ensemble: the fold models averaged as one final model (image-only recipes)",
     )
+    _add_exclude(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (DIR/fold_k, cv_metrics.json)")
     p.set_defaults(func=_cv)
 
@@ -114,6 +134,12 @@ def _load(args: argparse.Namespace, default: Any = None) -> Any:
         )
     if args.skip_bad:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, skip_bad=True))
+    if getattr(args, "budget", None):
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, budget=args.budget))
+    if getattr(args, "exclude", None):
+        cfg = dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, exclude=str(Path(args.exclude).resolve()))
+        )
     return cfg
 
 
@@ -126,21 +152,29 @@ def _train(args: argparse.Namespace) -> int:
             print("medclf train --resume: continuing with the run's own config.yaml and split.csv")
         cfg = None
     else:
-        cfg = _load(args)
+        from medclf.train.engine import default_recipe
+
+        cfg = _load(args, default=default_recipe())
     run = train(cfg, args.out, resume=args.resume, progress=not args.quiet)  # type: ignore[arg-type]
     if _ddp_rank() != 0:
         return 0  # a DDP worker process: global rank 0 writes run.json and reports the run
-    info = json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))
+    from medclf.models import RunDir
+
+    info = RunDir(run).load_info()
     print(f"run folder: {run}")
     print(
-        f"  strategy {info.get('strategy')}, {info.get('epochs_run')} epochs, {info.get('train_seconds')} s; "
-        f"best {info.get('monitor')} = {_fmt(info.get('best_score'))} (epoch {info.get('best_epoch')})"
+        f"  strategy {info.strategy}, {info.epochs_run} epochs, {info.train_seconds} s; "
+        f"best {info.monitor} = {_fmt(info.best_score)} (epoch {info.best_epoch})"
     )
     _print_validation(info)
-    for line in info.get("warnings") or []:
+    for line in info.warnings:
         print(f"  warning: {line}")
-    if info.get("skipped_images"):
-        print(f"  skipped {len(info['skipped_images'])} unreadable image(s): listed in run.json")
+    if info.skipped_images:
+        print(f"  skipped {len(info.skipped_images)} unreadable image(s): listed in run.json")
+    if info.excluded_images:
+        print(
+            f"  left {info.excluded_images} image(s) of data.exclude out of training (val/test keep theirs)"
+        )
     print(f"  next: medclf evaluate {run} --out {Path(run) / 'eval'}")
     print(medclf.DISCLAIMER)
     return 0
@@ -158,11 +192,12 @@ def _ddp_rank() -> int:
 def _cv(args: argparse.Namespace) -> int:
     import medclf
     from medclf.errors import ConfigError
-    from medclf.train.cv import default_cv_config, run_cv
+    from medclf.train.cv import run_cv
+    from medclf.train.engine import default_recipe
 
     if args.config is None and not args.data:
         raise ConfigError("medclf cv without CONFIG needs --data DATA (a class-per-folder image folder)")
-    cfg = _load(args, default=default_cv_config())
+    cfg = _load(args, default=default_recipe())
     result = run_cv(
         cfg,
         args.out,
@@ -199,24 +234,26 @@ def _ensemble(args: argparse.Namespace) -> int:
 
     run = build_run_ensemble(args.runs, args.out, threshold=args.threshold, name=args.name)
     print(f"ensemble of {len(args.runs)} runs -> {run}")
-    info = json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))
+    from medclf.models import RunDir
+
+    info = RunDir(run).load_info()
     _print_validation(info)
-    for line in info.get("warnings") or []:
+    for line in info.warnings:
         print(f"  warning: {line}")
     print(f"  next: medclf evaluate {run} --out {Path(run) / 'eval'}")
     print(medclf.DISCLAIMER)
     return 0
 
 
-def _print_validation(info: dict[str, Any]) -> None:
-    vm = info.get("val_metrics", {})
+def _print_validation(info: RunInfo) -> None:
+    vm = info.val_metrics or {}
     print(
         f"  validation: acc {_fmt(vm.get('acc'))}, balanced acc {_fmt(vm.get('bacc'))}, auc {_fmt(vm.get('auc'))}"
     )
-    if info.get("threshold") is not None:
+    if info.threshold is not None:
         print(
-            f"  threshold on P({'+'.join(info.get('positive_classes') or [str(info.get('positive_class'))])}): "
-            f"{info['threshold']:.4f} ({info.get('threshold_rule')})"
+            f"  threshold on P({'+'.join(info.positive_classes or [str(info.positive_class)])}): "
+            f"{info.threshold:.4f} ({info.threshold_rule})"
         )
 
 

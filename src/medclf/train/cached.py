@@ -1,9 +1,9 @@
-"""The `cached` strategy: frozen-backbone features once (disk cache), then the head trains in seconds on a CPU.
+"""The `cached` strategy: frozen-backbone features once (disk cache), then the head trains from the cache.
 
 With ``train.finetune_blocks = N > 0`` the cache holds the input maps of the last N backbone blocks and those blocks
-train too (from the cached maps, at ``lr × finetune_lr_scale``), which is most of the gain of fine-tuning at a
-fraction of its cost. ``train.views > 1`` caches augmented views of each training image; every epoch draws one
-view per image, so the head sees augmentation without recomputing the backbone.
+train too (from the cached maps, at ``lr × finetune_lr_scale``): they adapt to the data while the frozen bottom
+never runs again (docs/benchmarks-training.md). ``train.views > 1`` caches augmented views of each training image;
+every epoch draws one view per image, so the head sees augmentation without recomputing the backbone.
 
 The model handed back is the complete image model built by ``medclf.models.create_model`` (its trunk, trained
 blocks and head share parameters with what was trained), so the engine saves, evaluates, explains and exports it
@@ -132,7 +132,7 @@ class CachedTrainer:
     @contextlib.contextmanager
     def _channels_last_blocks(self) -> Iterator[None]:
         """Blocks trained from cached maps run in channels-last layout: oneDNN's forward and backward convolutions
-        are about 1.8x faster on a CPU than in the default layout (benchmarks/block_layout.py).
+        are faster on a CPU in it than in the default layout (``benchmarks/block_layout.py`` measures both).
         The ordinary layout is restored afterwards, for saving and for every later user of the model."""
         self._channels_last = any(p.ndim == 4 for p in self.top_params)
         if self._channels_last:

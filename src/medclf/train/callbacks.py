@@ -93,7 +93,7 @@ class BestWeights(pl.Callback):
                 from safetensors.torch import save_model
 
                 with atomic_path(self.path, suffix=".safetensors") as tmp:
-                    save_model(pl_module.model, str(tmp))
+                    save_model(getattr(pl_module, "eval_model", pl_module.model), str(tmp))
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}

@@ -18,34 +18,13 @@ import numpy as np
 import pandas as pd
 
 from medclf._atomic import atomic_path, atomic_write_json, atomic_write_text
+from medclf._lazy import require_extra
 from medclf.config import RunConfig, dump_config
 from medclf.errors import ConfigError
 
-__all__ = ["CV_METRICS", "build_fold_ensemble", "default_cv_config", "fold_metrics", "run_cv"]
+__all__ = ["CV_METRICS", "build_fold_ensemble", "fold_metrics", "run_cv"]
 
 CV_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "auc")
-
-
-def default_cv_config() -> RunConfig:
-    """The recipe `medclf cv` uses without a CONFIG: offline-pretrained EfficientNet-Lite0, cached maps with
-    augmented views and the top 7 blocks trained channels-last (fast on a CPU), any class-per-folder data.
-
-    The skin_bm recipe's training settings (docs/benchmarks-training.md), without its test-time flips (which
-    triple the cost of every prediction) and monitored on validation loss, which suits any number of classes."""
-    cfg = RunConfig()
-    cfg.train = dataclasses.replace(
-        cfg.train,
-        strategy="cached",
-        finetune_blocks=7,
-        views=4,
-        augment="standard",
-        epochs=20,
-        batch_size=64,
-        scheduler="cosine",
-        patience=8,
-        monitor="val_loss",
-    )
-    return cfg
 
 
 def fold_metrics(
@@ -81,9 +60,9 @@ def run_cv(
     """Train one run per fold under ``out_dir/fold_k`` and summarise them; returns the cv_metrics dict.
 
     ``ensemble``: also write the fold ensemble ``out_dir/ensemble`` (see ``build_fold_ensemble``)."""
-    import json
-
+    require_extra("train", "medclf cv")
     from medclf.data import make_folds
+    from medclf.models import RunDir
     from medclf.train.engine import load_data, named, resolve_split, train
 
     out = Path(out_dir)
@@ -104,11 +83,11 @@ def run_cv(
     oof: list[pd.DataFrame] = []
     for k in fold_ids:
         run_dir = out / f"fold_{k}"
-        if not (run_dir / "run.json").is_file():
+        if not RunDir(run_dir).is_run():
             resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
             split = None if resume else resolve_split(cfg, records, fold=k)
             train(cfg, run_dir, resume=resume, dataset=dataset, split=split, progress=progress)
-        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        info = RunDir(run_dir).load_info()
         pred = pd.read_csv(run_dir / "test_predictions.csv")
         pred.insert(0, "fold", k)
         oof.append(pred)
@@ -116,7 +95,7 @@ def run_cv(
             {
                 "fold": k,
                 "n": len(pred),
-                **fold_metrics(pred, dataset.classes, info.get("threshold"), info.get("positive_classes")),
+                **fold_metrics(pred, dataset.classes, info.threshold, info.positive_classes),
             }
         )
     oof_df = pd.concat(oof, ignore_index=True)
@@ -151,7 +130,7 @@ def build_fold_ensemble(
 
     import medclf
     from medclf.evaluate.thresholds import choose_threshold_ovr
-    from medclf.models import load_run, save_run_model
+    from medclf.models import RunInfo, load_run, save_run_model
     from medclf.models.ensemble import FoldEnsemble
     from medclf.train.rundir import library_versions
 
@@ -194,30 +173,30 @@ def build_fold_ensemble(
     split = split.drop_duplicates("path").assign(split="train")
     with atomic_path(run_dir / "split.csv", suffix=".csv") as tmp:
         split.to_csv(tmp, index=False)
-    info = {
-        "name": f"{cfg.name}-fold-ensemble",
-        "classes": classes,
-        "task": "binary" if len(classes) == 2 else "multiclass",
-        "preprocessing": first.preprocessing.to_dict(),
-        "metadata_encoder": None,
-        "positive_class": first.positive_class,
-        "positive_classes": positive_set,
-        "threshold": threshold,
-        "threshold_rule": f"{cfg.eval.threshold} on out-of-fold predictions" if positive_set else None,
-        "temperature": 1.0,
-        "tta": list(first.info.get("tta") or []),  # the out-of-fold predictions the threshold used had them
-        "ensemble": {
+    info = RunInfo(
+        name=f"{cfg.name}-fold-ensemble",
+        classes=classes,
+        task="binary" if len(classes) == 2 else "multiclass",
+        preprocessing=first.preprocessing.to_dict(),
+        positive_class=first.positive_class,
+        positive_classes=positive_set,
+        threshold=threshold,
+        threshold_rule=f"{cfg.eval.threshold} on out-of-fold predictions" if positive_set else None,
+        temperature=1.0,
+        refer_below=cfg.eval.refer_below,
+        tta=list(first.info.tta),  # the out-of-fold predictions the threshold used had them
+        ensemble={
             "members": [str(r.run_dir.resolve()) for r in runs],
             "member_temperatures": temps,
             "cv_mean": cv_mean,
         },
-        "strategy": "fold_ensemble",
-        "train_seconds": round(sum(float(r.info.get("train_seconds") or 0.0) for r in runs), 2),
-        "images": {"train": len(split), "val": 0, "test": 0},
-        "data_fingerprint": first.info.get("data_fingerprint"),
-        "versions": library_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "disclaimer": medclf.DISCLAIMER,
-    }
+        strategy="fold_ensemble",
+        train_seconds=round(sum(float(r.info.train_seconds or 0.0) for r in runs), 2),
+        images={"train": len(split), "val": 0, "test": 0},
+        data_fingerprint=first.info.data_fingerprint,
+        versions=library_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        disclaimer=medclf.DISCLAIMER,
+    )
     save_run_model(run_dir, model, info)
     return run_dir

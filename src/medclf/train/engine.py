@@ -8,13 +8,15 @@ prediction tables, run.json.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import logging
+import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,24 +24,61 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medclf._atomic import atomic_path, atomic_write_text, make_dir, remove_temp_files, write_error
+from medclf._atomic import (
+    atomic_path,
+    atomic_write_text,
+    json_text,
+    make_dir,
+    remove_temp_files,
+    write_error,
+)
+from medclf._lazy import require_extra
 from medclf._malloc import retain_freed_memory
 from medclf.config import RunConfig, TrainConfig, dump_config, load_config
+from medclf.data.label_issues import exclude_from_train, excluded_images
 from medclf.errors import ConfigError, DataError, MedclfError
 
-__all__ = ["STRATEGIES", "finalize_run", "load_data", "named", "resolve_split", "train"]
+__all__ = ["STRATEGIES", "default_recipe", "finalize_run", "load_data", "named", "resolve_split", "train"]
 
 STRATEGIES = ("scratch", "finetune", "full", "cached")
 CHECKPOINTS = "checkpoints"
 LAST_CKPT = "last.ckpt"
 BEST_WEIGHTS = "best.safetensors"
+BUDGET_PLAN = "budget.json"
 _QUIET = (
-    ".*does not have many workers.*",  # num_workers=0 is the fast choice on a 2-core laptop
+    ".*does not have many workers.*",  # on a small CPU, worker processes only compete with training for cores
     ".*The number of training batches.*",
     ".*module\\(s\\) in eval mode.*",  # frozen batch norm in finetune phase 1, on purpose
     ".*exists and is not empty.*",  # --resume reuses the run's folders
     ".*LeafSpec.*",
 )
+
+
+def default_recipe() -> RunConfig:
+    """The recipe `medclf train` and `medclf cv` use without a CONFIG, for any class-per-folder data:
+    EfficientNet-Lite0 from its offline ImageNet weights, every layer trained from images decoded once, 128 px
+    then 160 px for the last two epochs, weight averaging, within a 10-minute budget per run (per fold in cv)
+    that picks the side and epochs on this machine. Monitored on validation loss, which suits any number of
+    classes. Its figures: docs/benchmarks-training.md."""
+    cfg = RunConfig()
+    cfg.model = dataclasses.replace(cfg.model, name="efficientnet_lite0", pretrained=True, input_size=160)
+    cfg.train = dataclasses.replace(
+        cfg.train,
+        strategy="full",
+        low_res_size=128,
+        full_res_epochs=2,
+        epochs=12,
+        warmup_epochs=1,
+        ema=0.99,
+        augment="standard",
+        batch_size=32,
+        lr=1e-3,
+        scheduler="cosine",
+        patience=0,
+        monitor="val_loss",
+        budget="10m",
+    )
+    return cfg
 
 
 # ---- data ---------------------------------------------------------------------------------------------------
@@ -90,6 +129,8 @@ def resolve_split(cfg: RunConfig, dataset: Any, fold: int | None = None) -> pd.D
         recs = make_split(recs, val=d.val, test=d.test, seed=d.seed, group_by=d.group_by)
     recs = recs.reset_index(drop=True)
     recs.attrs["metadata"] = kinds
+    if d.exclude:  # after the split is made, so val and test are the same with and without the list
+        recs = exclude_from_train(recs, d.exclude)
     return recs
 
 
@@ -124,11 +165,15 @@ def _check_cfg(cfg: RunConfig) -> None:
 
     check_ema(t.ema)
     check_mixup(t.mixup)
-    if t.ema and t.strategy != "cached":
+    if t.low_res_size < 0 or t.full_res_epochs < 1 or t.warmup_epochs < 0:
         raise ConfigError(
-            f"train.ema={t.ema}: weight averaging is built for the cached strategy only; "
-            f"set train.ema=0 for strategy {t.strategy}"
+            f"train.low_res_size={t.low_res_size}, train.full_res_epochs={t.full_res_epochs}, "
+            f"train.warmup_epochs={t.warmup_epochs}: low_res_size and warmup_epochs must be 0 or more, "
+            "full_res_epochs at least 1"
         )
+    from medclf.train.budget import parse_budget
+
+    parse_budget(t.budget)
     if t.mixup and t.strategy != "cached":
         raise ConfigError(
             f"train.mixup={t.mixup}: manifold mixup is built for the cached strategy only; "
@@ -161,6 +206,7 @@ def train(
     config and split (``cfg`` is then ignored); the result equals an uninterrupted run with the same seed.
     ``dataset``/``split`` skip loading and splitting (cv passes them); ``fold`` picks a fold of folded data.
     """
+    require_extra("train", "medclf train")
     t0 = time.perf_counter()
     run_dir = Path(out_dir)
     if resume:
@@ -179,7 +225,13 @@ def train(
         # the operating point's classes are checked now, not after hours of training
         classes = list(dataset.classes)
         _positive_classes(cfg, classes, _positive_index(cfg, classes))
+        plan = _plan_budget(cfg, dataset, split, t0) if cfg.train.budget else None
+        if plan is not None:
+            # the plan becomes the run's recipe: config.yaml (and so --resume) holds the side and epochs chosen
+            cfg = _apply_plan(cfg, plan)
         _write_description(run_dir, cfg, dataset, split)
+        if plan is not None:
+            atomic_write_text(run_dir / BUDGET_PLAN, json_text(plan.to_dict()))
     from medclf.data.splits import small_split_warnings
 
     # said before training starts, not first seen in the report; run.json keeps them (finalize_run)
@@ -192,6 +244,85 @@ def train(
         return _train_lightning(
             cfg, dataset, split, run_dir, resume=resume, callbacks=callbacks, progress=progress, t0=t0
         )
+
+
+def _plan_budget(cfg: RunConfig, dataset: Any, split: pd.DataFrame, t0: float) -> Any:
+    """Measure this machine's training throughput for the recipe's model and plan side, epochs and strategy
+    within ``train.budget`` (``medclf.train.budget``)."""
+    from medclf.data.images import load_image
+    from medclf.data.transforms import create_transform
+    from medclf.models import create_model, resolve_preprocessing
+    from medclf.train.budget import candidate_sides, measure_throughput, parse_budget, plan_budget
+
+    t, m = cfg.train, cfg.model
+    budget = parse_budget(t.budget)
+    assert budget is not None
+    log = logging.getLogger(__name__)
+    if t.strategy == "cached" or m.metadata_only:
+        log.warning(
+            "warning: train.budget plans image training; the %s run trains its set epochs", t.strategy
+        )
+        return None
+    if str(t.devices) not in ("auto", "1") or t.num_nodes > 1:
+        # every DDP process would time itself and could plan differently
+        log.warning(
+            "warning: train.budget plans one-process training; with several devices the recipe's epochs run"
+        )
+        return None
+    kwargs = dict(m.kwargs)
+    if m.input_size:
+        kwargs["input_size"] = m.input_size
+    n_classes = len(dataset.classes)
+    model = create_model(m.name, n_classes, pretrained=False, in_chans=m.in_chans, **kwargs)
+    pre = resolve_preprocessing(model, m.input_size, m.in_chans, m.jpeg_draft)
+    if t.strategy == "finetune":  # the measure trains every layer: an upper bound of a finetune epoch
+        log.info("budget: timing all layers; finetune epochs cost less")
+    paths = split.loc[split["split"] == "train", "path"].astype(str).tolist()[:16]
+    to_uint8 = create_transform(pre, "none").to_uint8
+    t_dec = time.perf_counter()
+    for p in paths:
+        with contextlib.suppress(MedclfError):
+            to_uint8(load_image(p, min_side=pre.decode_side()))
+    decode = (time.perf_counter() - t_dec) / max(1, len(paths))
+    counts = {s: int((split["split"] == s).sum()) for s in ("train", "val", "test")}
+    throughput: dict[int, tuple[float, float]] = {}
+    # largest side first; a smaller one is timed only when the larger cannot train enough epochs
+    for side in candidate_sides(pre.input_size):
+        wanted = [side, *([t.low_res_size] if 0 < t.low_res_size < side else [])]
+        missing = [s for s in wanted if s not in throughput]
+        throughput |= measure_throughput(
+            model, missing, in_chans=pre.in_chans, batch_size=t.batch_size, precision=t.precision
+        )
+        plan = plan_budget(
+            budget,
+            time.perf_counter() - t0,
+            n_train=counts["train"],
+            n_val=counts["val"],
+            n_test=counts["test"],
+            input_size=pre.input_size,
+            max_epochs=t.epochs,
+            throughput=throughput,
+            decode_s_per_image=decode,
+            strategy=t.strategy,
+            low_res_size=t.low_res_size,
+            full_res_epochs=t.full_res_epochs,
+            sides=[side],
+        )
+        if plan.strategy != "cached":
+            break
+    log.info("budget %s: %s", t.budget, plan.note)
+    return plan
+
+
+def _apply_plan(cfg: RunConfig, plan: Any) -> RunConfig:
+    t = cfg.train
+    if plan.strategy == "cached":
+        return dataclasses.replace(cfg, train=dataclasses.replace(t, strategy="cached"))
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, input_size=plan.input_size),
+        train=dataclasses.replace(t, epochs=plan.epochs),
+    )
 
 
 def _cuda_available() -> bool:
@@ -210,8 +341,7 @@ def _loader_kwargs(t: TrainConfig) -> dict[str, Any]:
         "num_workers": t.num_workers,
         "collate_fn": collate_skip_bad,
         "persistent_workers": workers,
-        # page-locked batches let the copy to a CUDA device run asynchronously (the H200 runs of
-        # docs/benchmarks-gpu.md had them); a CPU run gains nothing from them
+        # page-locked batches let the copy to a CUDA device run asynchronously; a CPU run gains nothing from them
         "pin_memory": workers and t.accelerator in ("auto", "gpu", "cuda") and _cuda_available(),
     }
 
@@ -313,6 +443,7 @@ def _train_cached(
             "best_score": best.get(cfg.train.monitor) if best else None,
             "epochs_run": len(rows),
             "resumed": bool(kw.get("resume")),
+            "budget": _read_plan(run_dir),  # a budget plan may choose the cached strategy
         },
         skipped=[
             *getattr(dataset, "bad_files", []),
@@ -347,10 +478,7 @@ def _train_lightning(
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader
 
-    from medclf.data.images import load_image
-    from medclf.data.transforms import create_transform
     from medclf.models import MetadataEncoder, create_model, resolve_preprocessing
-    from medclf.train.batches import EpochSampler, RecordsDataset
     from medclf.train.callbacks import BestWeights, History, PhaseEarlyStopping
     from medclf.train.losses import class_weights
     from medclf.train.module import ClassifierModule, monitor_mode, seed_all
@@ -382,27 +510,11 @@ def _train_lightning(
     )
     pre = resolve_preprocessing(model, m.input_size, m.in_chans, m.jpeg_draft)
     meta_only = bool(getattr(model, "meta_only", False))
-    loader = functools.partial(load_image, min_side=pre.decode_side())
-    train_ds = RecordsDataset(
-        train_df,
-        classes,
-        None if meta_only else create_transform(pre, t.augment),
-        enc.transform(train_df) if enc else None,
-        skip_bad=cfg.data.skip_bad,
-        loader=loader,
-    )
-    val_ds = RecordsDataset(
-        val_df,
-        classes,
-        None if meta_only else create_transform(pre, "none"),
-        enc.transform(val_df) if enc else None,
-        skip_bad=cfg.data.skip_bad,
-        loader=loader,
-    )
+    train_ds, val_ds, sampler = _datasets(cfg, pre, classes, train_df, val_df, enc, meta_only)
     loader_kw = _loader_kwargs(t)
     train_loader = DataLoader(
         train_ds,
-        sampler=EpochSampler(train_ds.labels, seed=t.seed, balanced=t.balanced_sampler),
+        sampler=sampler,
         drop_last=len(train_ds) % t.batch_size == 1,  # a batch of one breaks batch norm
         **loader_kw,
     )
@@ -425,6 +537,14 @@ def _train_lightning(
             dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
         )
     )
+    plan = _read_plan(run_dir)
+    if plan is not None:
+        from lightning.pytorch.callbacks import Timer
+
+        from medclf.train.budget import timer_duration
+
+        # counts training time only and travels in last.ckpt, so a resumed run gets what is left
+        cbs.append(Timer(duration=timer_duration(plan["train_seconds"])))
     cbs.extend(callbacks)
     loggers: list[Any] = [CSVLogger(run_dir / "logs", name="csv", version="")]
     try:
@@ -486,7 +606,7 @@ def _train_lightning(
                 f"{ckpt_dir / BEST_WEIGHTS} cannot be read ({exc}); delete {ckpt_dir} and train the run again"
             ) from None
     model.cpu().eval()
-    skipped = [*getattr(dataset, "bad_files", []), *train_ds.bad.items(), *val_ds.bad.items()]
+    skipped = [*getattr(dataset, "bad_files", []), *_bad(train_ds).items(), *_bad(val_ds).items()]
     return finalize_run(
         cfg,
         run_dir,
@@ -504,11 +624,87 @@ def _train_lightning(
             "best_score": best.best,
             "epochs_run": len(history.rows),
             "resumed": resume,
+            "budget": _read_plan(run_dir),
         },
         skipped=skipped,
         history_rows=history.rows,
         t0=t0,
     )
+
+
+def _datasets(
+    cfg: RunConfig,
+    pre: Any,
+    classes: list[str],
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    enc: Any,
+    meta_only: bool,
+) -> tuple[Any, Any, Any]:
+    """(train dataset, val dataset, train sampler): decoded once into memory (`train.image_cache`, with
+    progressive resizing) or read from the files every epoch."""
+    from medclf.data.images import load_image
+    from medclf.data.transforms import create_transform
+    from medclf.train.batches import EpochSampler, RecordsDataset
+
+    t = cfg.train
+    train_meta = enc.transform(train_df) if enc else None
+    val_meta = enc.transform(val_df) if enc else None
+    if t.image_cache and not meta_only:
+        from medclf.train.image_cache import (
+            CachedImageDataset,
+            DecodedImages,
+            ProgressiveSampler,
+            resolution_schedule,
+        )
+
+        t_dec = time.perf_counter()
+        decoded = [
+            DecodedImages.build(df["path"].astype(str).tolist(), pre, skip_bad=cfg.data.skip_bad)
+            for df in (train_df, val_df)
+        ]
+        logging.getLogger(__name__).info(
+            "decoded %d images once (%.0f MB) in %.0f s",
+            len(train_df) + len(val_df),
+            sum(d.nbytes for d in decoded) / 1e6,
+            time.perf_counter() - t_dec,
+        )
+        index = {c: i for i, c in enumerate(classes)}
+        labels = [np.array([index[str(v)] for v in df["label"]], dtype=np.int64) for df in (train_df, val_df)]
+        train_ds = CachedImageDataset(decoded[0], labels[0], pre, t.augment, train_meta)
+        val_ds = CachedImageDataset(decoded[1], labels[1], pre, "none", val_meta)
+        sizes = resolution_schedule(t.epochs, pre.input_size, t.low_res_size, t.full_res_epochs)
+        sampler = ProgressiveSampler(EpochSampler(labels[0], seed=t.seed, balanced=t.balanced_sampler), sizes)
+        return train_ds, val_ds, sampler
+    loader = functools.partial(load_image, min_side=pre.decode_side())
+    train_ds = RecordsDataset(
+        train_df,
+        classes,
+        None if meta_only else create_transform(pre, t.augment),
+        train_meta,
+        skip_bad=cfg.data.skip_bad,
+        loader=loader,
+    )
+    val_ds = RecordsDataset(
+        val_df,
+        classes,
+        None if meta_only else create_transform(pre, "none"),
+        val_meta,
+        skip_bad=cfg.data.skip_bad,
+        loader=loader,
+    )
+    return train_ds, val_ds, EpochSampler(train_ds.labels, seed=t.seed, balanced=t.balanced_sampler)
+
+
+def _read_plan(run_dir: Path) -> dict[str, Any] | None:
+    import json
+
+    path = run_dir / BUDGET_PLAN
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _bad(ds: Any) -> dict[str, str]:
+    return ds.images.bad if hasattr(ds, "images") else ds.bad
 
 
 def _check_checkpoint(path: Path) -> None:
@@ -564,7 +760,7 @@ def finalize_run(
     val_df: pd.DataFrame,
     test_df: pd.DataFrame,
     split: pd.DataFrame,
-    extra: dict[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
     skipped: Sequence[tuple[str, str]] = (),
     history_rows: list[dict[str, Any]] | None = None,
     t0: float | None = None,
@@ -572,13 +768,14 @@ def finalize_run(
     """Calibrate on validation predictions, write val/test predictions, the plot and run.json + weights.
 
     Too few validation images keep T = 1 and the default threshold; run.json says why (``temperature_skipped``,
-    ``threshold_skipped``) and lists them with the split's small-class sentences in ``warnings``.
+    ``threshold_skipped``) and lists them with the split's small-class sentences in ``warnings``. ``extra`` holds
+    the strategy's own ``RunInfo`` fields (strategy, monitor, best_epoch, ...) by name.
 
     Shared by every strategy (the cached strategy calls it with its own model) so all run folders agree.
     """
 
     import medclf
-    from medclf.models import LoadedRun, save_run_model
+    from medclf.models import LoadedRun, RunInfo, save_run_model
     from medclf.models.inference import predict_records, predictions_frame
     from medclf.models.tta import with_tta
     from medclf.train.metrics import classification_metrics
@@ -593,7 +790,7 @@ def finalize_run(
     model = with_tta(model, cfg.eval.tta)
     loaded = LoadedRun(
         model=model,
-        info={},
+        info=RunInfo(classes=classes),
         preprocessing=preprocessing,
         classes=classes,
         meta_encoder=meta_encoder,
@@ -628,34 +825,38 @@ def finalize_run(
         _write_csv(predictions_frame(loaded, test_rows, test_logits), run_dir / "test_predictions.csv")
     if history_rows:
         plot_history(history_rows, run_dir / "training_curves.png", title=cfg.name)
-    info: dict[str, Any] = {
-        "name": cfg.name,
-        "classes": classes,
-        "task": "binary" if binary else "multiclass",
-        "preprocessing": preprocessing.to_dict(),
-        "metadata_encoder": meta_encoder.to_dict() if meta_encoder else None,
-        "positive_class": classes[positive] if binary else None,
-        "threshold": threshold,
-        "positive_classes": positive_set,
-        "threshold_rule": str(cfg.eval.threshold) if positive_set else None,
-        "threshold_skipped": threshold_skipped,
-        "temperature": temperature,
-        "temperature_skipped": temperature_skipped,
-        "warnings": run_warnings,
-        "tta": list(cfg.eval.tta),
-        "val_metrics": classification_metrics(val_logits, y_val, positive),
-        **(extra or {}),
-        "train_seconds": _train_seconds(t0, history_rows, bool((extra or {}).get("resumed"))),
-        "images": {s: int((split["split"] == s).sum()) for s in ("train", "val", "test")},
-        "data_fingerprint": data_fingerprint(
+    extra = dict(extra or {})
+    info = RunInfo(
+        name=cfg.name,
+        classes=classes,
+        task="binary" if binary else "multiclass",
+        preprocessing=preprocessing.to_dict(),
+        metadata_encoder=meta_encoder.to_dict() if meta_encoder else None,
+        positive_class=classes[positive] if binary else None,
+        threshold=threshold,
+        positive_classes=positive_set,
+        threshold_rule=str(cfg.eval.threshold) if positive_set else None,
+        threshold_skipped=threshold_skipped,
+        temperature=temperature,
+        temperature_skipped=temperature_skipped,
+        refer_below=cfg.eval.refer_below,
+        warnings=run_warnings,
+        tta=list(cfg.eval.tta),
+        val_metrics=classification_metrics(val_logits, y_val, positive),
+        train_seconds=_train_seconds(t0, history_rows, bool(extra.get("resumed"))),
+        peak_memory_mb=_peak_memory_mb(),
+        images={s: int((split["split"] == s).sum()) for s in ("train", "val", "test")},
+        excluded_images=excluded_images(cfg.data.exclude, split),
+        data_fingerprint=data_fingerprint(
             zip(split["path"].astype(str), split["label"].astype(str), strict=True)
         ),
-        "skipped_images": [{"path": str(p), "reason": str(r)} for p, r in skipped],
-        "versions": library_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "disclaimer": medclf.DISCLAIMER,
-    }
-    save_run_model(run_dir, model, info)
+        skipped_images=[{"path": str(p), "reason": str(r)} for p, r in skipped],
+        versions=library_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        disclaimer=medclf.DISCLAIMER,
+    )
+    # the strategy's own fields; a name that is not a RunInfo field is a TypeError here, not a silent key
+    save_run_model(run_dir, model, dataclasses.replace(info, **extra))
     return run_dir
 
 
@@ -670,6 +871,17 @@ def _train_seconds(
     if resumed and history_rows:
         elapsed = max(elapsed, sum(float(r.get("seconds") or 0.0) for r in history_rows))
     return round(elapsed, 2)
+
+
+def _peak_memory_mb() -> float | None:
+    """The largest resident memory this process has held (the training process; loader workers not counted)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    # ru_maxrss is in kilobytes on Linux, in bytes on macOS
+    scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1)
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:

@@ -38,16 +38,16 @@ def build_run_ensemble(
     validation split. Returns ``out_dir``."""
     from medclf._atomic import atomic_path, atomic_write_text
     from medclf.config import dump_config, load_config
-    from medclf.models import load_run
+    from medclf.models import RunDir, load_run
     from medclf.models.ensemble import FoldEnsemble
     from medclf.models.tta import unwrap_tta
     from medclf.train.engine import finalize_run
 
-    t0 = time.time()
+    t0 = time.perf_counter()  # finalize_run measures train_seconds on the same clock
     if len(run_dirs) < 2:
         raise ConfigError("medclf ensemble needs at least 2 run folders")
     out = Path(out_dir)
-    if (out / "run.json").exists():
+    if RunDir(out).info_path.exists():
         raise ConfigError(f"{out} already holds a run; choose a new --out folder")
     runs = [load_run(r) for r in run_dirs]
     first = runs[0]
@@ -84,7 +84,7 @@ def build_run_ensemble(
         raise ConfigError("a member is itself an ensemble; list its runs instead")
 
     cfg = load_config(first.run_dir / "config.yaml")
-    cfg.name = name or "ensemble-" + "+".join(r.info.get("name", r.run_dir.name) for r in runs)
+    cfg.name = name or "ensemble-" + "+".join(r.info.name or r.run_dir.name for r in runs)
     cfg.eval.tta = []  # the members' views, if any, are not carried over: one input adapter serves them all
     if threshold is not None:
         cfg.eval.threshold = threshold
@@ -130,7 +130,7 @@ def build_run_ensemble(
                 "member_temperatures": [float(r.temperature) for r in runs],
                 "member_inputs": inputs,
             },
-            "train_seconds_members": round(sum(float(r.info.get("train_seconds") or 0.0) for r in runs), 2),
+            "train_seconds_members": round(sum(float(r.info.train_seconds or 0.0) for r in runs), 2),
         },
         t0=t0,
     )

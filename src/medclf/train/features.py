@@ -3,15 +3,15 @@
 A backbone is split in two (:func:`split_backbone`): a frozen ``bottom`` that runs once per image and view, and a
 trainable ``top`` (the last ``finetune_blocks`` blocks, the head convolution and the pooling). With
 ``finetune_blocks=0`` the bottom is the whole trunk and the cache holds pooled features ``[N, D]``; otherwise it holds
-the bottom's feature maps ``[N, C, H, W]`` (float16), from which the top blocks train on CPU in seconds per epoch.
+the bottom's feature maps ``[N, C, H, W]`` (float16), from which the top blocks train without the bottom running again.
 
 Each view of a dataset is one safetensors file plus a JSON sidecar with its SHA-256, keyed by the data fingerprint
 (paths, sizes, modification times), the bottom's weights, the preprocessing, the augmentation policy and the view.
 A file whose checksum does not match is rebuilt. Views: ``clean`` (the image itself), ``hflip`` / ``vflip``
 (test-time flip averaging) and ``aug1``, ``aug2``, ... (random augmentations, seeded per view and image).
 
-The bottom runs in ONNX Runtime or channels-last PyTorch, whichever measured faster on this machine (measured
-once per bottom and input size, remembered in the cache folder).
+The bottom runs on a ``medclf.runtime`` engine: ONNX Runtime by default (``backend="auto"``; channels-last PyTorch
+when the bottom does not export), or the one named (``torch``, ``onnx``, ``openvino``).
 """
 
 from __future__ import annotations
@@ -36,11 +36,17 @@ from PIL import Image
 from torch import nn
 
 from medclf._atomic import atomic_path, atomic_write_json
-from medclf._microbatch import run_micro_batches
-from medclf._onnx_export import onnx_bytes, onnx_session
 from medclf.data.images import load_image
 from medclf.data.transforms import Preprocessing, create_transform
 from medclf.errors import BadImageError, DataError, MedclfError
+from medclf.runtime.engine import (
+    DEFAULT_ENGINE,
+    Engine,
+    OnnxRuntimeEngine,
+    TorchEngine,
+    create_graph_engine,
+)
+from medclf.runtime.onnx import export_graph
 
 __all__ = [
     "BackboneSplit",
@@ -54,10 +60,8 @@ log = logging.getLogger(__name__)
 
 _CACHE_VERSION = 1
 BACKENDS = ("auto", "torch", "onnx", "openvino")
-_PROBE_IMAGES = 32
-"""Images of the dataset that ``backend="auto"`` extracts with each engine to choose one (once per bottom)."""
-Runner = Callable[[torch.Tensor], np.ndarray]
-"""A feature engine: a preprocessed batch in, the bottom's outputs out."""
+DEFAULT_BACKEND = DEFAULT_ENGINE
+"""What ``backend="auto"`` runs the bottom on: ONNX Runtime (PyTorch when the bottom does not export)."""
 
 
 def default_cache_dir() -> Path:
@@ -238,132 +242,54 @@ def _seed_for(seed: int, view: str, index: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# backends
-
-
-class _TorchRunner:
-    name = "torch"
-
-    def __init__(self, module: nn.Module) -> None:
-        # a copy: the bottom shares parameters with the model being trained
-        self.module = copy.deepcopy(module).eval().to(memory_format=torch.channels_last)
-
-    def __call__(self, x: torch.Tensor) -> np.ndarray:
-        with torch.inference_mode():
-            return self.module(x.contiguous(memory_format=torch.channels_last)).float().numpy()
-
-
-class _OnnxRunner:
-    """ONNX Runtime, one thread per call and one image per call, with as many calls at once as there are cores.
-
-    Images are independent, so the cores need not work on one image together: each runs its own, with no
-    synchronisation between them at every layer, and a core that finishes early decodes the next images while the
-    other still computes (``_run_views`` mixes both kinds of task in one pool). On this project's 2-core VM that
-    extracts features about 25% faster than both cores on each image in turn (docs/benchmarks.md).
-    """
-
-    name = "onnx"
-    per_image = True
-    """Calls may run concurrently, one image each (``_run_views`` schedules them beside the decoding)."""
-
-    def __init__(self, path: Path) -> None:
-        self.session = onnx_session(path, num_threads=1)
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """One call on ``x`` in the calling thread (safe to call from several threads at once)."""
-        return self.session.run(None, {"x": x})[0]
-
-    def __call__(self, x: torch.Tensor) -> np.ndarray:
-        # one image per call, in turn; ``_run_views`` spreads these calls over the cores itself
-        return run_micro_batches(self.session, None, {"x": x.numpy()}, 1)[0]
-
-
-class _OpenVinoRunner:
-    name = "openvino"
-
-    def __init__(self, path: Path) -> None:
-        from medclf._openvino import OpenVinoSession
-
-        self.session = OpenVinoSession(path, num_threads=torch.get_num_threads())
-
-    def __call__(self, x: torch.Tensor) -> np.ndarray:
-        return run_micro_batches(self.session, ["y"], {"x": x.numpy()})[0]
+# engines
 
 
 def _export_onnx(module: nn.Module, size: int, in_chans: int, path: Path) -> Path:
     if path.is_file():
         return path
     example = torch.zeros(1, in_chans, size, size)
-    data = onnx_bytes(copy.deepcopy(module).eval(), (example,), ["x"], ["y"])
+    data = export_graph(copy.deepcopy(module).eval(), (example,), ["x"], ["y"])
     with atomic_path(path, suffix=".onnx") as tmp:
         tmp.write_bytes(data)
     return path
 
 
-def _throughput(runners: dict[str, Runner], probe: Callable[[Runner], int]) -> dict[str, float]:
-    """Images/s of each runner through ``probe`` (the extraction itself on a few of the dataset's images, decoding
-    included): the best of 3 rounds, the runners taking turns, so that a moment of slowness (a shared or throttled
-    CPU) does not decide the choice."""
-    for runner in runners.values():
-        probe(runner)  # warm-up (allocations, graph optimisation)
-    best = dict.fromkeys(runners, 0.0)
-    for _ in range(3):
-        for name, runner in runners.items():
-            t = time.perf_counter()
-            n = probe(runner)
-            best[name] = max(best[name], n / (time.perf_counter() - t))
-    return best
-
-
-_SWITCH_MARGIN = 0.10
-"""How much faster than ONNX Runtime another engine must measure to be chosen instead."""
-
-
-def _pick(measured: dict[str, float]) -> str:
-    """The engine to use, from images/s measured on a few of the dataset's images.
-
-    The fastest, except that ONNX Runtime (the engine that shares the cores with decoding best) stays unless another
-    measured more than ``_SWITCH_MARGIN`` faster: the timing takes a fraction of a second per engine, and on a
-    shared or throttled CPU a moment's slowness can make a slower engine look faster. One such flip made a
-    benchmark's extraction 16% slower (docs/benchmarks.md).
-    """
-    best = max(measured, key=measured.__getitem__)
-    if "onnx" in measured and measured[best] <= measured["onnx"] * (1 + _SWITCH_MARGIN):
-        return "onnx"
-    return best
-
-
-_ENGINES: dict[tuple[str, str, int, int, int], Runner] = {}
+_ENGINES: dict[tuple[str, str, int, int, int], Engine] = {}
 _ENGINES_KEPT = 4
 _ENGINES_LOCK = threading.Lock()
 
 
-def _engine(name: str, path: Path) -> Runner:
+def _graph_engine(name: str, path: Path) -> Engine:
     """The graph engine ``name`` on the ONNX file ``path``, built once per process and file version.
 
     A training run extracts its train, validation and test splits and every view in separate calls; building the
     engine (and for OpenVINO, compiling the graph) is paid once, not per call. The last few engines stay loaded.
     """
     st = path.stat()
-    # a file written again is a new engine; OpenVINO sizes itself by torch's thread count
+    # a file written again is a new engine; the engines size themselves by torch's thread count
     key = (name, str(path), st.st_mtime_ns, st.st_size, torch.get_num_threads())
     with _ENGINES_LOCK:
-        runner = _ENGINES.pop(key, None)
-        if runner is None:
-            runner = _OnnxRunner(path) if name == "onnx" else _OpenVinoRunner(path)
-        _ENGINES[key] = runner  # most recently used last
+        engine = _ENGINES.pop(key, None)
+        if engine is None:
+            # ONNX Runtime: one-thread calls, one image each, that ``_run_views`` queues beside the decoding
+            engine = create_graph_engine(
+                name, path, threads=torch.get_num_threads(), outputs=["y"], single_image_session=False
+            )
+        _ENGINES[key] = engine  # most recently used last
         while len(_ENGINES) > _ENGINES_KEPT:
             del _ENGINES[next(iter(_ENGINES))]
-    return runner
+    return engine
 
 
-def _make_runner(
-    bottom: nn.Module, key: str, pre: Preprocessing, backend: str, cache_dir: Path, probe_paths: Sequence[str]
-) -> Runner:
+def _make_engine(bottom: nn.Module, key: str, pre: Preprocessing, backend: str, cache_dir: Path) -> Engine:
+    """The engine for ``backend``; ``auto`` is ``DEFAULT_BACKEND`` (ONNX Runtime), or PyTorch for a bottom that
+    does not export."""
     if backend not in BACKENDS:
         raise MedclfError(f"unknown feature backend {backend!r}: choose {', '.join(BACKENDS)}")
     if backend == "torch":
-        return _TorchRunner(bottom)
+        # a copy: the bottom shares parameters with the model being trained
+        return TorchEngine(copy.deepcopy(bottom), inputs=["x"], outputs=["y"], channels_last=True)
     onnx_path = cache_dir / "onnx" / f"{key}.onnx"
     try:
         _export_onnx(bottom, pre.input_size, pre.in_chans, onnx_path)
@@ -371,51 +297,8 @@ def _make_runner(
         if backend != "auto":
             raise MedclfError(f"ONNX export of the backbone failed ({exc}); use backend='torch'") from None
         log.info("ONNX export failed (%s); using PyTorch", exc)
-        return _TorchRunner(bottom)
-    if backend in ("onnx", "openvino"):
-        return _engine(backend, onnx_path)
-    from medclf._openvino import available
-
-    makers: dict[str, Callable[[], Runner]] = {
-        "torch": lambda: _TorchRunner(bottom),
-        "onnx": lambda: _engine("onnx", onnx_path),
-    }
-    if available():
-        makers["openvino"] = lambda: _engine("openvino", onnx_path)
-    choice_file = cache_dir / "onnx" / f"{key}.backend.json"
-    choice = json.loads(choice_file.read_text()) if choice_file.is_file() else {}
-    if set(makers) <= set(choice):
-        # measured before, for this backbone and these engines: build the winner only
-        best = _pick({name: choice[name] for name in makers})
-        log.info("feature backend %s (measured before: %s)", best, choice)
-        return makers[best]()
-    runners = {}
-    for name, make in makers.items():
-        try:
-            runners[name] = make()
-        except Exception as exc:  # e.g. an op OpenVINO cannot compile: the other engines still work
-            log.info("feature backend %s unavailable (%s)", name, exc)
-
-    def probe(runner: Runner) -> int:
-        # the engines differ in how they share the cores with decoding, so they are timed with it
-        try:
-            return len(
-                _run_views(runner, list(probe_paths), pre, ["clean"], "none", 0, 16, True, False, None)[1]
-            )
-        except DataError:  # not one readable image among the first few
-            return 0
-
-    choice = _throughput(runners, probe)
-    if not any(choice.values()):
-        return runners.get("onnx") or next(iter(runners.values()))  # nothing measured, nothing remembered
-    atomic_write_json(choice_file, {**{n: 0.0 for n in makers}, **choice})
-    best = _pick({name: choice[name] for name in runners})
-    log.info("feature backend %s (%s)", best, ", ".join(f"{n} {v:.1f} img/s" for n, v in choice.items()))
-    losers = [r for name, r in runners.items() if name != best]
-    with _ENGINES_LOCK:  # the engines that lost would stay loaded unused: free them
-        for k in [k for k, r in _ENGINES.items() if any(r is loser for loser in losers)]:
-            del _ENGINES[k]
-    return runners[best]
+        return _make_engine(bottom, key, pre, "torch", cache_dir)
+    return _graph_engine(DEFAULT_BACKEND if backend == "auto" else backend, onnx_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -492,10 +375,11 @@ def extract_features(
 ) -> FeatureSet:
     """Run the frozen ``bottom`` over ``paths`` once per view, reading and writing the disk cache.
 
-    ``batch_size``: images decoded per step (on every core, then the engine runs them). ONNX Runtime runs one image
-    per call on each core, beside the decoding; OpenVINO runs micro-batches of ``medclf._microbatch.ENGINE_BATCH``
-    on all cores, which stay in the CPU's cache. Engines are built once per process and exported model
-    (``_engine``). ``half`` stores float16 (default: for feature maps, which are large; pooled features stay
+    ``backend``: ``auto`` (``DEFAULT_BACKEND``: ONNX Runtime, or PyTorch for a bottom that does not export),
+    ``onnx``, ``openvino`` or ``torch``. ``batch_size``: images decoded per step (on every core, then the engine
+    runs them). ONNX Runtime runs one image per call on each core, beside the decoding; OpenVINO runs calls of
+    ``medclf.runtime.engine.ENGINE_BATCH`` images on all cores, which stay in the CPU's cache. Graph engines are
+    built once per process and exported model. ``half`` stores float16 (default: for feature maps, which are large; pooled features stay
     float32).
     Raises BadImageError for the first unreadable image unless ``skip_bad``, which skips and lists them.
     """
@@ -523,9 +407,9 @@ def extract_features(
         results[view], kept, bad = got
     seconds = 0.0
     if todo:
-        runner = _make_runner(bottom, model_key, pre, backend, cache_dir, paths[:_PROBE_IMAGES])
+        engine = _make_engine(bottom, model_key, pre, backend, cache_dir)
         t0 = time.perf_counter()
-        xs, k, b = _run_views(runner, paths, pre, todo, augment, seed, batch_size, skip_bad, progress, half)
+        xs, k, b = _run_views(engine, paths, pre, todo, augment, seed, batch_size, skip_bad, progress, half)
         if b:  # every view skips the same images: say so once
             log.warning("skipped %d unreadable image(s): %s", len(b), ", ".join(b[:10]))
         for view in todo:
@@ -549,6 +433,10 @@ def extract_features(
     return FeatureSet(views={v: results[v] for v in views}, kept=kept, bad=bad, seconds=seconds)
 
 
+def _run_one(engine: OnnxRuntimeEngine, x: np.ndarray) -> np.ndarray:
+    return engine.run_one({"x": x})[0]
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     """torch's intra-op threads set to ``n`` for the block (restored after)."""
@@ -561,7 +449,7 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def _run_views(
-    runner: Runner,
+    engine: Engine,
     paths: list[str],
     pre: Preprocessing,
     views: Sequence[str],
@@ -572,7 +460,7 @@ def _run_views(
     progress: bool,
     half: bool | None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
-    """Every view of ``paths`` through ``runner``, each image decoded once for all views."""
+    """Every view of ``paths`` through ``engine``, each image decoded once for all views."""
     from tqdm.auto import tqdm
 
     transforms = {view: _view_transform(pre, view, augment) for view in views}
@@ -609,7 +497,8 @@ def _run_views(
     out: dict[str, list[np.ndarray]] = {view: [] for view in views}
     kept: list[int] = []
     bad: list[str] = []
-    per_image = bool(getattr(runner, "per_image", False))
+    # ONNX Runtime's one-thread calls run one image each, queued in this function's pool beside the decoding
+    per_image = isinstance(engine, OnnxRuntimeEngine)
     label = ", ".join(views) if len(views) <= 3 else f"{len(views)} views"
     bar = tqdm(total=len(paths), desc=f"features [{label}]", unit="img", disable=not progress, leave=False)
 
@@ -667,10 +556,11 @@ def _run_views(
                     continue
                 if per_image:
                     # each image goes to the engine as it is (no stacking copy)
-                    run_one = runner.run  # type: ignore[attr-defined]
-                    pending[view] = [pool.submit(run_one, t.numpy()[None]).result for t in batch_tensors]
+                    pending[view] = [
+                        pool.submit(_run_one, engine, t.numpy()[None]).result for t in batch_tensors
+                    ]
                 else:
-                    y = runner(torch.stack(batch_tensors))
+                    (y,) = engine.run({"x": torch.stack(batch_tensors).numpy()})
                     pending[view] = [lambda y=y: y]
         collect(pending, pending_n)
     bar.close()

@@ -16,8 +16,8 @@ def class_weights(labels: np.ndarray, num_classes: int, power: float = 1.0) -> t
     """Inverse class frequency to the given power, (N / (C * n_c)) ** power.
 
     A balanced dataset gets weight 1 everywhere. ``power=1`` is the usual inverse frequency; ``0.5`` (square root)
-    is softer: on HAM10000 full inverse frequency weighs ``df`` 60x ``nv`` and the argmax then sacrifices plain
-    accuracy, while the square root weighs it about 8x.
+    is softer: on a data set as unbalanced as HAM10000, full inverse frequency weighs its rarest class dozens of
+    times its commonest and the arg-max then gives up plain accuracy; the square root narrows that gap.
     """
     if power < 0:
         raise ConfigError(

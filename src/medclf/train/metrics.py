@@ -1,6 +1,6 @@
 """The monitored validation figures and the seeding shared by every strategy, without Lightning.
 
-The `cached` strategy trains in its own loop and imports only this (Lightning's import costs about 2 s of start-up);
+The `cached` strategy trains in its own loop and imports only this (importing Lightning adds to every start-up);
 the Lightning strategies use the same functions through ``medclf.train.module``.
 """
 

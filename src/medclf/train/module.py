@@ -50,6 +50,14 @@ class ClassifierModule(pl.LightningModule):
             self.block_params = [p for g in top for p in g if id(p) not in head_ids]
         else:
             self.block_params = [p for p in model.parameters() if id(p) not in head_ids]
+        # the averaged copy validates, is checkpointed with the run (resume) and becomes the saved model
+        self.ema_model = (
+            torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_update(tcfg.ema), use_buffers=True)
+            if tcfg.ema
+            else None
+        )
+        if self.ema_model is not None:  # updated by copying, never by gradients (DDP checks for unused ones)
+            self.ema_model.requires_grad_(False)
         self._val_logits: list[torch.Tensor] = []
         self._val_y: list[torch.Tensor] = []
         self._loss_sum = 0.0
@@ -82,6 +90,11 @@ class ClassifierModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._apply_trainable()
+        # channels-last convolutions train faster on CPUs and GPUs alike (docs/benchmarks-training.md)
+        self.to(memory_format=torch.channels_last)
+
+    def on_fit_end(self) -> None:
+        self.to(memory_format=torch.contiguous_format)
 
     def on_train_epoch_start(self) -> None:
         if self.finetune and self.current_epoch == self.head_epochs and self.head_epochs > 0:
@@ -99,9 +112,20 @@ class ClassifierModule(pl.LightningModule):
         super().on_validation_model_train()
         self._freeze_bn()
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema_model is not None and batch is not None:
+            self.ema_model.update_parameters(self.model)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that validate and are saved: the moving average with `train.ema`, else the model."""
+        return self.ema_model.module if self.ema_model is not None else self.model
+
     # ---- steps ----------------------------------------------------------------------------------------------
-    def _forward(self, x: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-        return self.model(x if x.numel() else None, meta if meta.numel() else None)
+    def _forward(self, x: torch.Tensor, meta: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return (model or self.model)(x if x.numel() else None, meta if meta.numel() else None)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         if batch is None:  # every image of the batch was bad and skipped
@@ -120,7 +144,7 @@ class ClassifierModule(pl.LightningModule):
         if batch is None:
             return
         x, meta, y = batch
-        self._val_logits.append(self._forward(x, meta).float().detach())
+        self._val_logits.append(self._forward(x, meta, self.eval_model).float().detach())
         self._val_y.append(y)
 
     def on_validation_epoch_end(self) -> None:
@@ -159,9 +183,13 @@ class ClassifierModule(pl.LightningModule):
         if t.scheduler == "none":
             return opt
         if t.scheduler == "cosine":
-            lambdas = [self._cosine_factor(head=True), self._cosine_factor(head=False)][: len(groups)]
+            # stepped every batch, so short schedules (a few epochs of full training) decay smoothly
+            steps = max(
+                1, int(self.trainer.estimated_stepping_batches) // max(1, self.trainer.max_epochs or 1)
+            )
+            lambdas = [self._cosine_factor(True, steps), self._cosine_factor(False, steps)][: len(groups)]
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if t.scheduler == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 opt, mode=monitor_mode(t.monitor), factor=0.5, patience=max(1, t.patience // 3)
@@ -177,16 +205,25 @@ class ClassifierModule(pl.LightningModule):
             }
         raise ConfigError(f"train.scheduler={t.scheduler!r}: choose plateau, cosine or none")
 
-    def _cosine_factor(self, head: bool) -> Any:
+    def _cosine_factor(self, head: bool, steps_per_epoch: int) -> Any:
+        """LR factor at optimisation step ``step``: constant in the head phase of `finetune`, then linear warm-up
+        over `train.warmup_epochs` and a cosine decay to 1% at the last epoch."""
         t = self.tcfg
         h = self.head_epochs
-        span = max(1, t.epochs - h)  # train.epochs counts the head epochs too
+        epochs = self.trainer.max_epochs or t.epochs  # a time budget may plan fewer epochs than the recipe's
+        span = max(1, epochs - h)  # train.epochs counts the head epochs too
+        warm = min(t.warmup_epochs, span)
 
-        def factor(epoch: int) -> float:
+        def factor(step: int) -> float:
+            epoch = step / steps_per_epoch
             if epoch < h:
                 return 1.0
-            cos = 0.5 * (1.0 + math.cos(math.pi * min(epoch - h, span) / span))
             scale = t.finetune_lr_scale if (head and self.finetune) else 1.0
+            if epoch - h < warm:
+                return scale * max(0.01, (epoch - h) / warm)
+            cos = 0.5 * (
+                1.0 + math.cos(math.pi * min(epoch - h - warm, span - warm) / max(1e-9, span - warm))
+            )
             return scale * max(cos, 0.01)
 
         return factor
@@ -197,3 +234,19 @@ class ClassifierModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.last_train_loss = float(checkpoint.get("medclf_train_loss", float("nan")))
+
+
+def _ema_update(decay: float) -> Any:
+    """``AveragedModel``'s update: ``avg ← d·avg + (1 − d)·current`` with d = min(decay, (1 + n) / (10 + n)), so
+    the first steps are not averaged with the random start; integer buffers (batch counts) are copied."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
+        step = int(n)
+        d = min(decay, (1.0 + step) / (10.0 + step))
+        if averaged and torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    return update

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from medclf._atomic import atomic_path, atomic_write_text
+from medclf._lazy import require_extra
 from medclf.config import RunConfig, apply_overrides, dump_config
 from medclf.errors import ConfigError
 
@@ -106,8 +107,10 @@ def run_tune(
     progress: bool = False,
 ) -> pd.DataFrame:
     """Run ``trials`` trials (added to any already in ``out_dir/study.db``); returns the results table."""
+    require_extra("train", "medclf tune")
     import optuna
 
+    from medclf.models import RunDir
     from medclf.train.engine import load_data, named, resolve_split, train
     from medclf.train.metrics import monitor_mode
 
@@ -146,11 +149,11 @@ def run_tune(
         run_dir = out / "trials" / f"trial_{trial.number:03d}"
         callbacks = [] if tcfg.train.strategy == "cached" else [_pruning_callback(trial, monitor)]
         train(tcfg, run_dir, dataset=dataset, split=split, callbacks=callbacks, progress=progress)
-        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        info = RunDir(run_dir).load_info()
         trial.set_user_attr("run_dir", str(run_dir))
-        score = info.get("best_score")
-        if score is None or (isinstance(score, float) and math.isnan(score)):
-            score = info["val_metrics"][monitor.removeprefix("val_")]
+        score = info.best_score
+        if score is None or math.isnan(score):
+            score = (info.val_metrics or {})[monitor.removeprefix("val_")]
         return float(score)
 
     study.optimize(objective, n_trials=trials, catch=())

@@ -1,11 +1,11 @@
-"""OpenVINO as a second inference engine for ONNX graphs, beside ONNX Runtime (docs/benchmarks-cpu.md).
+"""OpenVINO sessions on ONNX graphs: the engine beside ONNX Runtime (docs/benchmarks-cpu.md).
 
 Optional (``pip install 'medclf[openvino]'``). Graphs compile at fp32 by default: OpenVINO would otherwise run in
 bfloat16 on CPUs with AMX or AVX512-BF16, which is faster but moves probabilities by a few hundredths.
 ``precision="bf16"`` asks for that explicitly.
 
 `OpenVinoSession` answers the two calls medclf makes on an ``onnxruntime.InferenceSession`` (``get_inputs`` and
-``run``), so the serving code drives either engine the same way. It is safe to share between threads: each thread
+``run``), so ``medclf.runtime.engine`` drives either engine the same way. It is safe to share between threads: each thread
 gets its own infer request on the one compiled model.
 """
 
@@ -67,8 +67,8 @@ class OpenVinoSession:
         else:
             graph = core.read_model(os.fspath(model))
         config: dict[str, Any] = {
-            # one stream, all threads on each request: the lowest single-image latency; for batches of 16-32,
-            # several streams measured no better on 2 cores (within the machine's run-to-run noise)
+            # one stream, all threads on each request: the lowest single-image latency, and on a small CPU
+            # several streams do not speed up batches either
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": precision,
         }
@@ -79,6 +79,10 @@ class OpenVinoSession:
         self._input_names = {i.name for i in self._inputs}
         self._outputs = {_name(p): p for p in self.compiled.outputs}
         self._local = threading.local()
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
 
     def get_inputs(self) -> list[_Input]:
         return list(self._inputs)

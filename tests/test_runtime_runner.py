@@ -1,4 +1,5 @@
-"""Validation/test predictions through ONNX Runtime (``medclf.models._graph_logits``) equal PyTorch's."""
+"""Validation/test predictions and OOD-fit features through ONNX Runtime (``medclf.runtime.ModelRunner``) equal
+PyTorch's."""
 
 from __future__ import annotations
 
@@ -18,9 +19,22 @@ from medclf.models import (
     resolve_preprocessing,
     save_run_model,
 )
-from medclf.models import _graph_logits as G
 from medclf.models.inference import predict_records
 from medclf.models.tta import with_tta
+from medclf.runtime import runner as R
+from medclf.runtime.engine import OnnxRuntimeEngine, TorchEngine
+
+
+def _count_exports(monkeypatch) -> list[list[str]]:
+    """The input names of every graph ``ModelRunner`` exports from now on."""
+    exported: list[list[str]] = []
+    real = R.export_graph
+    monkeypatch.setattr(
+        R,
+        "export_graph",
+        lambda m, args, inputs, outputs: exported.append(list(inputs)) or real(m, args, inputs, outputs),
+    )
+    return exported
 
 
 @pytest.fixture()
@@ -64,22 +78,16 @@ def _run(tmp_path: Path, *, meta: bool, tta: bool) -> tuple[object, pd.DataFrame
 
 
 @pytest.mark.parametrize(("meta", "tta"), [(False, False), (True, True)])
-def test_graph_predictions_equal_pytorch(tmp_path, two_threads, meta, tta) -> None:
+def test_graph_predictions_equal_pytorch(tmp_path, two_threads, monkeypatch, meta, tta) -> None:
     run, records = _run(tmp_path, meta=meta, tta=tta)
-    built = []
-    real = G.GraphLogits.build
-
-    def spy(*a, **k):
-        graph = real(*a, **k)
-        built.append(graph)
-        return graph
-
-    G.GraphLogits.build = spy  # type: ignore[method-assign]
-    try:
-        rows, got, skipped = predict_records(run, records, batch_size=3, skip_bad=True)
-    finally:
-        G.GraphLogits.build = real  # type: ignore[method-assign]
-    assert built and built[0] is not None  # the graph ran, and was built once
+    exported = _count_exports(monkeypatch)
+    engines: list = []
+    real_close = R.ModelRunner.close
+    monkeypatch.setattr(R.ModelRunner, "close", lambda self: engines.append(self.engine) or real_close(self))
+    rows, got, skipped = predict_records(run, records, batch_size=3, skip_bad=True)
+    # the graph ran, and was built once
+    assert exported == [["image", "meta"] if meta else ["image"]]
+    assert isinstance(engines[0], OnnxRuntimeEngine)
     ref_rows, ref, ref_skipped = predict_records(run, records, batch_size=3, skip_bad=True, engine="torch")
     assert rows["path"].tolist() == ref_rows["path"].tolist() and len(rows) == 7
     assert skipped == ref_skipped and skipped[0][0].endswith("broken.png")
@@ -99,13 +107,10 @@ def test_pytorch_stands_in_when_the_graph_cannot(tmp_path, two_threads, monkeypa
     run, records = _run(tmp_path, meta=True, tta=False)
     ref = predict_records(run, records, skip_bad=True, engine="torch")[1]
     # a graph that disagrees with the model beyond the tolerance is not used
-    monkeypatch.setattr(G, "PARITY_LOGITS", -1.0)
-    assert (
-        G.GraphLogits.build(
-            run.model, np.zeros((1, 3, 32, 32), np.float32), np.zeros((1, run.meta_encoder.dim), np.float32)
-        )
-        is None
-    )
+    monkeypatch.setattr(R, "PARITY_LOGITS", -1.0)
+    with R.ModelRunner(run.model) as runner:
+        runner(torch.zeros(2, 3, 32, 32), np.zeros((2, run.meta_encoder.dim), np.float32))
+        assert isinstance(runner.engine, TorchEngine)
     np.testing.assert_array_equal(predict_records(run, records, skip_bad=True)[1], ref)
     monkeypatch.undo()
 
@@ -122,25 +127,24 @@ def test_pytorch_stands_in_when_the_graph_cannot(tmp_path, two_threads, monkeypa
 def test_a_handful_of_images_is_predicted_without_an_export(tmp_path, monkeypatch) -> None:
     run, records = _run(tmp_path, meta=False, tta=False)
 
-    def no_build(*a, **k):
+    def no_export(*a, **k):
         raise AssertionError("exported for fewer images than GRAPH_MIN_IMAGES")
 
-    monkeypatch.setattr(G.GraphLogits, "build", no_build)
+    monkeypatch.setattr(R, "export_graph", no_export)
     assert len(records) < inference.GRAPH_MIN_IMAGES
     assert len(predict_records(run, records, skip_bad=True)[1]) == 7
 
 
 def test_ood_fit_features_from_the_graph_equal_pytorch(tmp_path, two_threads, monkeypatch) -> None:
-    from medclf.serve.predictor import image_features
+    from medclf.serve.ood import image_features
 
     run, records = _run(tmp_path, meta=True, tta=True)
     paths = records["path"].tolist()  # with the unreadable one, which is skipped
-    built = []
-    real = G.GraphLogits.build
-    monkeypatch.setattr(G.GraphLogits, "build", lambda *a, **k: built.append(k) or real(*a, **k))
+    monkeypatch.setattr(R, "GRAPH_MIN_IMAGES", 2)
+    exported = _count_exports(monkeypatch)
     got = image_features(run.model, run.preprocessing, paths, batch_size=3)
-    assert built == [{"features": True}]
-    monkeypatch.setattr(inference, "GRAPH_MIN_IMAGES", 10_000)  # PyTorch
+    assert exported == [["image"]]  # the features take no metadata
+    monkeypatch.setattr(R, "GRAPH_MIN_IMAGES", 10_000)  # PyTorch
     ref = image_features(run.model, run.preprocessing, paths, batch_size=3)
     assert got.shape == ref.shape == (7, run.model.num_features)
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)

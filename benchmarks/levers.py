@@ -1,0 +1,166 @@
+"""What each training lever buys, on validation only (docs/benchmarks-training.md, "Levers").
+
+    .venv/bin/python benchmarks/levers.py cxr_pneumonia3 --work runs/levers
+    .venv/bin/python benchmarks/levers.py skin_bm --only full_160 full_160_ema
+
+Each lever is the recipe (configs/NAME.yaml) with a few `--set` overrides, trained by the real CLI
+(`medclf train ... --quiet`) into WORK/NAME/LEVER. The table reads each run's run.json: the validation figures of
+the best epoch (arg-max accuracy, balanced accuracy, AUC or macro AUC; uncalibrated), the epochs and the training
+wall time. The test split is not looked at: recipes are chosen here, then scored once by benchmarks/recipes.py.
+A finished lever is not trained again; an interrupted one resumes. Timings depend on what else shared the CPU:
+the load average at the end of each run is given.
+
+Research use only: no output of medclf is a diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import markdown_table, write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks-training.md"
+
+FULL = ("train.strategy=full", "train.warmup_epochs=1", "train.batch_size=32", "train.scheduler=cosine")
+PROGRESSIVE = ("train.low_res_size=128", "train.full_res_epochs=2")
+# name -> (what it changes, overrides); every recipe is tried with the same levers
+LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "recipe": ("the shipped recipe as it is", ()),
+    "full_128": (
+        "all layers, 128 px, 8 epochs",
+        (*FULL, "model.input_size=128", "train.epochs=8"),
+    ),
+    "full_160_prog": (
+        "all layers, 128 px then 160 px for the last 2 of 8 epochs",
+        (*FULL, *PROGRESSIVE, "model.input_size=160", "train.epochs=8"),
+    ),
+    "full_160_prog_ema": (
+        "as full_160_prog, with weight averaging (EMA 0.99)",
+        (*FULL, *PROGRESSIVE, "model.input_size=160", "train.epochs=8", "train.ema=0.99"),
+    ),
+    "full_224_prog_ema": (
+        "all layers, 128 px then 224 px for the last 2 of 8 epochs, EMA 0.99",
+        (*FULL, *PROGRESSIVE, "model.input_size=224", "train.epochs=8", "train.ema=0.99"),
+    ),
+    "full_160_prog_ema_12": (
+        "as full_160_prog_ema, 12 epochs",
+        (*FULL, *PROGRESSIVE, "model.input_size=160", "train.epochs=12", "train.ema=0.99"),
+    ),
+    "budget_10m": (
+        "full_160_prog_ema within `--budget 10m`",
+        (
+            *FULL,
+            *PROGRESSIVE,
+            "model.input_size=160",
+            "train.epochs=20",
+            "train.ema=0.99",
+            "train.budget=10m",
+        ),
+    ),
+}
+
+# name -> (what it is, member levers): `medclf ensemble` of finished lever runs (no training of its own)
+ENSEMBLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ens_recipe_full": (
+        "the recipe and full_160_prog_ema, probabilities averaged (`medclf ensemble`)",
+        ("recipe", "full_160_prog_ema"),
+    ),
+}
+
+
+def _cli(*args: str) -> None:
+    cmd = [sys.executable, "-m", "medclf", *args]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def train(name: str, lever: str, work: Path) -> Path:
+    out = work / name / lever
+    if lever in ENSEMBLES:
+        members = [train(name, m, work) for m in ENSEMBLES[lever][1]]
+        if not (out / "run.json").is_file():
+            _cli("ensemble", *map(str, members), "--out", str(out))
+        return out
+    if not (out / "run.json").is_file():
+        sets = [a for s in LEVERS[lever][1] for a in ("--set", s)]
+        resume = ["--resume"] if (out / "checkpoints" / "last.ckpt").is_file() else []
+        _cli("train", f"configs/{name}.yaml", "--out", str(out), "--quiet", *(resume or sets))
+        (out / "load.txt").write_text(f"{os.getloadavg()[0]:.1f}")
+    return out
+
+
+def row(name: str, lever: str, out: Path) -> list[str]:
+    info = json.loads((out / "run.json").read_text())
+    m = info["val_metrics"]
+    auc = m.get("auc", m.get("macro_auc", float("nan")))
+    load = (out / "load.txt").read_text() if (out / "load.txt").is_file() else "?"
+    size = info["preprocessing"]["input_size"]
+    seconds = info.get("train_seconds_members") or info["train_seconds"]
+    epochs = f"{info['epochs_run']} (best {info['best_epoch']})" if "epochs_run" in info else "members'"
+    return [
+        name,
+        f"`{lever}`",
+        {**LEVERS, **ENSEMBLES}[lever][0],
+        str(size),
+        epochs,
+        f"{m['acc']:.3f}",
+        f"{m.get('bacc', float('nan')):.3f}",
+        f"{auc:.3f}",
+        f"{seconds / 60:.1f}",
+        load,
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("recipes", nargs="+", help="recipe names (configs/NAME.yaml)")
+    ap.add_argument(
+        "--only", nargs="+", choices=sorted({**LEVERS, **ENSEMBLES}), help="levers to run (default: all)"
+    )
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "levers", help="run folders")
+    ap.add_argument("--no-write", action="store_true", help="print the table only")
+    args = ap.parse_args(argv)
+    rows = []
+    for name in args.recipes:
+        for lever in args.only or [*LEVERS, *ENSEMBLES]:
+            rows.append(row(name, lever, train(name, lever, args.work)))
+    # every finished lever run in WORK, so the page keeps the table whole when one lever is re-run
+    done = {(r[0], r[1]) for r in rows}
+    for run_json in sorted(args.work.glob("*/*/run.json")):
+        name, lever = run_json.parent.parent.name, run_json.parent.name
+        if lever in {**LEVERS, **ENSEMBLES} and (name, f"`{lever}`") not in done:
+            rows.append(row(name, lever, run_json.parent))
+    rows.sort(key=lambda r: (r[0], [*LEVERS, *ENSEMBLES].index(r[1].strip("`"))))
+    header = [
+        "recipe",
+        "lever",
+        "change",
+        "px",
+        "epochs",
+        "val acc",
+        "val bacc",
+        "val AUC",
+        "train min",
+        "load",
+    ]
+    body = (
+        "Validation figures of the best epoch (arg-max, before calibration); the test split is not used here. "
+        "`load` is the 1-minute load average when the run ended (2 means the CPU was not shared).\n\n"
+        + markdown_table(header, rows)
+    )
+    print(body)
+    if not args.no_write:
+        write_section("levers", body, doc=DOC)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
