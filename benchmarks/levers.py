@@ -104,7 +104,8 @@ def row(name: str, lever: str, out: Path) -> list[str]:
     load = (out / "load.txt").read_text() if (out / "load.txt").is_file() else "?"
     size = info["preprocessing"]["input_size"]
     seconds = info.get("train_seconds_members") or info["train_seconds"]
-    epochs = f"{info['epochs_run']} (best {info['best_epoch']})" if "epochs_run" in info else "members'"
+    ran = info.get("epochs_run")
+    epochs = f"{ran} (best {info['best_epoch']})" if ran is not None else "its members'"
     return [
         name,
         f"`{lever}`",
@@ -128,17 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "levers", help="run folders")
     ap.add_argument("--no-write", action="store_true", help="print the table only")
     args = ap.parse_args(argv)
-    rows = []
+    rows: dict[tuple[str, str], list[str]] = {}
     for name in args.recipes:
         for lever in args.only or [*LEVERS, *ENSEMBLES]:
-            rows.append(row(name, lever, train(name, lever, args.work)))
+            rows[(name, lever)] = row(name, lever, train(name, lever, args.work))
     # every finished lever run in WORK, so the page keeps the table whole when one lever is re-run
-    done = {(r[0], r[1]) for r in rows}
+    known = [*LEVERS, *ENSEMBLES]
     for run_json in sorted(args.work.glob("*/*/run.json")):
         name, lever = run_json.parent.parent.name, run_json.parent.name
-        if lever in {**LEVERS, **ENSEMBLES} and (name, f"`{lever}`") not in done:
-            rows.append(row(name, lever, run_json.parent))
-    rows.sort(key=lambda r: (r[0], [*LEVERS, *ENSEMBLES].index(r[1].strip("`"))))
+        if lever in known and (name, lever) not in rows:
+            rows[(name, lever)] = row(name, lever, run_json.parent)
+    table = [rows[k] for k in sorted(rows, key=lambda k: (k[0], known.index(k[1])))]
     header = [
         "recipe",
         "lever",
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     body = (
         "Validation figures of the best epoch (arg-max, before calibration); the test split is not used here. "
         "`load` is the 1-minute load average when the run ended (2 means the CPU was not shared).\n\n"
-        + markdown_table(header, rows)
+        + markdown_table(header, table)
     )
     print(body)
     if not args.no_write:

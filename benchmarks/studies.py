@@ -9,7 +9,7 @@
     .venv/bin/python benchmarks/studies.py all --smoke     # every study on tiny SYNTHETIC data, a temp page
 
 Every step is the real CLI (`medclf data synth | train | cv | evaluate | compare | tune`) in a subprocess, its
-output in ``--work`` (default /work/runs/studies) and its log in ``WORK/logs/``. A step whose output exists is
+output in ``--work`` (default runs/studies) and its log in ``WORK/logs/``. A step whose output exists is
 skipped, so re-running continues an interrupted study (an interrupted `train` resumes from its checkpoint).
 Train/cv/tune commands are timed (``WORK/timings.json``). Afterwards the study's section of docs/studies.md is
 rewritten from the evaluation outputs (metrics.json, cv_metrics.json, compare.json); the only numbers computed
@@ -1040,13 +1040,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument("study", choices=(*STUDIES, "all"))
-    p.add_argument(
-        "--work", type=Path, help="output folder (default /work/runs/studies; smoke: a temp folder)"
-    )
+    p.add_argument("--work", type=Path, help="output folder (default runs/studies; smoke: a temp folder)")
     p.add_argument("--doc", type=Path, help="page to write (default docs/studies.md; smoke: a temp page)")
     p.add_argument("--smoke", action="store_true", help="tiny SYNTHETIC data, 1-2 epochs: checks the script")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--skin-run", help="reuse this trained configs/skin_bm.yaml run (e.g. /work/runs/skin_bm)")
+    p.add_argument("--skin-run", help="reuse this trained configs/skin_bm.yaml run (e.g. runs/skin_bm)")
     p.add_argument("--cxr-run", help="reuse this trained configs/cxr_pneumonia3.yaml run")
     p.add_argument("--ham-run", help="reuse this trained configs/ham10000_fusion.yaml run as stage D")
     p.add_argument(
@@ -1073,7 +1071,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.doc = args.doc or Path(tempfile.gettempdir()) / "medclf-studies-smoke.md"
         args.bootstrap = min(args.bootstrap, 200)
         args.skin_run = args.cxr_run = args.ham_run = None  # real runs never mix with synthetic data
-    args.work = (args.work or Path("/work/runs/studies")).resolve()
+    args.work = (args.work or Path(__file__).resolve().parents[1] / "runs" / "studies").resolve()
     args.doc = (args.doc or DOC).resolve()
     return args
 
