@@ -37,24 +37,13 @@ from pathlib import Path
 
 import pytest
 
+from _fixtures_docs import HEALTH, PREAMBLE, TINY_TRAIN
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_RUN = re.compile(r"^<!-- not run by the tests: (?P<why>\S.*\S) -->$")
 RUN_ELSEWHERE = {"tutorial.md": "tests/test_docs_tutorial.py"}
 FENCE = re.compile(r"^```(?P<lang>bash|sh|shell|console)[ \t]*\n(?P<body>.*?)^```", re.M | re.S)
-TINY_TRAIN = (
-    "--set model.name=tiny_cnn --set model.pretrained=false --set train.strategy=scratch "
-    "--set train.epochs=1 --set model.input_size=32 --quiet"
-)
-HEALTH = {"serve": "/health", "app": "/_stcore/health"}
-PREAMBLE = """\
-set -euo pipefail
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
-wait_http() {
-  for _ in $(seq 1 240); do curl -sf "$1" >/dev/null && return 0; sleep 0.5; done
-  echo "nothing answered at $1" >&2; return 1
-}
-"""
 
 
 @dataclass(frozen=True)
