@@ -10,6 +10,7 @@ is the model.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 import time
@@ -126,11 +127,14 @@ def plan_budget(
     predicting val and test at the end; else the cached strategy."""
     left = (budget_s - elapsed_s) * SAFETY
     want = min(MIN_EPOCHS, max_epochs)
+    decode = (n_train + n_val) * decode_s_per_image
+    plan = functools.partial(
+        BudgetPlan, budget_s=budget_s, train_img_s={s: round(v[0], 1) for s, v in throughput.items()}
+    )
     for side in sorted(sides or throughput, reverse=True):
         train_ips, infer_ips = throughput[side]
         low = low_res_size if 0 < low_res_size < side else side
         low_ips = throughput.get(low, (train_ips * (side / low) ** 2, 0.0))[0]
-        decode = (n_train + n_val) * decode_s_per_image
         finish = (n_val + n_test) * (decode_s_per_image + 1.0 / infer_ips)
         per_val = n_val / infer_ips
         time_train = left - decode - finish
@@ -148,26 +152,22 @@ def plan_budget(
                 )
         epochs = min(epochs, max_epochs)
         if epochs >= want:
-            return BudgetPlan(
-                budget_s=budget_s,
+            return plan(
                 strategy=strategy,
                 input_size=side,
                 epochs=epochs,
                 train_seconds=max(1.0, time_train),
-                train_img_s={s: round(v[0], 1) for s, v in throughput.items()},
                 note=(
                     f"{side} px, {epochs} epochs of {strategy} training "
                     f"({train_ips:.0f} images/s measured at {side} px on this machine)"
                 ),
             )
     smallest = min(throughput)
-    return BudgetPlan(
-        budget_s=budget_s,
+    return plan(
         strategy="cached",
         input_size=input_size,
         epochs=max_epochs,
         train_seconds=max(1.0, left),
-        train_img_s={s: round(v[0], 1) for s, v in throughput.items()},
         note=(
             f"fewer than {want} epochs of {strategy} training fit even at {smallest} px "
             f"({throughput[smallest][0]:.0f} images/s): the cached strategy instead"

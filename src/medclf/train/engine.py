@@ -624,7 +624,7 @@ def _train_lightning(
             "best_score": best.best,
             "epochs_run": len(history.rows),
             "resumed": resume,
-            "budget": _read_plan(run_dir),
+            "budget": plan,
         },
         skipped=skipped,
         history_rows=history.rows,
@@ -863,8 +863,8 @@ def finalize_run(
 def _train_seconds(
     t0: float | None, history_rows: list[dict[str, Any]] | None, resumed: bool
 ) -> float | None:
-    """Wall time of this process; for a resumed run, at least the epochs' own times from every session, so a
-    run finished after a crash does not report only its last minutes."""
+    """Wall time of this process; for a resumed run, at least the epochs' own times from every process that
+    trained it, so a run finished after a crash does not report only its last minutes."""
     if t0 is None:
         return None
     elapsed = time.perf_counter() - t0
