@@ -134,15 +134,15 @@ class TrainConfig:
     full_res_epochs: int = 2
     """With `low_res_size`: the last epochs, trained at the model's input size."""
     warmup_epochs: int = 0
-    """`full`, `finetune`, `scratch` with the cosine schedule: epochs of linear learning-rate warm-up (per step)."""
+    """Epochs of linear learning-rate warm-up (per step) with the cosine schedule."""
     budget: str | None = None
     """A time budget for the whole run, e.g. 10m, 90s or 1h. Training throughput is measured at the start on this
     machine; the image side (input_size or lower), the epochs and the strategy (all layers, or `cached` when even
     the lowest side cannot train enough epochs) are chosen to fit it, and training stops on time with the best
     epoch's weights. None = no budget."""
     mixup: float = 0.0
-    """`cached`: manifold mixup on the cached maps: each training batch is blended with a shuffled copy of itself
-    (maps, metadata and loss targets) by a weight drawn from Beta(mixup, mixup), e.g. 0.2. 0 = off."""
+    """Mixup: each training batch is blended with a shuffled copy of itself (images, or the cached maps of
+    `cached`; metadata and loss targets too) by a weight drawn from Beta(mixup, mixup), e.g. 0.2. 0 = off."""
     class_weights: bool = True
     """Weight the loss by inverse class frequency (to the power `class_weight_power`)."""
     class_weight_power: float = 1.0
@@ -154,8 +154,8 @@ class TrainConfig:
     views: int = 1
     """`cached`: augmented views per training image computed into the feature cache (1 = the image itself)."""
     precision: str = "32-true"
-    """Lightning precision: 32-true on CPU, 16-mixed / bf16-mixed on GPUs. `cached`: 32-true, or bf16-mixed
-    (bfloat16 autocast for the training steps on the CPU; faster on CPUs with AMX or AVX512-BF16)."""
+    """Lightning precision: 32-true, or bf16-mixed (bfloat16 autocast; on a CPU it pays only where a benchmark
+    shows it, docs/benchmarks-training.md); 16-mixed on GPUs."""
     devices: str | int = "auto"
     """Lightning devices; several GPUs train with DDP."""
     accelerator: str = "auto"

@@ -1,8 +1,8 @@
 """`train(cfg, out_dir)`: one recipe -> one self-describing run folder (docs/architecture.md §4).
 
-Strategies `scratch`, `finetune` and `full` train here with PyTorch Lightning; `cached` is handed to
-``medclf.train.cached.train_cached``. Whatever the strategy, the run ends the same way: best weights, validation
-predictions -> temperature and threshold (binary, or the eval.positive_classes group; validation only), val/test
+Every strategy trains with one PyTorch Lightning loop (``medclf.train.module.ClassifierModule``): `scratch`,
+`finetune` and `full` from images, `cached` from frozen-backbone outputs computed once (``medclf.train.cached``).
+Whatever the strategy, the run ends the same way: best weights, validation predictions -> temperature and threshold (binary, or the eval.positive_classes group; validation only), val/test
 prediction tables, run.json.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import inspect
 import logging
 import sys
 import time
@@ -161,7 +160,7 @@ def _check_cfg(cfg: RunConfig) -> None:
         )
     if t.num_nodes < 1:
         raise ConfigError(f"train.num_nodes={t.num_nodes}: must be at least 1 (the number of machines)")
-    from medclf.train.cached import check_ema, check_mixup
+    from medclf.train.module import check_ema, check_mixup
 
     check_ema(t.ema)
     check_mixup(t.mixup)
@@ -174,11 +173,6 @@ def _check_cfg(cfg: RunConfig) -> None:
     from medclf.train.budget import parse_budget
 
     parse_budget(t.budget)
-    if t.mixup and t.strategy != "cached":
-        raise ConfigError(
-            f"train.mixup={t.mixup}: manifold mixup is built for the cached strategy only; "
-            f"set train.mixup=0 for strategy {t.strategy}"
-        )
     if cfg.model.metadata_only and not cfg.model.metadata:
         raise ConfigError("model.metadata_only needs model.metadata columns (e.g. [age, sex, localization])")
     if cfg.eval.tta:
@@ -239,8 +233,6 @@ def train(
         logging.getLogger(__name__).warning("warning: %s", line)
     # training allocates and frees tensors of tens of MiB every step: glibc keeps them for reuse (medclf._malloc)
     with retain_freed_memory():
-        if cfg.train.strategy == "cached":
-            return _train_cached(cfg, dataset, split, run_dir, resume=resume, progress=progress, t0=t0)
         return _train_lightning(
             cfg, dataset, split, run_dir, resume=resume, callbacks=callbacks, progress=progress, t0=t0
         )
@@ -392,66 +384,9 @@ def _resume_inputs(run_dir: Path) -> tuple[RunConfig, Any, pd.DataFrame]:
             f"{run_dir} is not an interrupted medclf run (no config.yaml/split.csv); train it afresh"
         )
     cfg = load_config(run_dir / "config.yaml")
-    if cfg.train.strategy != "cached" and not (run_dir / CHECKPOINTS / LAST_CKPT).is_file():
-        raise ConfigError(
-            f"{run_dir} has no {CHECKPOINTS}/{LAST_CKPT} (it stopped before the first epoch ended); "
-            "delete the folder and train again"
-        )
     dataset = load_dataset(run_dir / "dataset.yaml", skip_bad=cfg.data.skip_bad, verify="none")
     split = read_split_csv(run_dir / "split.csv")
     return cfg, dataset, split
-
-
-def _train_cached(
-    cfg: RunConfig, dataset: Any, split: pd.DataFrame, run_dir: Path, *, t0: float, **kw: Any
-) -> Path:
-    """Hand the recipe to ``medclf.train.cached.train_cached`` (-> trained model + history), then finish the run
-    folder exactly as for the Lightning strategies."""
-    try:
-        from medclf.train.cached import train_cached
-    except ModuleNotFoundError as exc:
-        if exc.name != "medclf.train.cached":
-            raise
-        raise MedclfError(
-            "train.strategy=cached is not available in this build (medclf.train.cached is missing); "
-            "use --set train.strategy=finetune or full"
-        ) from None
-    from medclf.train.history import HistoryFile
-
-    params = inspect.signature(train_cached).parameters
-    model, rows = train_cached(cfg, dataset, split, run_dir, **{k: v for k, v in kw.items() if k in params})
-    _, val_df, test_df = _split_parts(split)
-    history = HistoryFile(run_dir / "history.csv")
-    history.rows = [{**r, "phase": "train"} for r in rows]
-    history.write()
-    best = next((r for r in rows if r.get("best")), None)
-    bad = getattr(model, "medclf_bad_images", []) or []
-    return finalize_run(
-        cfg,
-        run_dir,
-        model=model.cpu().eval(),
-        preprocessing=model.medclf_preprocessing,
-        classes=list(dataset.classes),
-        meta_encoder=getattr(model, "medclf_meta_encoder", None),
-        val_df=val_df,
-        test_df=test_df,
-        split=split,
-        extra={
-            "strategy": "cached",
-            "monitor": cfg.train.monitor,
-            "best_epoch": best["epoch"] if best else None,
-            "best_score": best.get(cfg.train.monitor) if best else None,
-            "epochs_run": len(rows),
-            "resumed": bool(kw.get("resume")),
-            "budget": _read_plan(run_dir),  # a budget plan may choose the cached strategy
-        },
-        skipped=[
-            *getattr(dataset, "bad_files", []),
-            *((b, "unreadable") if isinstance(b, str) else b for b in bad),
-        ],
-        history_rows=history.rows,
-        t0=t0,
-    )
 
 
 def _split_parts(split: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -510,8 +445,22 @@ def _train_lightning(
     )
     pre = resolve_preprocessing(model, m.input_size, m.in_chans, m.jpeg_draft)
     meta_only = bool(getattr(model, "meta_only", False))
-    train_ds, val_ds, sampler = _datasets(cfg, pre, classes, train_df, val_df, enc, meta_only)
+    net: Any = model  # what the module trains: the model, or for `cached` its top and head on cached inputs
+    cached_bad: list[str] = []
     loader_kw = _loader_kwargs(t)
+    if t.strategy == "cached":
+        from medclf.train.batches import EpochSampler
+        from medclf.train.cached import cached_inputs
+
+        inputs = cached_inputs(
+            cfg, model, pre, classes, {"train": train_df, "val": val_df}, enc, run_dir, progress=progress
+        )
+        net, train_ds, val_ds, cached_bad = inputs.net, inputs.train, inputs.val, inputs.bad
+        sampler = EpochSampler(train_ds.labels, seed=t.seed, balanced=t.balanced_sampler)
+        # the arrays are in memory: worker processes would only copy them
+        loader_kw.update(num_workers=0, persistent_workers=False, pin_memory=False)
+    else:
+        train_ds, val_ds, sampler = _datasets(cfg, pre, classes, train_df, val_df, enc, meta_only)
     train_loader = DataLoader(
         train_ds,
         sampler=sampler,
@@ -520,7 +469,9 @@ def _train_lightning(
     )
     val_loader = DataLoader(val_ds, shuffle=False, **loader_kw)
     weight = class_weights(train_ds.labels, len(classes), t.class_weight_power) if t.class_weights else None
-    module = ClassifierModule(model, t, class_weight=weight, positive_index=positive)
+    # Lightning keeps each submodule's train/eval mode as it finds it at the start (feature extraction left the
+    # model in eval mode): every trained module starts in training mode, also in a resumed run
+    module = ClassifierModule(net.train(), t, class_weight=weight, positive_index=positive)
 
     ckpt_dir = run_dir / CHECKPOINTS
     mode = monitor_mode(t.monitor)
@@ -580,7 +531,8 @@ def _train_lightning(
     starved = _starved_gpu_message(type(trainer.accelerator).__name__, t.num_workers)
     if starved and trainer.is_global_zero:
         logging.getLogger(__name__).warning(starved)
-    ckpt_path = ckpt_dir / LAST_CKPT if resume else None
+    # a run stopped before its first epoch ended (e.g. while computing the feature cache) has no checkpoint yet
+    ckpt_path = ckpt_dir / LAST_CKPT if resume and (ckpt_dir / LAST_CKPT).is_file() else None
     if ckpt_path is not None:
         _check_checkpoint(ckpt_path)
     with warnings.catch_warnings():
@@ -600,13 +552,18 @@ def _train_lightning(
         from safetensors.torch import load_model
 
         try:
-            load_model(model, str(ckpt_dir / BEST_WEIGHTS))
+            load_model(net, str(ckpt_dir / BEST_WEIGHTS))
         except Exception as exc:  # safetensors raises plain exceptions on a damaged file
             raise MedclfError(
                 f"{ckpt_dir / BEST_WEIGHTS} cannot be read ({exc}); delete {ckpt_dir} and train the run again"
             ) from None
-    model.cpu().eval()
-    skipped = [*getattr(dataset, "bad_files", []), *_bad(train_ds).items(), *_bad(val_ds).items()]
+    model.requires_grad_(True).cpu().eval()
+    bad = (
+        [(p, "unreadable") for p in cached_bad]
+        if t.strategy == "cached"
+        else [*_bad(train_ds).items(), *_bad(val_ds).items()]
+    )
+    skipped = [*getattr(dataset, "bad_files", []), *bad]
     return finalize_run(
         cfg,
         run_dir,

@@ -1,7 +1,6 @@
-"""The monitored validation figures and the seeding shared by every strategy, without Lightning.
+"""The monitored validation figures, the divergence error and the seeding of training runs.
 
-The `cached` strategy trains in its own loop and imports only this (importing Lightning adds to every start-up);
-the Lightning strategies use the same functions through ``medclf.train.module``.
+Kept free of Lightning so that cross-validation, tuning and the budget planner can use them without it.
 """
 
 from __future__ import annotations

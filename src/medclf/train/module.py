@@ -1,10 +1,11 @@
-"""The LightningModule behind `scratch`, `finetune` and `full`: loss, optimiser, schedule, phases, metrics.
+"""The LightningModule behind every strategy: loss, optimiser, schedule, phases, EMA, mixup, metrics.
 
 `finetune` is one Lightning fit with two phases decided by the epoch number (so ``--resume`` lands in the right
 phase): epochs < ``head_epochs`` train the head on a frozen backbone; later epochs also train the top
 ``finetune_blocks`` backbone blocks, everything at ``lr × finetune_lr_scale`` (as the Keras studies recompiled
 with a lower learning rate). The optimiser holds both parameter groups from the start; frozen parameters get no
-gradient, so the optimiser skips them.
+gradient, so the optimiser skips them. `cached` trains ``medclf.train.cached.CachedNet`` (top blocks and head on
+cached bottom outputs) with the blocks at ``lr × finetune_lr_scale`` and their batch-norm statistics frozen.
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ from medclf.errors import ConfigError
 from medclf.train.losses import create_loss
 from medclf.train.metrics import MONITORS, classification_metrics, diverged_error, monitor_mode, seed_all
 
-__all__ = ["MONITORS", "ClassifierModule", "classification_metrics", "monitor_mode", "seed_all"]
+__all__ = [
+    "MONITORS",
+    "ClassifierModule",
+    "check_ema",
+    "check_mixup",
+    "classification_metrics",
+    "mix_batch",
+    "monitor_mode",
+    "seed_all",
+]
 
 
 class ClassifierModule(pl.LightningModule):
@@ -41,9 +51,13 @@ class ClassifierModule(pl.LightningModule):
             tcfg.loss, weight=class_weight, label_smoothing=tcfg.label_smoothing, gamma=tcfg.focal_gamma
         )
         self.finetune = tcfg.strategy == "finetune"
+        self.cached = tcfg.strategy == "cached"
+        check_ema(tcfg.ema)
+        check_mixup(tcfg.mixup)
         self.head_epochs = tcfg.head_epochs if self.finetune else 0
         head_ids = {id(p) for p in model.head.parameters()}
         self.head_params = list(model.head.parameters())
+        self._head_modules = {id(m) for m in model.head.modules()}
         groups = model.block_groups() if hasattr(model, "block_groups") else []
         if self.finetune:
             top = groups[-tcfg.finetune_blocks :] if tcfg.finetune_blocks > 0 else []
@@ -81,11 +95,13 @@ class ClassifierModule(pl.LightningModule):
 
     def _freeze_bn(self) -> None:
         # a frozen block keeps its ImageNet batch-norm statistics (Keras' trainable=False does the same)
-        # (and a block unfrozen in phase 2 goes back to training mode, as after a fresh start or --resume)
+        # (and a block unfrozen in phase 2 goes back to training mode, as after a fresh start or --resume);
+        # `cached` blocks keep them too: batch statistics of small medical data sets are noisy
         for m in self.model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 params = list(m.parameters(recurse=False))
-                frozen = bool(params) and not any(p.requires_grad for p in params)
+                cached_block = self.cached and id(m) not in self._head_modules
+                frozen = cached_block or (bool(params) and not any(p.requires_grad for p in params))
                 m.train(self.model.training and not frozen)
 
     def on_fit_start(self) -> None:
@@ -131,7 +147,12 @@ class ClassifierModule(pl.LightningModule):
         if batch is None:  # every image of the batch was bad and skipped
             return None
         x, meta, y = batch
-        loss = self.loss_fn(self._forward(x, meta), y)
+        if self.tcfg.mixup:
+            lam, perm, x, meta = mix_batch(x, meta, self.tcfg.mixup)
+            logits = self._forward(x, meta)
+            loss = lam * self.loss_fn(logits, y) + (1.0 - lam) * self.loss_fn(logits, y[perm])
+        else:
+            loss = self.loss_fn(self._forward(x, meta), y)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise self._diverged("the training loss")
@@ -170,7 +191,7 @@ class ClassifierModule(pl.LightningModule):
     # ---- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         t = self.tcfg
-        block_lr = t.lr * t.finetune_lr_scale if self.finetune else t.lr
+        block_lr = t.lr * t.finetune_lr_scale if (self.finetune or self.cached) else t.lr
         groups = [{"params": self.head_params, "lr": t.lr}]
         if self.block_params:
             groups.append({"params": self.block_params, "lr": block_lr})
@@ -250,3 +271,30 @@ def _ema_update(decay: float) -> Any:
                 a.copy_(c)
 
     return update
+
+
+def check_ema(decay: float) -> None:
+    """``train.ema``: 0 (off) or a decay between 0 and 1."""
+    if decay and not 0.0 < decay < 1.0:
+        raise ConfigError(f"train.ema={decay}: the decay must be between 0 and 1 (e.g. 0.99), or 0 for off")
+
+
+def check_mixup(alpha: float) -> None:
+    """``train.mixup``: 0 (off) or a positive Beta concentration."""
+    if alpha < 0 or not math.isfinite(alpha):
+        raise ConfigError(f"train.mixup={alpha}: use a positive Beta parameter (e.g. 0.2), or 0 for off")
+
+
+def mix_batch(
+    x: torch.Tensor, meta: torch.Tensor, alpha: float
+) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mixup of one batch (manifold mixup for the cached strategy's maps): (weight, partner order, blended
+    inputs, blended metadata). The weight comes from Beta(alpha, alpha) drawn with the global generator, which
+    the module seeds per batch, so a seeded run, and a resumed one, mixes identically."""
+    a = torch.tensor(float(alpha), dtype=torch.float64)
+    lam = float(torch.distributions.Beta(a, a).sample())
+    perm = torch.randperm(len(x))
+    x = x.float()
+    mixed = lam * x + (1.0 - lam) * x[perm]
+    meta = lam * meta + (1.0 - lam) * meta[perm] if meta.numel() else meta
+    return lam, perm, mixed, meta
