@@ -7,6 +7,16 @@
 Reads ``../shared/datasets`` (or $MEDCLF_SHARED_DATASETS); features are cached in $MEDCLF_CACHE_DIR (default
 /tmp/medclf-cache here). Splits are medclf's (HAM10000 by lesion_id, chest X-ray by patient; stratified by class and group size),
 70/15/15 with seed 0; every choice is made on validation and the test split is only scored.
+
+Every lever but the linear probe is one ``medclf.train.train`` run (``train.strategy=cached``, the library's one
+Lightning loop) on the benchmark's own records and split, into a run folder under ``--runs`` (default: a new
+temporary folder). The script first fills the feature cache the runs read (the same frozen bottoms, views and
+seed as the engine: the bottom for ``finetune_blocks`` 0, 1 and 2 each has its own cache), so every run's own
+feature time is about 0 and is not counted. Scores come from the run's ``val_predictions.csv`` and
+``test_predictions.csv`` with ``eval.calibrate=false`` (the model's own softmax, as before); test-time
+augmentation is the run's ``eval.tta`` (the complete model on the images; the views' pooled features are
+averaged). "head" seconds are the sum of the run's ``history.csv`` ``seconds`` (its training epochs, validation
+included; not the model build, the feature cache or the final predictions).
 Prints machine, date, command, wall time and peak RSS with every result.
 """
 
@@ -20,6 +30,7 @@ import platform
 import re
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +42,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("MEDCLF_SHARED_DATASETS", ROOT.parent / "shared" / "datasets"))
+FOLDERS = {"skin_bm": "skin_bm", "ham10000": "ham10000", "cxr3": "cxr_pneumonia"}
 
 
 # ------------------------------------------------------------------------------------------- data and splits
@@ -87,7 +99,7 @@ def grouped_split(df: pd.DataFrame, seed: int = 0, val: float = 0.15, test: floa
     return make_split(df, val=val, test=test, seed=seed)["split"]
 
 
-# ------------------------------------------------------------------------------------------- features
+# ------------------------------------------------------------------------------------------- features and runs
 
 # per dataset: augmentation policy of the training views, number of augmented views, test-time flips
 PLANS = {
@@ -95,64 +107,95 @@ PLANS = {
     "ham10000": {"augment": "lesion_safe", "aug_views": 3, "tta": ["hflip"]},
     "cxr3": {"augment": "standard", "aug_views": 1, "tta": ["hflip"]},
 }
-CUT = (
-    2  # cache the input of the last 2 blocks: pooled features, and fine-tuning of 1 or 2 blocks, come from it
-)
 MODEL = "efficientnet_lite0"
+PRETRAINED = True  # the offline ImageNet weights
 MONITOR = "val_auc"  # --monitor
+RUNS = Path(tempfile.gettempdir())  # --runs: set in main()
 
 
-def make_cfg(name: str, **train: object):
-    """The recipe of one experiment: the library's defaults plus the overrides given."""
+def make_cfg(
+    name: str,
+    *,
+    blocks: int = 0,
+    views: int = 1,
+    tta: tuple[str, ...] | list[str] = (),
+    meta_cols: tuple[str, ...] | list[str] = (),
+    seed: int = 0,
+    **train: object,
+):
+    """The recipe of one experiment: the library's defaults plus the overrides given (strategy cached)."""
     from medclf.config import load_config
 
-    sets = [f"model.name={MODEL}", "train.epochs=30", "train.patience=6", "train.label_smoothing=0.1"]
-    sets += [f"train.monitor={MONITOR}"]
+    sets = [
+        f"model.name={MODEL}",
+        f"model.pretrained={str(PRETRAINED).lower()}",
+        "model.drop_rate=0.2",
+        f"model.metadata=[{','.join(meta_cols)}]",
+        "train.strategy=cached",
+        "train.epochs=30",
+        "train.patience=6",
+        "train.label_smoothing=0.1",
+        f"train.monitor={MONITOR}",
+        f"train.augment={PLANS[name]['augment']}",
+        f"train.finetune_blocks={blocks}",
+        f"train.views={views}",
+        f"train.seed={seed}",
+        f"eval.tta=[{','.join(tta)}]",
+        "eval.calibrate=false",  # scores of the model's own softmax, not temperature-scaled
+    ]
     sets += [f"train.{k}={v}" for k, v in train.items()]
     return load_config(None, sets)
 
 
-def new_model(num_classes: int, num_meta: int = 0, seed: int = 0):
-    from medclf.models import create_model
+def make_dataset(name: str, records: pd.DataFrame, classes: list[str]):
+    """A ``medclf.data.Dataset`` over the benchmark's own records (path, label, group, metadata columns)."""
+    from medclf.data import Dataset, DatasetSpec
 
-    torch.manual_seed(seed)
-    return create_model(MODEL, num_classes, pretrained=True, drop_rate=0.2, num_meta=num_meta)
-
-
-def extract(name: str, df: pd.DataFrame, split: pd.Series):
-    """Feature maps (input of the last CUT blocks) per view: {"train": {view: arr}, "val": ..., "test": ...}."""
-    from medclf.models import resolve_preprocessing
-    from medclf.train.features import extract_features, split_backbone
-
-    plan = PLANS[name]
-    model = new_model(2)
-    parts = split_backbone(model, CUT)
-    pre = resolve_preprocessing(model)
-    out, seconds = {}, 0.0
-    for part in ("train", "val", "test"):
-        paths = df.path[split == part].tolist()
-        views = ["clean", *plan["tta"]]
-        if part == "train":
-            views += [f"aug{i}" for i in range(1, plan["aug_views"] + 1)]
-        fs = extract_features(parts.bottom, paths, pre, views=views, augment=plan["augment"], batch_size=64)
-        assert len(fs.kept) == len(paths), fs.bad
-        out[part] = fs.views
-        seconds += fs.seconds
-    return out, seconds
+    recs = records.drop(columns=["split"], errors="ignore").reset_index(drop=True)
+    spec = DatasetSpec(root=str(DATASETS / FOLDERS[name]), name=name, classes=list(classes))
+    return Dataset(records=recs, classes=list(classes), metadata={}, spec=spec, layout="csv")
 
 
-def run_frozen(blocks: torch.nn.Module, maps: dict, bs: int = 256) -> dict:
-    """Apply frozen blocks (eval mode) to every cached view: moves the cut point, or pools the features."""
-    blocks = blocks.eval()
-    out = {}
-    with torch.inference_mode():
-        for part, views in maps.items():
-            out[part] = {}
-            for v, x in views.items():
-                ys = [blocks(torch.from_numpy(x[i : i + bs]).float()).numpy() for i in range(0, len(x), bs)]
-                y = np.concatenate(ys)
-                out[part][v] = y.astype(np.float16) if y.ndim == 4 else y
-    return out
+def view_names(n: int) -> list[str]:
+    """The training views of ``train.views=n``, as the engine names them (clean, aug1, ...)."""
+    return ["clean", *(f"aug{i}" for i in range(1, n))]
+
+
+def fill_cache(
+    name: str, records: pd.DataFrame, classes: list[str], plan: list[tuple[int, int]], seed: int = 0
+) -> tuple[dict, float]:
+    """Compute (or read) the features the runs will read, before they start: for each (finetune_blocks, views) in
+    ``plan`` the engine's own frozen bottom over the train images (those views) and val images (clean), in the
+    default feature cache. Also the clean pooled features of the test images, for the linear probe.
+
+    Returns ({"train"|"val"|"test": {"clean": pooled array}}, seconds computed (0 = all from the cache)).
+    """
+    from medclf.models import create_model, resolve_preprocessing
+    from medclf.train.features import extract_features, find_trunk, split_backbone
+    from medclf.train.module import seed_all
+
+    augment = PLANS[name]["augment"]
+    paths = {p: records.path[records.split == p].astype(str).tolist() for p in ("train", "val", "test")}
+    pooled, seconds = {}, 0.0
+    for blocks, views in plan:
+        seed_all(seed)  # as the engine does before building the model (matters for untrained weights only)
+        model = create_model(MODEL, len(classes), pretrained=PRETRAINED, drop_rate=0.2)
+        if blocks > 0 and find_trunk(model) is None:
+            blocks = 0  # the engine trains the head only on a model without a cuttable trunk
+        bottom = split_backbone(model, blocks).bottom
+        pre = resolve_preprocessing(model)
+        parts = {"train": view_names(views), "val": ["clean"]}
+        if blocks == 0:
+            parts["test"] = ["clean"]
+        for part, vs in parts.items():
+            fs = extract_features(
+                bottom, paths[part], pre, views=vs, augment=augment, seed=seed, progress=False
+            )
+            assert len(fs.kept) == len(paths[part]), fs.bad
+            seconds += fs.seconds
+            if blocks == 0:
+                pooled[part] = {"clean": fs.views["clean"]}
+    return pooled, seconds
 
 
 def test_metrics(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
@@ -167,42 +210,39 @@ def test_metrics(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
     return {k: round(float(v), 4) for k, v in r.items()}
 
 
-def probs_of(trainer, views: dict, names: list[str], meta=None) -> np.ndarray:
-    """Softmax averaged over the named views (test-time augmentation when several)."""
-    p = [torch.softmax(torch.from_numpy(trainer.logits(views[v], meta)), 1).numpy() for v in names]
-    return np.mean(p, axis=0)
+def probs_of(run_dir: Path, part: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, label indices) of the run's ``{part}_predictions.csv`` (with the run's eval.tta views)."""
+    from medclf.models.inference import prob_columns
+
+    df = pd.read_csv(run_dir / f"{part}_predictions.csv")
+    index = {c: i for i, c in enumerate(classes)}
+    return df[prob_columns(classes)].to_numpy(np.float64), df["label"].astype(str).map(index).to_numpy()
 
 
-def train_head(
-    name, feats, y, classes, meta=None, blocks=0, views=("clean",), tta=("clean",), seed=0, **train
-):
-    """Train one recipe on cached arrays; returns (test metrics, val metrics, seconds, epochs)."""
-    from medclf.train.cached import CachedTrainer
-    from medclf.train.features import _Pool, split_backbone
+def train_head(name, data, records, classes, lever, meta_cols=(), blocks=0, views=1, tta=(), seed=0, **train):
+    """Train one recipe with ``medclf.train.train`` (strategy cached, features from the cache); returns
+    (test metrics, val metrics, epoch seconds from history.csv, epochs, test probabilities)."""
+    from medclf.train import train as train_run
 
-    cfg = make_cfg(name, finetune_blocks=blocks, seed=seed, **train)
-    num_meta = meta["train"].shape[1] if meta else 0
-    model = new_model(len(classes), num_meta, seed)
-    top = split_backbone(model, blocks).top if blocks else _Pool()
-    if blocks:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in [*top.parameters(), *model.head.parameters()]:
-            p.requires_grad_(True)
-    trainer = CachedTrainer(model, top, cfg, len(classes))
-    t0 = time.perf_counter()
-    hist = trainer.fit(
-        [feats["train"][v] for v in views],
-        y["train"],
-        feats["val"]["clean"],
-        y["val"],
-        meta["train"] if meta else None,
-        meta["val"] if meta else None,
-    )
-    secs = time.perf_counter() - t0
-    pv = probs_of(trainer, feats["val"], list(tta), meta["val"] if meta else None)
-    pt = probs_of(trainer, feats["test"], list(tta), meta["test"] if meta else None)
-    return test_metrics(pt, y["test"], classes), test_metrics(pv, y["val"], classes), secs, len(hist), pt
+    cfg = make_cfg(name, blocks=blocks, views=views, tta=tta, meta_cols=meta_cols, seed=seed, **train)
+    slug = re.sub(r"[^a-z0-9]+", "-", lever.lower()).strip("-")
+    out, i = RUNS / name / slug, 1
+    while out.exists():  # a --runs folder used before keeps its runs
+        i += 1
+        out = RUNS / name / f"{slug}-{i}"
+    run = train_run(cfg, out, dataset=data, split=records, progress=False)
+    hist = pd.read_csv(run / "history.csv")
+    secs = float(hist["seconds"].sum())
+    extracted = json.loads((run / "logs" / "cached.json").read_text())["feature_seconds"]
+    if extracted > 0:  # the cache filled beforehand did not match what the engine asked for
+        print(
+            f"   note: {run} computed features itself for {extracted:.0f} s (not in its head time)",
+            flush=True,
+        )
+    pv, yv = probs_of(run, "val", classes)
+    pt, yt = probs_of(run, "test", classes)
+    assert len(yt) == int((records.split == "test").sum()), "test images were skipped"
+    return test_metrics(pt, yt, classes), test_metrics(pv, yv, classes), secs, len(hist), pt
 
 
 def logistic_probe(feats, y, classes) -> tuple[dict, dict]:
@@ -224,15 +264,21 @@ def logistic_probe(feats, y, classes) -> tuple[dict, dict]:
 def run_dataset(
     name: str, extract_only: bool = False, quick: bool = False, skip_blocks: bool = False
 ) -> list[dict]:
-    from medclf.train.features import split_backbone
-
     df, classes, meta_cols = load_records(name)
-    split = grouped_split(df)
+    records = df.assign(split=grouped_split(df))
+    split = records.split
     print(
         f"## {name}: {len(df)} images, classes {classes}, split {split.value_counts().to_dict()}", flush=True
     )
+    plan = PLANS[name]
+    n_views = 1 + plan["aug_views"]
+    tta = list(plan["tta"])
+    block_levers = [] if skip_blocks else ([1] if quick else [1, 2])
+    # quick: the head trains on the clean view only (it gained nothing from augmented views on skin_bm);
+    # augmented views are used by the fine-tuned blocks
+    cache_plan = [(0, 1 if quick else n_views), *((b, n_views) for b in block_levers)]
     t0 = time.perf_counter()
-    maps, seconds = extract(name, df, split)
+    pooled, seconds = fill_cache(name, records, classes, cache_plan)
     print(
         f"   feature extraction {seconds:.0f} s (0 = cached), load {time.perf_counter() - t0:.0f} s",
         flush=True,
@@ -241,64 +287,38 @@ def run_dataset(
         return []
     index = {c: i for i, c in enumerate(classes)}
     y = {p: df.label[split == p].map(index).to_numpy() for p in ("train", "val", "test")}
-    parts = split_backbone(new_model(2), CUT)
-    plan = PLANS[name]
-    aug = ["clean", *[f"aug{i}" for i in range(1, plan["aug_views"] + 1)]]
-    tta = ["clean", *plan["tta"]]
-    t0 = time.perf_counter()
-    # quick: pooled features of the clean and flipped views only (the head gained nothing from augmented views
-    # on skin_bm), augmented views are used by the fine-tuned blocks
-    pooled_views = {p: ({v: x for v, x in m.items() if v in tta} if quick else m) for p, m in maps.items()}
-    pooled = run_frozen(parts.top, pooled_views)
-    print(f"   pooled features from maps: {time.perf_counter() - t0:.0f} s", flush=True)
-    meta = None
-    if meta_cols:
-        from medclf.models import MetadataEncoder
-
-        enc = MetadataEncoder.fit(df[split == "train"], meta_cols)
-        meta = {p: enc.transform(df[split == p]).astype(np.float32) for p in ("train", "val", "test")}
+    data = make_dataset(name, records, classes)
     results = []
 
     def report(lever: str, test: dict, val: dict, secs: float, epochs: int | str = "") -> None:
         results.append({"lever": lever, "test": test, "val": val, "head_seconds": round(secs, 1)})
         print(f"   {lever:<48} test {test}  val {val}  head {secs:.0f}s {epochs} ep", flush=True)
 
+    def head(lever: str, **kw) -> None:
+        report(lever, *train_head(name, data, records, classes, lever, **kw)[:4])
+
     t0 = time.perf_counter()
     if MONITOR == "val_auc":  # the probe does not depend on the monitor: run it once
         report("linear probe (logreg, clean)", *logistic_probe(pooled, y, classes), time.perf_counter() - t0)
     if quick:
-        r = train_head(name, pooled, y, classes, tta=tta)
-        report(f"head, 1 view + TTA {'/'.join(tta[1:])}", *r[:4])
+        head(f"head, 1 view + TTA {'/'.join(tta)}", tta=tta)
     else:
-        r = train_head(name, pooled, y, classes)
-        report("head, 1 view", *r[:4])
-        r = train_head(name, pooled, y, classes, views=aug)
-        report(f"head, {len(aug)} views", *r[:4])
-        r = train_head(name, pooled, y, classes, views=aug, tta=tta)
-        report(f"head, {len(aug)} views + TTA {'/'.join(tta[1:])}", *r[:4])
-    if meta is not None:
-        r = train_head(name, pooled, y, classes, meta=meta, tta=tta)
-        report(f"fusion head (+{','.join(meta_cols)}), 1 view + TTA", *r[:4])
-    if skip_blocks:
-        return results
-    t0 = time.perf_counter()
-    cut1 = run_frozen(parts.top.blocks[0], maps)  # maps at the input of the last block
-    print(f"   maps moved to the last block: {time.perf_counter() - t0:.0f} s", flush=True)
-    for blocks, arrays in ((1, cut1),) if quick else ((1, cut1), (2, maps)):
-        r = train_head(
-            name,
-            arrays,
-            y,
-            classes,
-            meta=meta,
+        head("head, 1 view")
+        head(f"head, {n_views} views", views=n_views)
+        head(f"head, {n_views} views + TTA {'/'.join(tta)}", views=n_views, tta=tta)
+    if meta_cols:
+        head(f"fusion head (+{','.join(meta_cols)}), 1 view + TTA", meta_cols=meta_cols, tta=tta)
+    for blocks in block_levers:
+        head(
+            f"+ last {blocks} block(s) from cached maps, {n_views} views + TTA",
+            meta_cols=meta_cols,
             blocks=blocks,
-            views=aug,
+            views=n_views,
             tta=tta,
             epochs=8 if quick else 12,
             patience=3 if quick else 4,
             finetune_lr_scale=0.1,
         )
-        report(f"+ last {blocks} block(s) from cached maps, {len(aug)} views + TTA", *r[:4])
     return results
 
 
@@ -337,11 +357,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="append JSON lines of results here")
+    ap.add_argument(
+        "--runs", type=Path, default=None, help="folder for the run folders (default: a new temporary folder)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    global MONITOR
+    global MONITOR, RUNS
     MONITOR = args.monitor
+    RUNS = args.runs or Path(tempfile.mkdtemp(prefix="medclf-train-real-"))
     print(header(), flush=True)
+    if not args.extract_only:
+        print(f"# run folders under {RUNS}", flush=True)
     for name in args.datasets:
         t0 = time.perf_counter()
         results = run_dataset(
