@@ -15,6 +15,8 @@ SECTIONS = (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)
 
 
 def _type(tp: object) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + ", ".join(f"`{c}`" for c in typing.get_args(tp))
     return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or ")
 
 

@@ -235,3 +235,19 @@ def test_image_mixup_trains_the_other_strategies(data, tmp_path) -> None:
         data, tmp_path, "full", "train.strategy=scratch", "train.mixup=0.4", "train.epochs=2"
     )
     assert len(history) == 2 and np.isfinite(history["train_loss"]).all()
+
+
+def test_a_run_stopped_before_its_first_epoch_resumes_from_the_start(data, tmp_path) -> None:
+    # e.g. killed while the feature cache was being computed: no last.ckpt yet, config and split are written
+    class Crash(pl.Callback):
+        def on_fit_start(self, trainer, pl_module):  # type: ignore[no-untyped-def]
+            raise RuntimeError("simulated crash before the first epoch")
+
+    sets = ("train.epochs=2",)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(data, tmp_path, "b", *sets, callbacks=[Crash()])
+    assert not (tmp_path / "b" / "checkpoints" / "last.ckpt").exists()
+    train(_cfg(tmp_path, *sets), tmp_path / "b", resume=True, progress=False)
+    _run(data, tmp_path, "a", *sets)
+    wa, wb = (load_file(tmp_path / r / "model.safetensors") for r in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -87,11 +87,15 @@ class ModelConfig:
     """Extra keyword arguments for the model factory."""
 
 
+Strategy = Literal["cached", "finetune", "full", "scratch"]
+STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)
+
+
 @dataclass
 class TrainConfig:
     """How the model is trained."""
 
-    strategy: str = "cached"
+    strategy: Strategy = "cached"
     """cached (frozen-backbone features once, then the head: fast on CPU), finetune (two phases), full, scratch."""
     epochs: int = 30
     """Maximum epochs in all (for `cached`: of the head; for `finetune`: the head epochs included)."""
@@ -107,15 +111,15 @@ class TrainConfig:
     """Learning rate (of the head; phase 2 of `finetune` and the cached top blocks use lr × finetune_lr_scale)."""
     weight_decay: float = 1e-4
     """Decoupled weight decay (AdamW) or L2 (SGD)."""
-    optimizer: str = "adamw"
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     """adamw or sgd."""
-    scheduler: str = "plateau"
+    scheduler: Literal["plateau", "cosine", "none"] = "plateau"
     """plateau (reduce LR when the monitored metric stalls), cosine, or none."""
     patience: int = 6
     """Early-stopping patience in epochs (0 disables early stopping)."""
     monitor: str = "val_auc"
     """Metric for early stopping, LR-on-plateau and the best checkpoint: val_auc, val_loss, val_acc, val_bacc."""
-    loss: str = "ce"
+    loss: Literal["ce", "focal"] = "ce"
     """ce (cross-entropy) or focal."""
     focal_gamma: float = 2.0
     """Focusing parameter of the focal loss (0 = cross-entropy)."""
@@ -231,6 +235,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(f"{where}: {value!r} is not a valid value (expected {_type_name(tp)})")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}={value!r}: choose one of {', '.join(map(str, choices))}")
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
@@ -264,6 +273,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(map(str, typing.get_args(tp)))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -282,6 +293,15 @@ def config_from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "")
         k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items() if k in names
     }
     return cls(**kwargs)
+
+
+def check_choices(section: Any, where: str) -> None:
+    """Check the fields of a config dataclass whose type lists their choices (``Literal``), e.g. a ``TrainConfig``
+    built in code rather than loaded (loading checks them already)."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        if typing.get_origin(hints[f.name]) is Literal:
+            _check_type(getattr(section, f.name), hints[f.name], f"{where}.{f.name}")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
@@ -118,82 +117,27 @@ def create_transform(pre: Preprocessing, augment: str = "none") -> Callable[[Ima
     )
     to_uint8 = v2.Compose([_ConvertMode(mode), v2.PILToTensor(), *resize])
     if augment == "none":
-        return _EvalTransform(to_uint8, normalize, pre.mean, pre.std, size, mode)
+        return _EvalTransform(to_uint8, normalize)
     return _AugmentTransform(
         to_uint8,
         augmentations(augment, size),
-        _EvalTransform(to_uint8, normalize, pre.mean, pre.std),
+        _EvalTransform(to_uint8, normalize),
         (pre.in_chans, size, size),
     )
 
 
 class _EvalTransform:
-    """The evaluation transform: uint8 pixels -> normalised floats, bit-identical to torchvision's ToDtype + Normalize.
-
-    ``normalize`` is applied once to the 256 values 0..255 of every channel. When ``(x * (1/255) - mean) / std``
-    in float32, one channel at a time, reproduces that table exactly, the image is normalised by that arithmetic
-    (one cast and three contiguous passes, faster than a table lookup in numpy: docs/benchmarks.md); otherwise by
-    the table. Either way the output equals ``normalize`` on the image, and no torch operation wakes torch's thread
-    pool to contend with the inference engine on a small CPU.
-    """
+    """The evaluation transform: PIL image -> uint8 pixels at the input size (``to_uint8``, also used alone by the
+    training image cache) -> normalised floats (torchvision's ToDtype + Normalize)."""
 
     def __init__(
-        self,
-        to_uint8: Callable[[Image.Image], torch.Tensor],
-        normalize: Callable[..., Any],
-        mean: Sequence[float] = (),
-        std: Sequence[float] = (),
-        size: int | None = None,
-        mode: str | None = None,
+        self, to_uint8: Callable[[Image.Image], torch.Tensor], normalize: Callable[..., Any]
     ) -> None:
         self.to_uint8 = to_uint8
-        # an image already at the input size and in the model's mode needs no resize: its pixels are read directly
-        self.size, self.mode = size, mode
         self.normalize = normalize
-        self.mean = [np.float32(m) for m in mean]
-        self.std = [np.float32(s) for s in std]
-        self._tables: dict[int, tuple[np.ndarray, bool]] = {}
-
-    def _table(self, channels: int) -> tuple[np.ndarray, bool]:
-        """(the 256-entry table of every channel, whether the arithmetic reproduces it bit for bit)."""
-        if channels not in self._tables:
-            values = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).repeat(channels, 1, 1)
-            table = self.normalize(values).numpy().reshape(channels, 256)
-            exact = len(self.mean) == len(self.std) == channels and np.array_equal(
-                self._arithmetic(values.numpy()).reshape(channels, 256), table
-            )
-            self._tables[channels] = (table, exact)
-        return self._tables[channels]
-
-    def _arithmetic(self, x: np.ndarray) -> np.ndarray:
-        out = np.empty(x.shape, dtype=np.float32)  # C-contiguous, whatever the strides of x
-        np.multiply(x, np.float32(1.0 / 255.0), out=out, dtype=np.float32)
-        for c in range(x.shape[0]):  # a scalar per channel: numpy's contiguous fast path
-            out[c] -= self.mean[c]
-            out[c] /= self.std[c]
-        return out
-
-    def _uint8(self, im: Image.Image) -> np.ndarray:
-        """[C, H, W] uint8 (possibly a strided view): what ``to_uint8`` gives, without torch for a ready image."""
-        if self.size and im.mode == self.mode and im.size == (self.size, self.size):
-            x = np.asarray(im)
-            return x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
-        return self.to_uint8(im).numpy()
 
     def __call__(self, im: Image.Image) -> torch.Tensor:
-        return self.normalized(self._uint8(im))
-
-    def normalized(self, x: np.ndarray) -> torch.Tensor:
-        """[C, H, W] uint8 pixels -> the normalised float tensor (what ``normalize`` gives on them)."""
-        table, exact = self._table(x.shape[0])
-        if exact:
-            return torch.from_numpy(self._arithmetic(x))
-        # platform-width indices: numpy's take converts uint8 indices on a slower path
-        idx = x.astype(np.intp)
-        out = np.empty(x.shape, dtype=np.float32)
-        for c in range(x.shape[0]):
-            np.take(table[c], idx[c], out=out[c])
-        return torch.from_numpy(out)
+        return self.normalize(self.to_uint8(im))
 
 
 # augmentations whose parameters ``make_params`` draws from the input's shape alone, and which keep that shape
@@ -241,8 +185,6 @@ class _AugmentTransform:
         return self._normalized(x)
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            return self.normalize.normalized(x.numpy())
         return self.normalize.normalize(x)
 
     def plan(self) -> Plan:

@@ -33,13 +33,12 @@ from medclf._atomic import (
 )
 from medclf._lazy import require_extra
 from medclf._malloc import retain_freed_memory
-from medclf.config import RunConfig, TrainConfig, dump_config, load_config
+from medclf.config import STRATEGIES, RunConfig, TrainConfig, check_choices, dump_config, load_config
 from medclf.data.label_issues import exclude_from_train, excluded_images
 from medclf.errors import ConfigError, DataError, MedclfError
 
 __all__ = ["STRATEGIES", "default_recipe", "finalize_run", "load_data", "named", "resolve_split", "train"]
 
-STRATEGIES = ("scratch", "finetune", "full", "cached")
 CHECKPOINTS = "checkpoints"
 LAST_CKPT = "last.ckpt"
 BEST_WEIGHTS = "best.safetensors"
@@ -139,18 +138,10 @@ def _check_cfg(cfg: RunConfig) -> None:
     from medclf.train.metrics import monitor_mode
 
     t = cfg.train
-    if t.strategy not in STRATEGIES:
-        raise ConfigError(f"train.strategy={t.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    check_choices(t, "train")
     monitor_mode(t.monitor)
     if t.augment not in AUGMENT_POLICIES:
         raise ConfigError(f"train.augment={t.augment!r}: choose one of {', '.join(AUGMENT_POLICIES)}")
-    for key, allowed in (
-        ("optimizer", ("adamw", "sgd")),
-        ("scheduler", ("plateau", "cosine", "none")),
-        ("loss", ("ce", "focal")),
-    ):
-        if getattr(t, key) not in allowed:
-            raise ConfigError(f"train.{key}={getattr(t, key)!r}: choose one of {', '.join(allowed)}")
     if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
         raise ConfigError("train.epochs and train.batch_size must be at least 1 and train.lr positive")
     if t.strategy == "finetune" and not 0 <= t.head_epochs < t.epochs:
@@ -396,39 +387,31 @@ def _split_parts(split: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
     return parts[0], parts[1], parts[2]
 
 
-def _train_lightning(
-    cfg: RunConfig,
-    dataset: Any,
-    split: pd.DataFrame,
-    run_dir: Path,
-    *,
-    resume: bool,
-    callbacks: Sequence[Any],
-    progress: bool,
-    t0: float,
-) -> Path:
-    import lightning.pytorch as pl
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-    from torch.utils.data import DataLoader
+@dataclasses.dataclass
+class _Inputs:
+    """What one run trains: the image model, the part of it the module trains (``net``: the model itself, or for
+    `cached` its top and head on cached inputs), the preprocessing, the metadata encoder and the data."""
 
+    model: Any
+    net: Any
+    pre: Any
+    enc: Any
+    train_ds: Any
+    val_ds: Any
+    sampler: Any
+    loader_kw: dict[str, Any]
+    bad: list[tuple[str, str]]
+
+
+def _inputs(cfg: RunConfig, dataset: Any, split: pd.DataFrame, run_dir: Path, *, progress: bool) -> _Inputs:
     from medclf.models import MetadataEncoder, create_model, resolve_preprocessing
-    from medclf.train.callbacks import BestWeights, History, PhaseEarlyStopping
-    from medclf.train.losses import class_weights
-    from medclf.train.module import ClassifierModule, monitor_mode, seed_all
+    from medclf.train.metrics import seed_all
 
     t, m = cfg.train, cfg.model
     classes = list(dataset.classes)
-    train_df, val_df, test_df = _split_parts(split)
+    train_df, val_df, _ = _split_parts(split)
     kinds = {**dict(getattr(dataset, "metadata", {}) or {}), **dict(split.attrs.get("metadata", {}) or {})}
     enc = MetadataEncoder.fit(train_df, list(m.metadata), kinds) if m.metadata else None
-    positive = _positive_index(cfg, classes)
-
-    if not progress:
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-        logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-
     seed_all(t.seed)  # weight initialisation
     kwargs = dict(m.kwargs)
     if m.input_size:
@@ -444,40 +427,35 @@ def _train_lightning(
         **kwargs,
     )
     pre = resolve_preprocessing(model, m.input_size, m.in_chans, m.jpeg_draft)
-    meta_only = bool(getattr(model, "meta_only", False))
-    net: Any = model  # what the module trains: the model, or for `cached` its top and head on cached inputs
-    cached_bad: list[str] = []
     loader_kw = _loader_kwargs(t)
-    if t.strategy == "cached":
-        from medclf.train.batches import EpochSampler
-        from medclf.train.cached import cached_inputs
-
-        inputs = cached_inputs(
-            cfg, model, pre, classes, {"train": train_df, "val": val_df}, enc, run_dir, progress=progress
-        )
-        net, train_ds, val_ds, cached_bad = inputs.net, inputs.train, inputs.val, inputs.bad
-        sampler = EpochSampler(train_ds.labels, seed=t.seed, balanced=t.balanced_sampler)
-        # the arrays are in memory: worker processes would only copy them
-        loader_kw.update(num_workers=0, persistent_workers=False, pin_memory=False)
-    else:
+    if t.strategy != "cached":
+        meta_only = bool(getattr(model, "meta_only", False))
         train_ds, val_ds, sampler = _datasets(cfg, pre, classes, train_df, val_df, enc, meta_only)
-    train_loader = DataLoader(
-        train_ds,
-        sampler=sampler,
-        drop_last=len(train_ds) % t.batch_size == 1,  # a batch of one breaks batch norm
-        **loader_kw,
-    )
-    val_loader = DataLoader(val_ds, shuffle=False, **loader_kw)
-    weight = class_weights(train_ds.labels, len(classes), t.class_weight_power) if t.class_weights else None
-    # Lightning keeps each submodule's train/eval mode as it finds it at the start (feature extraction left the
-    # model in eval mode): every trained module starts in training mode, also in a resumed run
-    module = ClassifierModule(net.train(), t, class_weight=weight, positive_index=positive)
+        bad = [*_bad(train_ds).items(), *_bad(val_ds).items()]
+        return _Inputs(model, model, pre, enc, train_ds, val_ds, sampler, loader_kw, bad)
+    from medclf.train.batches import EpochSampler
+    from medclf.train.cached import cached_inputs
 
+    parts = {"train": train_df, "val": val_df}
+    cached = cached_inputs(cfg, model, pre, classes, parts, enc, run_dir, progress=progress)
+    sampler = EpochSampler(cached.train.labels, seed=t.seed, balanced=t.balanced_sampler)
+    # the arrays are in memory: worker processes would only copy them
+    loader_kw.update(num_workers=0, persistent_workers=False, pin_memory=False)
+    bad = [(p, "unreadable") for p in cached.bad]
+    return _Inputs(model, cached.net, pre, enc, cached.train, cached.val, sampler, loader_kw, bad)
+
+
+def _callbacks(cfg: RunConfig, run_dir: Path, extra: Sequence[Any], plan: dict[str, Any] | None) -> list[Any]:
+    """History, best weights, early stopping, last.ckpt, the budget's timer, then the caller's callbacks."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from medclf.train.callbacks import BestWeights, History, PhaseEarlyStopping
+    from medclf.train.metrics import monitor_mode
+
+    t = cfg.train
     ckpt_dir = run_dir / CHECKPOINTS
     mode = monitor_mode(t.monitor)
-    history = History(run_dir / "history.csv")
-    best = BestWeights(ckpt_dir / BEST_WEIGHTS, t.monitor, mode)
-    cbs: list[Any] = [history, best]
+    cbs: list[Any] = [History(run_dir / "history.csv"), BestWeights(ckpt_dir / BEST_WEIGHTS, t.monitor, mode)]
     head_epochs = t.head_epochs if t.strategy == "finetune" else 0
     if t.patience > 0:
         cbs.append(
@@ -488,7 +466,6 @@ def _train_lightning(
             dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
         )
     )
-    plan = _read_plan(run_dir)
     if plan is not None:
         from lightning.pytorch.callbacks import Timer
 
@@ -496,7 +473,18 @@ def _train_lightning(
 
         # counts training time only and travels in last.ckpt, so a resumed run gets what is left
         cbs.append(Timer(duration=timer_duration(plan["train_seconds"])))
-    cbs.extend(callbacks)
+    return [*cbs, *extra]
+
+
+def _trainer(cfg: RunConfig, run_dir: Path, cbs: list[Any], steps: int, *, progress: bool) -> Any:
+    import lightning.pytorch as pl
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.loggers import CSVLogger
+
+    t = cfg.train
+    if not progress:
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     loggers: list[Any] = [CSVLogger(run_dir / "logs", name="csv", version="")]
     try:
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -506,7 +494,6 @@ def _train_lightning(
         )
     except ModuleNotFoundError:  # tensorboard is optional at run time; the CSV log is always written
         pass
-    steps = max(1, len(train_loader))
     try:
         trainer = pl.Trainer(
             max_epochs=t.epochs,  # finetune: the head epochs are part of train.epochs
@@ -531,6 +518,48 @@ def _train_lightning(
     starved = _starved_gpu_message(type(trainer.accelerator).__name__, t.num_workers)
     if starved and trainer.is_global_zero:
         logging.getLogger(__name__).warning(starved)
+    return trainer
+
+
+def _train_lightning(
+    cfg: RunConfig,
+    dataset: Any,
+    split: pd.DataFrame,
+    run_dir: Path,
+    *,
+    resume: bool,
+    callbacks: Sequence[Any],
+    progress: bool,
+    t0: float,
+) -> Path:
+    from torch.utils.data import DataLoader
+
+    from medclf.train.callbacks import BestWeights, History
+    from medclf.train.losses import class_weights
+    from medclf.train.module import ClassifierModule
+
+    t = cfg.train
+    classes = list(dataset.classes)
+    x = _inputs(cfg, dataset, split, run_dir, progress=progress)
+    train_loader = DataLoader(
+        x.train_ds,
+        sampler=x.sampler,
+        drop_last=len(x.train_ds) % t.batch_size == 1,  # a batch of one breaks batch norm
+        **x.loader_kw,
+    )
+    val_loader = DataLoader(x.val_ds, shuffle=False, **x.loader_kw)
+    weight = class_weights(x.train_ds.labels, len(classes), t.class_weight_power) if t.class_weights else None
+    # Lightning keeps each submodule's train/eval mode as it finds it at the start (feature extraction left the
+    # model in eval mode): every trained module starts in training mode, also in a resumed run
+    module = ClassifierModule(
+        x.net.train(), t, class_weight=weight, positive_index=_positive_index(cfg, classes)
+    )
+    plan = _read_plan(run_dir)
+    cbs = _callbacks(cfg, run_dir, callbacks, plan)
+    history = next(c for c in cbs if isinstance(c, History))
+    best = next(c for c in cbs if isinstance(c, BestWeights))
+    trainer = _trainer(cfg, run_dir, cbs, max(1, len(train_loader)), progress=progress)
+    ckpt_dir = run_dir / CHECKPOINTS
     # a run stopped before its first epoch ended (e.g. while computing the feature cache) has no checkpoint yet
     ckpt_path = ckpt_dir / LAST_CKPT if resume and (ckpt_dir / LAST_CKPT).is_file() else None
     if ckpt_path is not None:
@@ -548,29 +577,15 @@ def _train_lightning(
             raise write_error(exc.filename or ckpt_dir, exc) from None
     if not trainer.is_global_zero:
         return run_dir
-    if (ckpt_dir / BEST_WEIGHTS).is_file():
-        from safetensors.torch import load_model
-
-        try:
-            load_model(net, str(ckpt_dir / BEST_WEIGHTS))
-        except Exception as exc:  # safetensors raises plain exceptions on a damaged file
-            raise MedclfError(
-                f"{ckpt_dir / BEST_WEIGHTS} cannot be read ({exc}); delete {ckpt_dir} and train the run again"
-            ) from None
-    model.requires_grad_(True).cpu().eval()
-    bad = (
-        [(p, "unreadable") for p in cached_bad]
-        if t.strategy == "cached"
-        else [*_bad(train_ds).items(), *_bad(val_ds).items()]
-    )
-    skipped = [*getattr(dataset, "bad_files", []), *bad]
+    _load_best(x.net, ckpt_dir / BEST_WEIGHTS)
+    _, val_df, test_df = _split_parts(split)
     return finalize_run(
         cfg,
         run_dir,
-        model=model,
-        preprocessing=pre,
+        model=x.model.requires_grad_(True).cpu().eval(),
+        preprocessing=x.pre,
         classes=classes,
-        meta_encoder=enc,
+        meta_encoder=x.enc,
         val_df=val_df,
         test_df=test_df,
         split=split,
@@ -583,10 +598,23 @@ def _train_lightning(
             "resumed": resume,
             "budget": plan,
         },
-        skipped=skipped,
+        skipped=[*getattr(dataset, "bad_files", []), *x.bad],
         history_rows=history.rows,
         t0=t0,
     )
+
+
+def _load_best(net: Any, path: Path) -> None:
+    if not path.is_file():
+        return
+    from safetensors.torch import load_model
+
+    try:
+        load_model(net, str(path))
+    except Exception as exc:  # safetensors raises plain exceptions on a damaged file
+        raise MedclfError(
+            f"{path} cannot be read ({exc}); delete {path.parent} and train the run again"
+        ) from None
 
 
 def _datasets(
