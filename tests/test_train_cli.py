@@ -144,6 +144,7 @@ def test_mpox_recipe_on_synthetic_fold_layout(tmp_path: Path, capsys: pytest.Cap
     assert json.loads((tmp_path / "cv" / "fold_0" / "run.json").read_text())["model"]["name"] == "mpox_cnn"
 
 
+@pytest.mark.slow
 def test_cv_without_config_runs_the_default_recipe(tmp_path: Path) -> None:
     """`medclf cv --data DIR` with no CONFIG: offline-pretrained Lite0, every layer, within a budget per fold."""
     from medclf.data import synth_dataset
@@ -162,6 +163,7 @@ def test_cv_without_config_runs_the_default_recipe(tmp_path: Path) -> None:
     assert len(json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())["folds"]) == 2
 
 
+@pytest.mark.slow
 def test_train_without_config_runs_the_default_recipe_within_its_budget(tmp_path: Path) -> None:
     from medclf.data import synth_dataset
 

@@ -65,6 +65,7 @@ def test_weight_average_is_what_validates_and_is_saved(data: Path, tmp_path: Pat
     assert not torch.equal(saved[key], last[f"model.{key}"])
 
 
+@pytest.mark.slow
 def test_image_cache_and_file_reading_learn_alike(data: Path, tmp_path: Path) -> None:
     """The decoded-once path and the read-every-epoch path are two inputs of the same model: both learn the
     task (same validation images, no augmentation)."""
