@@ -1,4 +1,4 @@
-"""What glibc's allocator costs a training run, and what `medclf._malloc.retain_freed_memory` saves.
+"""What glibc's allocator costs a training run, and what `medclf.runtime.malloc.retain_freed_memory` saves.
 
 Runs ``medclf train CONFIG`` for a few epochs on a warm feature cache (so that the epochs dominate), in rounds that
 alternate ``MEDCLF_MALLOC=system`` (glibc's defaults: large buffers mapped afresh and faulted in every step) and

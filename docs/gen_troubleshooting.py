@@ -67,8 +67,8 @@ killed this way resumes with `--resume` (below).
 
 **Memory stays at its peak while training runs.** On Linux (glibc), `medclf train`, `cv` and `tune` keep the
 memory that training frees for reuse until the run ends, instead of handing large buffers back to the kernel after
-every step and faulting them in again (`medclf._malloc`; two epochs of the skin_bm recipe spent 10.9 s in the
-kernel that way, [benchmarks-training.md](benchmarks-training.md#memory-allocator)). Peak memory barely moves; what
+every step and faulting them in again (`medclf.runtime.malloc`; the training loop is about a tenth shorter,
+[benchmarks-training.md](benchmarks-training.md#memory-allocator)). Peak memory barely moves; what
 changes is that the resident size does not fall between steps. On a machine short of memory,
 `MEDCLF_MALLOC=system medclf train ...` keeps the C library's defaults. Any other value stops with
 `MEDCLF_MALLOC={mode!r}: use retain (the default) or system`.

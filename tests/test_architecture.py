@@ -20,7 +20,7 @@ PACKAGE = SRC / "medclf"
 
 LAYERS = ["medclf", "data", "runtime", "models", "explain", "evaluate", "serve", "train", "app"]
 """Lowest first: a package may import its own layer and the ones before it. ``medclf`` is the root package and
-its private helper modules (errors, config, _atomic, _lazy, _malloc); ``app`` is the command line and the demo."""
+its private helper modules (errors, config, _atomic, _lazy); ``app`` is the command line and the demo."""
 APP_MODULES = {"medclf.cli", "medclf.__main__", "medclf.demo", "medclf.demo_cli"}
 
 

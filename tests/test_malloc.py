@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from medclf import _malloc
+from medclf.runtime import malloc as _malloc
 
 pytestmark = pytest.mark.skipif(_malloc._glibc() is None, reason="glibc only")
 
 # In a fresh process: the allocator's state is process-wide, and other tests (training runs) change it.
 SCENARIO = r"""
 import json, resource, torch
-from medclf import _malloc
+from medclf.runtime import malloc as _malloc
 
 SIZE = 48 << 20  # above glibc's largest mmap threshold (32 MiB)
 

@@ -190,72 +190,24 @@ def audit_dataset(
     bad += [{"path": f.path, "reason": f.error} for f in facts if f.error]
     readable = {f.path for f in facts if f.error is None}
 
-    # -- counts ---------------------------------------------------------------------------------------------
     uniq = recs.drop_duplicates("path")
-    by_class = {c: int((uniq["label"] == c).sum()) for c in classes}
-    nonzero = [v for v in by_class.values() if v > 0]
-    counts: dict[str, Any] = {"by_class": by_class}
-    if "split" in recs.columns or "fold" in recs.columns:
-        counts["by_split"] = {
-            role: {c: int(n) for c, n in part["label"].value_counts().reindex(classes, fill_value=0).items()}
-            for role, part in recs.groupby("role", sort=False)
-        }
+    counts = _counts(recs, uniq, classes)
+    nonzero = [v for v in counts["by_class"].values() if v > 0]
 
     sizes = Counter(f"{f.size[0]}x{f.size[1]}" for f in facts if f.size)
     modes = Counter(str(f.mode) for f in facts if f.mode)
     formats = Counter(str(f.format) for f in facts if f.format)
 
-    # -- exact duplicates (per fold for pre-made folds: every fold holds a copy of the data by design) ----
+    # duplicates are looked for per fold for pre-made folds: every fold holds a copy of the data by design
     table = recs.copy()
     table["sha"] = [by_path[p].sha for p in table["path"]]
-    part_key = table["fold"].astype(str) if "fold" in table.columns and "split" in table.columns else "all"
-    table["part"] = part_key
-    exact: list[list[str]] = []
-    exact_details: list[dict[str, Any]] = []
-    dup_rows = table[table["sha"].notna()]
-    for (_, _sha), grp in dup_rows.groupby(["part", "sha"], sort=False):
-        if grp["path"].nunique() > 1:
-            idx = list(grp.drop_duplicates("path").index)
-            exact.append(sorted(table.loc[idx, "path"]))
-            exact_details.append(_describe_group([table.index.get_loc(i) for i in idx], table))
-    order = np.argsort([g[0] for g in exact], kind="stable")
-    exact = [exact[i] for i in order]
-    exact_details = [exact_details[i] for i in order]
+    table["part"] = (
+        table["fold"].astype(str) if "fold" in table.columns and "split" in table.columns else "all"
+    )
+    exact, exact_details = _exact_duplicates(table)
+    near = _near_duplicates(table, readable, by_path, near_threshold)
 
-    # -- near duplicates --------------------------------------------------------------------------------------
-    near: list[dict[str, Any]] = []
-    for _part, grp in table[table["path"].isin(readable)].groupby("part", sort=False):
-        grp = grp.drop_duplicates("path")
-        hashes = np.stack([by_path[p].phash for p in grp["path"]]) if len(grp) > 1 else None
-        if hashes is None:
-            continue
-        pairs = _near_pairs(hashes, near_threshold)
-        for comp in _components([(a, b) for a, b, _ in pairs], len(grp)):
-            sub = grp.iloc[comp]
-            if sub["sha"].nunique() == 1:
-                continue  # byte-identical: already an exact duplicate
-            in_comp = set(comp)
-            max_d = max(d for a, b, d in pairs if a in in_comp and b in in_comp)
-            near.append(
-                _describe_group([table.index.get_loc(i) for i in sub.index], table, {"max_distance": max_d})
-            )
-    near.sort(key=lambda g: g["paths"][0])
-
-    # -- groups and leakage ------------------------------------------------------------------------------
-    per_group = uniq.groupby("group").size() if len(uniq) else pd.Series(dtype=int)
-    multi = per_group[per_group > 1]
-    groups = {
-        "rule": ds.group_rule,
-        "n_groups": int(per_group.size),
-        "multi_image_groups": int(multi.size),
-        "images_in_multi_image_groups": int(multi.sum()),
-        "max_images_per_group": int(per_group.max()) if per_group.size else 0,
-        "mean_images_per_group": round(float(per_group.mean()), 3) if per_group.size else 0.0,
-        "largest": [
-            {"group": str(g), "images": int(n)}
-            for g, n in per_group.sort_values(ascending=False)[:10].items()
-        ],
-    }
+    groups = _groups(uniq, ds.group_rule)
     leakage = group_leaks(recs)
     split_makeup = (
         json.loads(summarize_split(recs, classes).to_json(orient="records"))  # plain JSON types
@@ -263,26 +215,7 @@ def audit_dataset(
         else []
     )
 
-    # -- metadata ------------------------------------------------------------------------------------------
-    meta: dict[str, Any] = {}
-    for col, kind in ds.metadata.items():
-        if col not in uniq.columns:
-            continue
-        values = uniq[col]
-        n_missing = int(values.isna().sum())
-        entry: dict[str, Any] = {
-            "type": kind,
-            "missing": n_missing,
-            "missing_fraction": round(n_missing / max(len(values), 1), 4),
-        }
-        if kind == "numeric" and values.notna().any():
-            v = values.astype(float)
-            entry.update(min=float(v.min()), max=float(v.max()), mean=round(float(v.mean()), 3))
-        else:
-            entry["values"] = {
-                str(k): int(n) for k, n in values.dropna().astype(str).value_counts()[:15].items()
-            }
-        meta[col] = entry
+    meta = _metadata(uniq, ds.metadata)
 
     report: dict[str, Any] = {
         "dataset": {
@@ -317,6 +250,94 @@ def audit_dataset(
     report["warnings"] = _warnings(report) + split_makeup_warnings(recs) + small_split_warnings(recs, classes)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     return report
+
+
+def _counts(recs: pd.DataFrame, uniq: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
+    counts: dict[str, Any] = {"by_class": {c: int((uniq["label"] == c).sum()) for c in classes}}
+    if "split" in recs.columns or "fold" in recs.columns:
+        counts["by_split"] = {
+            role: {c: int(n) for c, n in part["label"].value_counts().reindex(classes, fill_value=0).items()}
+            for role, part in recs.groupby("role", sort=False)
+        }
+    return counts
+
+
+def _exact_duplicates(table: pd.DataFrame) -> tuple[list[list[str]], list[dict[str, Any]]]:
+    """Byte-identical files within each part of ``table`` (columns sha, part): their paths and descriptions."""
+    exact: list[list[str]] = []
+    exact_details: list[dict[str, Any]] = []
+    for (_, _sha), grp in table[table["sha"].notna()].groupby(["part", "sha"], sort=False):
+        if grp["path"].nunique() > 1:
+            idx = list(grp.drop_duplicates("path").index)
+            exact.append(sorted(table.loc[idx, "path"]))
+            exact_details.append(_describe_group([table.index.get_loc(i) for i in idx], table))
+    order = np.argsort([g[0] for g in exact], kind="stable")
+    return [exact[i] for i in order], [exact_details[i] for i in order]
+
+
+def _near_duplicates(
+    table: pd.DataFrame, readable: set[str], by_path: dict[str, Any], threshold: int
+) -> list[dict[str, Any]]:
+    """Groups of perceptually near-identical images (not byte-identical) within each part of ``table``."""
+    near: list[dict[str, Any]] = []
+    for _part, grp in table[table["path"].isin(readable)].groupby("part", sort=False):
+        grp = grp.drop_duplicates("path")
+        if len(grp) < 2:
+            continue
+        hashes = np.stack([by_path[p].phash for p in grp["path"]])
+        pairs = _near_pairs(hashes, threshold)
+        for comp in _components([(a, b) for a, b, _ in pairs], len(grp)):
+            sub = grp.iloc[comp]
+            if sub["sha"].nunique() == 1:
+                continue  # byte-identical: already an exact duplicate
+            in_comp = set(comp)
+            max_d = max(d for a, b, d in pairs if a in in_comp and b in in_comp)
+            near.append(
+                _describe_group([table.index.get_loc(i) for i in sub.index], table, {"max_distance": max_d})
+            )
+    near.sort(key=lambda g: g["paths"][0])
+    return near
+
+
+def _groups(uniq: pd.DataFrame, rule: Any) -> dict[str, Any]:
+    per_group = uniq.groupby("group").size() if len(uniq) else pd.Series(dtype=int)
+    multi = per_group[per_group > 1]
+    return {
+        "rule": rule,
+        "n_groups": int(per_group.size),
+        "multi_image_groups": int(multi.size),
+        "images_in_multi_image_groups": int(multi.sum()),
+        "max_images_per_group": int(per_group.max()) if per_group.size else 0,
+        "mean_images_per_group": round(float(per_group.mean()), 3) if per_group.size else 0.0,
+        "largest": [
+            {"group": str(g), "images": int(n)}
+            for g, n in per_group.sort_values(ascending=False)[:10].items()
+        ],
+    }
+
+
+def _metadata(uniq: pd.DataFrame, kinds: dict[str, str]) -> dict[str, Any]:
+    """Missing values and ranges (numeric) or the most common values of each metadata column."""
+    meta: dict[str, Any] = {}
+    for col, kind in kinds.items():
+        if col not in uniq.columns:
+            continue
+        values = uniq[col]
+        n_missing = int(values.isna().sum())
+        entry: dict[str, Any] = {
+            "type": kind,
+            "missing": n_missing,
+            "missing_fraction": round(n_missing / max(len(values), 1), 4),
+        }
+        if kind == "numeric" and values.notna().any():
+            v = values.astype(float)
+            entry.update(min=float(v.min()), max=float(v.max()), mean=round(float(v.mean()), 3))
+        else:
+            entry["values"] = {
+                str(k): int(n) for k, n in values.dropna().astype(str).value_counts()[:15].items()
+            }
+        meta[col] = entry
+    return meta
 
 
 def _warnings(r: dict[str, Any]) -> list[str]:
