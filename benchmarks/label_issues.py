@@ -4,7 +4,7 @@
     nice -n 10 .venv/bin/python benchmarks/label_issues.py skin_bm --max-minutes 25
 
 For each recipe, the real CLI in subprocesses, with a cheap variant of the recipe (frozen EfficientNet-Lite0
-features + head: ``train.finetune_blocks=0``, one view, no test-time flips, ``train.epochs=15``):
+features + head: ``train.strategy=cached``, ``train.finetune_blocks=0``, one view, no test-time flips, ``train.epochs=15``):
 
 1. ``medclf cv configs/NAME.yaml --folds K`` -> out-of-fold probabilities for every image;
 2. ``medclf data audit configs/datasets/SPEC.yaml --predictions CV --out AUDIT`` -> label_issues.csv (cleanlab);
@@ -46,7 +46,13 @@ RECIPES = {
     "cxr_pneumonia3": "configs/datasets/cxr_pneumonia3.yaml",
     "ham10000_fusion": "configs/datasets/ham10000.yaml",
 }
-CHEAP = ["train.finetune_blocks=0", "train.views=1", "train.epochs=15", "eval.tta=[]"]
+CHEAP = [
+    "train.strategy=cached",
+    "train.finetune_blocks=0",
+    "train.views=1",
+    "train.epochs=15",
+    "eval.tta=[]",
+]
 
 
 def _cmd(*args: str) -> list[str]:

@@ -740,7 +740,7 @@ def _scratch_image_only(ctx: argparse.Namespace, steps: Steps, data: Data) -> tu
 def study_backbones(ctx: argparse.Namespace, steps: Steps, data: Data) -> str:
     work = steps.work / "backbones"
     smoke = _sets("train.epochs=1", "train.cache_dir=" + str(steps.work / "cache")) if ctx.smoke else []
-    common = _sets("model.metadata=[]", "train.finetune_blocks=0", "train.views=1")
+    common = _sets("model.metadata=[]", "train.strategy=cached", "train.finetune_blocks=0", "train.views=1")
     runs = []
     for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
         size = _sets("model.input_size=64") if ctx.smoke else []
@@ -849,7 +849,12 @@ def study_ham_ablation(ctx: argparse.Namespace, steps: Steps, data: Data) -> str
         if ctx.ham_run:
             raise SystemExit(f"--ham-run {ctx.ham_run}: no run.json there; train it or leave --ham-run out")
         size = _sets("model.input_size=64") if ctx.smoke else []
-        tl_sets = _sets("name=ham_d_transfer", f"model.metadata={meta}", "train.finetune_blocks=0")
+        tl_sets = _sets(
+            "name=ham_d_transfer",
+            f"model.metadata={meta}",
+            "train.strategy=cached",
+            "train.finetune_blocks=0",
+        )
         steps.train("ham_d_transfer", [*_ham_base(data), *tl_sets, *size, *smoke], tl)
     blocks = _run_info(tl).get("finetune_blocks")
     blocks = (
@@ -870,6 +875,7 @@ def study_ham_ablation(ctx: argparse.Namespace, steps: Steps, data: Data) -> str
     tune_sets = _sets(
         "name=ham_search",
         f"model.metadata={meta}",
+        "train.strategy=cached",
         "train.finetune_blocks=0",
         "train.views=1",
         f"search_space={HAM_SEARCH_SPACE}",
