@@ -538,17 +538,11 @@ def markdown(results: dict[str, dict[str, Any]], s: dict[str, Any], a: argparse.
     for k, r in results.items():
         lines += ["", f"#### {LABELS[k]}", "", f"`{r['command']}`", ""]
         if k.startswith("medclf") and r["rc"] == 0:
-            if "epoch_seconds" in r:
-                timing = (
-                    f"Feature extraction {r['feature_seconds']:.0f} s, training epochs {r['epoch_seconds']:.0f} s "
-                    f"(sum of history.csv `seconds`), off the time axis {r['off_axis_seconds']:.0f} s (process "
-                    "wall time minus both: start-up, gaps between epochs, final predictions), "
-                )
-            else:  # a row reused from before this script timed medclf from history.csv (--reuse)
-                timing = (
-                    f"Feature extraction {r['feature_seconds']:.0f} s, head training {r['head_seconds']:.0f} s "
-                    "(an earlier row: its epochs were timed from process launch), "
-                )
+            timing = (
+                f"Feature extraction {r['feature_seconds']:.0f} s, training epochs {r['epoch_seconds']:.0f} s "
+                f"(sum of history.csv `seconds`), off the time axis {r['off_axis_seconds']:.0f} s (process "
+                "wall time minus both: start-up, gaps between epochs, final predictions), "
+            )
             lines.append(
                 f"{timing}train() {r['train_seconds']} s; best epoch {r['best_epoch']}; the process ran to the "
                 "recipe's end (its epochs are not cut at the budget; only those whose elapsed time is within it "

@@ -52,8 +52,6 @@ class ClassifierModule(pl.LightningModule):
         )
         self.finetune = tcfg.strategy == "finetune"
         self.cached = tcfg.strategy == "cached"
-        check_ema(tcfg.ema)
-        check_mixup(tcfg.mixup)
         self.head_epochs = tcfg.head_epochs if self.finetune else 0
         head_ids = {id(p) for p in model.head.parameters()}
         self.head_params = list(model.head.parameters())
