@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,6 +55,42 @@ LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "full_160_prog_ema_12": (
         "as full_160_prog_ema, 12 epochs",
         (*FULL, *PROGRESSIVE, "model.input_size=160", "train.epochs=12", "train.ema=0.99"),
+    ),
+    "full_160_prog_ema_mixup": (
+        "as full_160_prog_ema, with image mixup (Beta(0.2, 0.2))",
+        (*FULL, *PROGRESSIVE, "model.input_size=160", "train.epochs=8", "train.ema=0.99", "train.mixup=0.2"),
+    ),
+    "full_160_prog_ema_gray": (
+        "as full_160_prog_ema, grayscale input (one-channel stem: the RGB filters summed)",
+        (*FULL, *PROGRESSIVE, "model.input_size=160", "train.epochs=8", "train.ema=0.99", "model.in_chans=1"),
+    ),
+    "lite1_160_prog_ema": (
+        "as full_160_prog_ema, EfficientNet-Lite1",
+        (
+            *FULL,
+            *PROGRESSIVE,
+            "model.name=efficientnet_lite1",
+            "model.input_size=160",
+            "train.epochs=8",
+            "train.ema=0.99",
+        ),
+    ),
+    "cxr_cnn_30": (
+        "the chest X-ray study's grayscale 4-block CNN from scratch, 128 px, 30 epochs, bf16",
+        (
+            "train.strategy=scratch",
+            "model.name=cxr_cnn",
+            "model.pretrained=false",
+            "model.input_size=128",
+            "train.epochs=30",
+            "train.batch_size=64",
+            "train.lr=1.0e-3",
+            "train.scheduler=cosine",
+            "train.warmup_epochs=1",
+            "train.ema=0.99",
+            "train.patience=30",
+            "train.precision=bf16-mixed",
+        ),
     ),
     "budget_10m": (
         "full_160_prog_ema within `--budget 10m`",
@@ -97,15 +135,31 @@ def train(name: str, lever: str, work: Path) -> Path:
     return out
 
 
+HEADER = (
+    "recipe",
+    "lever",
+    "change",
+    "px",
+    "epochs",
+    "val acc",
+    "val bacc",
+    "val AUC",
+    "train min",
+    "load",
+    "ran",
+)
+
+
 def row(name: str, lever: str, out: Path) -> list[str]:
     info = json.loads((out / "run.json").read_text())
     m = info["val_metrics"]
     auc = m.get("auc", m.get("macro_auc", float("nan")))
-    load = (out / "load.txt").read_text() if (out / "load.txt").is_file() else "?"
+    load = (out / "load.txt").read_text().strip() if (out / "load.txt").is_file() else "?"
+    ran = datetime.fromtimestamp((out / "run.json").stat().st_mtime, timezone.utc).strftime("%Y-%m-%d")
     size = info["preprocessing"]["input_size"]
     seconds = info.get("train_seconds_members") or info["train_seconds"]
-    ran = info.get("epochs_run")
-    epochs = f"{ran} (best {info['best_epoch']})" if ran is not None else "its members'"
+    n = info.get("epochs_run")
+    epochs = f"{n} (best {info['best_epoch']})" if n is not None else "its members'"
     return [
         name,
         f"`{lever}`",
@@ -117,7 +171,26 @@ def row(name: str, lever: str, out: Path) -> list[str]:
         f"{auc:.3f}",
         f"{seconds / 60:.1f}",
         load,
+        ran,
     ]
+
+
+def page_rows() -> dict[tuple[str, str], list[str]]:
+    """The rows of the table on the page now, by (recipe, lever)."""
+    text = DOC.read_text(encoding="utf-8")
+    start, end = "<!-- levers:start -->", "<!-- levers:end -->"
+    if start not in text or end not in text:
+        return {}
+    section = text[text.index(start) : text.index(end)]
+    stamp = re.search(r"Date: (\d{4}-\d{2}-\d{2})", section)
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) == len(HEADER) - 1 and stamp:  # a row without its `ran` cell
+            cells.append("≤ " + stamp.group(1))
+        if len(cells) == len(HEADER) and cells[1].startswith("`"):
+            rows[(cells[0], cells[1].strip("`"))] = cells
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,23 +212,16 @@ def main(argv: list[str] | None = None) -> int:
         name, lever = run_json.parent.parent.name, run_json.parent.name
         if lever in known and (name, lever) not in rows:
             rows[(name, lever)] = row(name, lever, run_json.parent)
+    # rows whose run folders are not in WORK stay as the page has them, with the date they ran
+    for key, cells in page_rows().items():
+        if key[1] in known and key not in rows:
+            rows[key] = cells
     table = [rows[k] for k in sorted(rows, key=lambda k: (k[0], known.index(k[1])))]
-    header = [
-        "recipe",
-        "lever",
-        "change",
-        "px",
-        "epochs",
-        "val acc",
-        "val bacc",
-        "val AUC",
-        "train min",
-        "load",
-    ]
     body = (
         "Validation figures of the best epoch (arg-max, before calibration); the test split is not used here. "
-        "`load` is the 1-minute load average when the run ended (2 means the CPU was not shared).\n\n"
-        + markdown_table(header, table)
+        "`load` is the 1-minute load average when the run ended (2 means the CPU was not shared); `ran` is the "
+        "day the run finished (≤: on or before); a row stays until its lever is trained again.\n\n"
+        + markdown_table(HEADER, table)
     )
     print(body)
     if not args.no_write:

@@ -72,7 +72,8 @@ class ModelConfig:
     input_size: int | None = None
     """Square input side in pixels; None takes the model's default (e.g. 224, 32 for mpox_cnn)."""
     in_chans: int | None = None
-    """1 for grayscale models (chest X-ray CNN), 3 for RGB; None takes the model's default."""
+    """1 reads images as grayscale (a one-channel stem; pretrained `efficientnet_lite*` weights get their RGB stem
+    filters summed), 3 as RGB; None takes the model's default."""
     jpeg_draft: bool = True
     """Decode JPEGs of four times the input size or more at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), never
     below twice the input size, before the resize: large photos decode faster and the input barely moves

@@ -108,7 +108,8 @@ def load_offline_pretrained(model: nn.Module, name: str) -> bool:
     The classifier is loaded only when the model has 1000 outputs; otherwise it keeps its fresh initialisation
     (``model.pretrained_cfg["offline_classifier_loaded"]`` says which). Returns True once the weights are in;
     raises MedclfError when the package is missing or the model's tensors do not match the checkpoint (wrong
-    architecture or ``in_chans``).
+    architecture). A stem with other than 3 input channels (``in_chans=1`` for X-rays) gets the RGB filters
+    adapted as timm adapts its downloaded weights: summed over the channels for one.
     """
     path = offline_weights_path(name)
     src = torch.load(path, map_location="cpu", weights_only=True)
@@ -124,11 +125,17 @@ def load_offline_pretrained(model: nn.Module, name: str) -> bool:
             f"{len(src_items)}; create the model as timm {name!r} with its default depth and width"
         )
     new: dict[str, torch.Tensor] = {}
-    for dk, (sk, sv) in zip(dst_keys, src_items, strict=True):
+    for i, (dk, (sk, sv)) in enumerate(zip(dst_keys, src_items, strict=True)):
+        if i == 0 and sv.ndim == 4 and dst[dk].shape[0] == sv.shape[0] and dst[dk].shape[2:] == sv.shape[2:]:
+            # the stem of a grayscale (in_chans=1) or multi-channel model: timm's rule for its own downloads
+            # (RGB filters summed for one channel, repeated and rescaled for more)
+            from timm.models import adapt_input_conv
+
+            sv = adapt_input_conv(int(dst[dk].shape[1]), sv)
         if dst[dk].shape != sv.shape:
             raise MedclfError(
                 f"cannot map the {name} weights: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dst[dk].shape)} "
-                f"(in_chans other than 3 needs pretrained=false or an RGB input)"
+                f"(create the model as timm {name!r} with its default depth and width)"
             )
         value = sv.to(dst[dk].dtype)
         if _is_bn_running_var(dk):
