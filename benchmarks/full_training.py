@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/full_training.py                 # EfficientNet-Lite0, 128 and 160 px
     .venv/bin/python benchmarks/full_training.py --sizes 224 --batches 4
+    .venv/bin/python benchmarks/full_training.py --model cxr_cnn --sizes 128   # the chest X-ray study's CNN
 
-Every variant trains EfficientNet-Lite0 (all layers, AdamW, batch 32, the `standard` augmentation) on real skin
+Every variant trains the model (EfficientNet-Lite0 unless --model says otherwise; all layers, AdamW, batch 32, the `standard` augmentation) on real skin
 photos (../shared/datasets/skin_bm) for a few batches, through medclf's own datasets: `files` decodes and augments
 each image from its file every time (RecordsDataset), `cache` decodes once and augments tensors
 (train.image_cache, the default). Variants run interleaved, each repeated, and the median is reported with its
 ratio to the first variant, so a load change during the run hits them alike. Writes the "Full-training
-throughput" section of docs/benchmarks-training.md.
+throughput" section of docs/benchmarks-training.md (one section per model).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ VARIANTS = [
 ]
 
 
-def loaders(size: int, n: int, batch: int) -> dict[str, DataLoader]:
+def loaders(size: int, in_chans: int, n: int, batch: int) -> dict[str, DataLoader]:
     from medclf.data.transforms import Preprocessing, create_transform
     from medclf.train.batches import EpochSampler, RecordsDataset, collate_skip_bad
     from medclf.train.image_cache import CachedImageDataset, DecodedImages, ProgressiveSampler
@@ -48,7 +49,7 @@ def loaders(size: int, n: int, batch: int) -> dict[str, DataLoader]:
 
     recs = pd.DataFrame({"path": paths, "label": ["x"] * len(paths)})
     labels = np.zeros(len(paths), dtype=np.int64)
-    pre = Preprocessing(input_size=size)
+    pre = Preprocessing(input_size=size, in_chans=in_chans)
     files = RecordsDataset(recs, ["x"], create_transform(pre, "standard"))
     cache = CachedImageDataset(DecodedImages.build(paths, pre, skip_bad=False), labels, pre, "standard")
     kw = {"batch_size": batch, "collate_fn": collate_skip_bad, "drop_last": True}
@@ -81,17 +82,20 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="efficientnet_lite0", help="a medclf model name (random weights)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 160])
     ap.add_argument("--batches", type=int, default=6, help="timed batches per measurement")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
-    from medclf.models import create_model
+    from medclf.models import create_model, model_default_cfg
+
+    in_chans = int(model_default_cfg(args.model).get("in_chans", 3))
 
     rows = []
     for size in args.sizes:
-        data = loaders(size, 32 * (args.batches + 2), 32)
-        model = create_model("efficientnet_lite0", 2, pretrained=False)
+        data = loaders(size, in_chans, 32 * (args.batches + 2), 32)
+        model = create_model(args.model, 2, pretrained=False)
         speeds: dict[str, list[float]] = {v[0]: [] for v in VARIANTS}
         for _ in range(args.repeats):
             for name, pipe, cl, bf16 in VARIANTS:
@@ -102,13 +106,16 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([str(size), name, f"{med:.1f}", f"{med / base:.2f}×"])
             print(rows[-1], flush=True)
     body = (
-        "EfficientNet-Lite0, all layers, batch 32, AdamW, `standard` augmentation, images per second "
+        f"`{args.model}` ({in_chans} channel(s)), all layers, batch 32, AdamW, `standard` augmentation, images per second "
         f"(median of {args.repeats} interleaved repeats of {args.batches} batches).\n\n"
         + markdown_table(["px", "variant", "images/s", "vs files, NCHW, fp32"], rows)
     )
     print(body)
     if not args.no_write:
-        write_section("full-training-throughput", body, doc=ROOT / "docs" / "benchmarks-training.md")
+        section = "full-training-throughput" + (
+            "" if args.model == "efficientnet_lite0" else f"-{args.model}"
+        )
+        write_section(section, body, doc=ROOT / "docs" / "benchmarks-training.md")
     return 0
 
 

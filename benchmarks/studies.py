@@ -1,7 +1,7 @@
 """The five source studies re-run with medclf (docs/studies.md): each study's own comparison, done properly.
 
     .venv/bin/python benchmarks/studies.py mpox            # 2-block CNN vs Lite0, 5-fold CV (synthetic MSLD layout)
-    .venv/bin/python benchmarks/studies.py skin_bm --skin-run runs/skin_bm    # finetune vs cached; thresholds
+    .venv/bin/python benchmarks/studies.py skin_bm --skin-run runs/skin_bm    # recipe vs two-phase finetune; thresholds
     .venv/bin/python benchmarks/studies.py cxr3 --cxr-run runs/cxr3          # grayscale CNN vs Lite0; epochs
     .venv/bin/python benchmarks/studies.py backbones       # HAM10000, Lite0/1/2 heads vs a small scratch CNN
     .venv/bin/python benchmarks/studies.py ham_ablation --ham-run runs/ham   # image -> +meta -> +aug -> +TL; search
@@ -523,7 +523,8 @@ def study_skin_bm(ctx: argparse.Namespace, steps: Steps, data: Data) -> str:
             raise SystemExit(
                 f"--skin-run {ctx.skin_run}: no run.json there; train it or leave --skin-run out"
             )
-        quick = _sets("train.finetune_blocks=0", "train.views=1") if ctx.quick_recipes else []
+        head = ("train.strategy=cached", "model.input_size=224", "train.finetune_blocks=0", "train.views=1")
+        quick = _sets(*head) if ctx.quick_recipes else []
         size = _sets("model.input_size=64") if ctx.smoke else []
         steps.train(
             "skin_bm_cached", [recipe, *d, *quick, *size, *smoke, *_sets("name=skin_bm_cached")], cached
@@ -545,7 +546,7 @@ def study_skin_bm(ctx: argparse.Namespace, steps: Steps, data: Data) -> str:
 
     rows = []
     for label, run, ev, key in (
-        ("cached recipe (`configs/skin_bm.yaml`)", cached, ev_c, "skin_bm_cached"),
+        ("recipe (`configs/skin_bm.yaml`)", cached, ev_c, "skin_bm_cached"),
         (f"two-phase finetune ({_ft_label(ft)})", ft, ev_f, "skin_bm_finetune"),
     ):
         m = _json(ev / "metrics.json")
@@ -592,7 +593,7 @@ def study_skin_bm(ctx: argparse.Namespace, steps: Steps, data: Data) -> str:
         _paired(cmp),
         "",
     ]
-    for label, run, ev in (("cached recipe", cached, ev_c), ("two-phase finetune", ft, ev_f)):
+    for label, run, ev in (("recipe", cached, ev_c), ("two-phase finetune", ft, ev_f)):
         body += [
             f"Threshold analysis, {label}: each threshold chosen on the run's validation predictions, measured "
             "on the test predictions (95% CI):",
@@ -612,7 +613,7 @@ def study_skin_bm(ctx: argparse.Namespace, steps: Steps, data: Data) -> str:
     ]
     body += ["Commands:", "", steps.commands(keys)]
     if ctx.skin_run:
-        body += ["", f"The cached run was reused from `{ctx.skin_run}` (`--skin-run`)."]
+        body += ["", f"The recipe run was reused from `{ctx.skin_run}` (`--skin-run`)."]
     return "\n".join(body)
 
 
@@ -1056,7 +1057,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--quick-recipes",
         action="store_true",
-        help="when a recipe run is not reused, train it head only (finetune_blocks=0, views=1)",
+        help="when a recipe run is not reused, train it head only (cached, finetune_blocks=0, views=1)",
     )
     p.add_argument("--mpox-n", type=int, default=400, help="synthetic MSLD-layout images (default 400)")
     p.add_argument("--ft-input-size", type=int, default=160, help="skin_bm finetune input px (default 160)")

@@ -1,6 +1,7 @@
 """What glibc's allocator costs a training run, and what `medclf.runtime.malloc.retain_freed_memory` saves.
 
-Runs ``medclf train CONFIG`` for a few epochs on a warm feature cache (so that the epochs dominate), in rounds that
+Runs ``medclf train CONFIG`` for a few epochs (a ``cached`` recipe on a warm feature cache, so that the epochs
+dominate), in rounds that
 alternate ``MEDCLF_MALLOC=system`` (glibc's defaults: large buffers mapped afresh and faulted in every step) and
 ``retain`` (medclf's default while training), and reports each child process's wall time, training-loop time
 (the sum of the run's ``history.csv`` ``seconds``: each epoch from its start to the end of its validation), user
@@ -86,6 +87,9 @@ def main() -> None:
     a = ap.parse_args()
     config = Path(a.config).resolve()
     extra = [x for s in a.sets for x in ("--set", s)]
+    from medclf.config import load_config
+
+    strategy = load_config(config, a.sets).train.strategy
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -113,7 +117,8 @@ def main() -> None:
     lines = [
         "## Memory allocator",
         "",
-        f"`medclf train {config.name}`, {a.epochs} epochs on a warm feature cache"
+        f"`medclf train {config.name}` (strategy `{strategy}`), {a.epochs} epochs"
+        + (" on a warm feature cache" if strategy == "cached" else "")
         + (f" ({', '.join(a.sets)})" if a.sets else "")
         + f"; {a.rounds} rounds alternating the two modes, each a fresh process. Median (best) of the rounds. "
         "Training loop: the sum of the run's `history.csv` `seconds` (the epochs, validation included).",

@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "cv",
         help="K-fold cross-validation: per-fold runs, out-of-fold predictions, cv_metrics.json",
         description="Cross-validate a recipe. Pre-made folds in the data are used as shipped; otherwise grouped, "
-        "stratified folds are made. Without CONFIG a default recipe (EfficientNet-Lite0, cached features) is used "
+        "stratified folds are made. Without CONFIG a default recipe (EfficientNet-Lite0, every layer, 10-minute budget per fold) is used "
         "on any class-per-folder DATA. Re-running continues: finished folds are kept.",
     )
     _common(p)
