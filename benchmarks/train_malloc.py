@@ -94,8 +94,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cache = work / "cache"
-        warm = one_run(config, work / "warm", cache, 1, "retain", extra)  # fills the feature cache
-        print(f"warm-up (feature cache filled): {warm['wall']:.1f} s")
+        warm = one_run(config, work / "warm", cache, 1, "retain", extra)  # fills the feature cache (cached recipes)
+        print(f"warm-up run (fills the feature cache of a cached recipe): {warm['wall']:.1f} s")
         rows: list[dict] = []
         for r in range(a.rounds):
             for mode in MODES:
