@@ -65,14 +65,6 @@ the process killed by the operating system (exit status 137, `Killed`). Lower `t
 GPU use `--set train.precision=16-mixed` (or `bf16-mixed`). For `medclf evaluate` lower `--batch-size`. A run
 killed this way resumes with `--resume` (below).
 
-**Memory stays at its peak while training runs.** On Linux (glibc), `medclf train`, `cv` and `tune` keep the
-memory that training frees for reuse until the run ends, instead of handing large buffers back to the kernel after
-every step and faulting them in again (`medclf.runtime.malloc`; the training loop is about a tenth shorter,
-[benchmarks-training.md](benchmarks-training.md#memory-allocator)). Peak memory barely moves; what
-changes is that the resident size does not fall between steps. On a machine short of memory,
-`MEDCLF_MALLOC=system medclf train ...` keeps the C library's defaults. Any other value stops with
-`MEDCLF_MALLOC={mode!r}: use retain (the default) or system`.
-
 **Training is slow on a CPU.** Use `train.strategy=cached` (the default): features are computed once and cached
 (`$MEDCLF_CACHE_DIR`, default `~/.cache/medclf/features`), later runs on the same images and backbone reuse them.
 `train.finetune_blocks=0` and `train.views=1` are the fastest settings; `finetune`, `full` and `scratch` run the

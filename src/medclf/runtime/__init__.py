@@ -4,8 +4,7 @@ policy, and one softmax / temperature / decision.
 Everything that runs a trained model for an answer goes through here: the serving ``Predictor``, batch predictions
 (``medclf.models.inference``), evaluation, the feature cache of the ``cached`` strategy and the out-of-distribution
 fit. The package knows no run folders or datasets (``medclf.models`` builds on it, not the other way round).
-Names load lazily, so that ``import medclf.runtime.decision`` does not load torch. ``medclf.runtime.malloc`` holds
-the one allocator setting of training runs (``MEDCLF_MALLOC``).
+Names load lazily, so that ``import medclf.runtime.decision`` does not load torch.
 """
 
 from __future__ import annotations

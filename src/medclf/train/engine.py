@@ -35,7 +35,6 @@ from medclf._lazy import require_extra
 from medclf.config import STRATEGIES, RunConfig, TrainConfig, check_choices, dump_config, load_config
 from medclf.data.label_issues import exclude_from_train, excluded_images
 from medclf.errors import ConfigError, DataError, MedclfError
-from medclf.runtime.malloc import retain_freed_memory
 
 __all__ = ["STRATEGIES", "default_recipe", "finalize_run", "load_data", "named", "resolve_split", "train"]
 
@@ -222,11 +221,9 @@ def train(
     # said before training starts, not first seen in the report; run.json keeps them (finalize_run)
     for line in small_split_warnings(split, list(dataset.classes)):
         logging.getLogger(__name__).warning("warning: %s", line)
-    # training allocates and frees tensors of tens of MiB every step: glibc keeps them for reuse (medclf.runtime.malloc)
-    with retain_freed_memory():
-        return _train_lightning(
-            cfg, dataset, split, run_dir, resume=resume, callbacks=callbacks, progress=progress, t0=t0
-        )
+    return _train_lightning(
+        cfg, dataset, split, run_dir, resume=resume, callbacks=callbacks, progress=progress, t0=t0
+    )
 
 
 def _plan_budget(cfg: RunConfig, dataset: Any, split: pd.DataFrame, t0: float) -> Any:
