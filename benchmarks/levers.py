@@ -87,6 +87,10 @@ LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "as full_160_prog_ema, EfficientNet-Lite1",
         (*FULL_160_EMA, "model.name=efficientnet_lite1"),
     ),
+    "lite2_160_prog_ema": (
+        "as full_160_prog_ema, EfficientNet-Lite2",
+        (*FULL_160_EMA, "model.name=efficientnet_lite2"),
+    ),
     "budget_10m": (
         "full_160_prog_ema within `--budget 10m`",
         (
